@@ -1,0 +1,75 @@
+//! The error type of the core crate.
+//!
+//! Every variant carries only *safe* data: static descriptions, lengths, limits, GUC names and
+//! key fingerprints. Never a plaintext, a key, a token or a ciphertext.
+
+/// What went wrong, grouped the way the SQL layer maps errors onto SQLSTATEs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The value is not a well-formed pg_credcrypt ciphertext (22P02).
+    Malformed,
+    /// The ciphertext names a format version this build cannot read (0A000).
+    UnsupportedVersion,
+    /// The ciphertext or key reference names a provider this build cannot serve (0A000).
+    UnsupportedProvider,
+    /// Authentication failed: tampered value, wrong key or wrong context (39000).
+    AuthenticationFailed,
+    /// No key is configured for the requested provider (55000).
+    KeyNotConfigured,
+    /// The ciphertext's key id matches no configured key (42704).
+    UnknownKeyId,
+    /// A value exceeds a documented size limit (54000).
+    TooLarge,
+    /// A configured key (GUC or key file) is unusable (F0000).
+    InvalidKeyConfig,
+    /// A key reference such as `local` or `transit:<name>` is not valid (22023).
+    InvalidKeyRef,
+    /// A decrypted value is not valid UTF-8 and cannot be returned as text (22021).
+    NotUtf8,
+    /// A function argument is out of its documented range (22023).
+    InvalidArgument,
+    /// The operating system's random number generator failed (58000).
+    RandomFailure,
+}
+
+/// A core error: a kind, a safe message and an optional safe detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    /// The category, used for the SQLSTATE.
+    pub kind: ErrorKind,
+    /// A short message, safe to show to any client.
+    pub message: String,
+    /// Extra detail, safe to show to any client.
+    pub detail: Option<String>,
+}
+
+impl Error {
+    /// Builds an error without detail.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), detail: None }
+    }
+
+    /// Adds a detail line.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// A malformed-ciphertext error with a description of the part that is wrong.
+    pub fn malformed(what: &'static str) -> Self {
+        Self::new(ErrorKind::Malformed, "value is not a valid pg_credcrypt ciphertext").with_detail(what)
+    }
+
+    /// The authentication failure every wrong key, wrong context or tampering ends in.
+    pub fn auth_failed() -> Self {
+        Self::new(
+            ErrorKind::AuthenticationFailed,
+            "ciphertext authentication failed: the value was tampered with, or the key or context is wrong",
+        )
+    }
+}
+
+/// Result alias of the core crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,154 @@
+//! Black-box test helpers: drive a running pg_credcrypt cluster through `psql`, edit its
+//! configuration and reload it, read its server log.
+//!
+//! The cluster comes from `scripts/test.sh` (see `scripts/lib/cluster.sh`), which exports
+//! `CC_PGHOST`, `CC_PGPORT`, `CC_PGDATA`, `CC_KEYDIR` and `CC_LOG`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What a `psql` invocation returned.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Whether psql exited 0.
+    pub ok: bool,
+    /// Standard output, trimmed.
+    pub out: String,
+    /// Standard error (errors in verbose form: `ERROR:  <SQLSTATE>: message`, DETAIL, HINT).
+    pub err: String,
+}
+
+impl Outcome {
+    /// The SQLSTATE of the first error, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let i = self.err.find("ERROR:  ")?;
+        self.err.get(i + 8..i + 13)
+    }
+
+    /// Panics unless the statement failed with `sqlstate` and a HINT line.
+    #[track_caller]
+    pub fn expect_error(&self, sqlstate: &str) -> &Self {
+        assert!(!self.ok, "expected {sqlstate}, got success: {}", self.out);
+        assert_eq!(self.sqlstate(), Some(sqlstate), "stderr: {}", self.err);
+        assert!(self.err.contains("HINT:  "), "no hint: {}", self.err);
+        self
+    }
+
+    /// Panics if stdout or stderr contains `secret`.
+    #[track_caller]
+    pub fn expect_clean(&self, secret: &str) -> &Self {
+        assert!(!self.out.contains(secret) && !self.err.contains(secret), "leaked {secret:?}: {self:?}");
+        self
+    }
+
+    /// Panics unless the statement succeeded; returns stdout.
+    #[track_caller]
+    pub fn expect_ok(&self) -> &str {
+        assert!(self.ok, "statement failed: {}", self.err);
+        &self.out
+    }
+}
+
+/// The cluster under test.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Socket directory.
+    pub host: String,
+    /// Port.
+    pub port: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Directory holding key files.
+    pub keys: PathBuf,
+    /// Server log file.
+    pub log: PathBuf,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the black-box tests through scripts/test.sh"))
+}
+
+impl Cluster {
+    /// The cluster named by the `CC_*` environment variables.
+    pub fn from_env() -> Self {
+        Self {
+            host: env("CC_PGHOST"),
+            port: env("CC_PGPORT"),
+            data: env("CC_PGDATA").into(),
+            keys: env("CC_KEYDIR").into(),
+            log: env("CC_LOG").into(),
+        }
+    }
+
+    /// Runs `sql` as `user` in database `postgres` (one session, stops at the first error).
+    pub fn psql(&self, user: &str, sql: &str) -> Outcome {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+            .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", "postgres"])
+            .args(["-c", "\\set VERBOSITY verbose", "-c", sql])
+            .output()
+            .expect("psql runs");
+        Outcome {
+            ok: out.status.success(),
+            out: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `sql` as superuser and returns its output, panicking on error.
+    #[track_caller]
+    pub fn sql(&self, sql: &str) -> String {
+        self.psql("postgres", sql).expect_ok().to_owned()
+    }
+
+    /// Writes `credcrypt.conf` (included by postgresql.conf), reloads, and waits until the
+    /// server reports `credcrypt.local_key_file` = `expect_key_file`.
+    pub fn configure(&self, conf: &str, expect_key_file: &str) {
+        std::fs::write(self.data.join("credcrypt.conf"), conf).expect("write credcrypt.conf");
+        self.sql("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.sql("SHOW credcrypt.local_key_file") == expect_key_file {
+                return;
+            }
+            assert!(Instant::now() < deadline, "configuration was not reloaded within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a key file (base64 text) owned by postgres with `mode`; returns its path.
+    pub fn write_key(&self, name: &str, content: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.keys.join(name);
+        std::fs::write(&path, content).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod key");
+        let st = Command::new("chown").args(["postgres:postgres"]).arg(&path).status().expect("chown");
+        assert!(st.success());
+        path.to_string_lossy().into_owned()
+    }
+
+    /// The server log so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+}
+
+/// A deterministic 32-byte key, in base64, from a seed (test keys only).
+pub fn test_key(seed: u8) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)).collect();
+    let mut s = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                s.push(A[((n >> shift) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole pg_credcrypt test suite, from a fresh Debian 12 machine (idempotent):
+#   1. installs what is missing (scripts/setup.sh)
+#   2. rustfmt and clippy (-D warnings)
+#   3. pure-Rust unit and property tests of the format and crypto (crates/core)
+#   4. independent cross-check of the published test vectors (Python `cryptography`)
+#   5. #[pg_test]s inside a real PostgreSQL 15 (cargo pgrx test, as user postgres)
+#   6. black-box tests (pgrx-tests/) against a throwaway cluster with the release build
+# Prints each runner's own summary, then one total line.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config"
+work="/var/tmp/pg_credcrypt-test"
+logs="$root/target/test-logs"
+step() { printf '\n==> %s\n' "$*"; }
+
+bash "$here/setup.sh"
+mkdir -p "$logs" "$work"
+rm -f "$logs"/*.log
+
+step "rustfmt + clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --features "pg$PG_MAJOR pg_test" --no-default-features -q -- -D warnings
+
+step "core: unit + property tests"
+cargo test -p credcrypt-core 2>&1 | tee "$logs/core.log" | grep -E "^test result|FAILED|panicked"
+
+step "test vectors cross-checked with Python cryptography"
+"$root/target/tools/venv/bin/python" "$here/check_vectors.py"
+
+step "pg_test: SQL functions inside PostgreSQL $PG_MAJOR"
+chown postgres:postgres "$work"
+cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgtest-data" 2>&1 | tee "$logs/pgtest.log" | grep -E "^test |^test result|panicked" || true
+grep -q "^test result: ok" "$logs/pgtest.log" || { tail -80 "$logs/pgtest.log"; exit 1; }
+
+step "black-box: release build on a throwaway cluster"
+cargo pgrx install --release --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { tail -40 "$logs/install.log"; exit 1; }
+# shellcheck source=lib/cluster.sh
+source "$here/lib/cluster.sh"
+trap 'cluster_stop "$work/blackbox"' EXIT
+cluster_start "$work/blackbox"
+cargo test -p credcrypt-blackbox -- --test-threads=1 2>&1 | tee "$logs/blackbox.log" | grep -E "^test |^test result|panicked" || true
+grep -q "^test result: ok" "$logs/blackbox.log" || { tail -60 "$logs/blackbox.log"; tail -30 "$CC_LOG"; exit 1; }
+
+step "summary"
+cat "$logs"/*.log | grep -E "^test result:" | sed 's/^/  /'
+cat "$logs"/*.log | grep -E "^test result:" | awk '{p+=$4; f+=$6} END {printf "all suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

@@ -1,0 +1,5 @@
+//! The SQL functions of schema `credcrypt`.
+
+pub mod crypto;
+pub mod info;
+pub mod secret;

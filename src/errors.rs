@@ -1,0 +1,88 @@
+//! Maps core errors onto PostgreSQL errors: one SQLSTATE and one hint per kind.
+//!
+//! The catalogue is documented in docs/errors.md; keep both in step. Messages come from the
+//! core crate and are sanitized there (no plaintext, key, token or ciphertext).
+
+use credcrypt_core::{Error, ErrorKind};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// SQLSTATE and hint for an error kind.
+pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
+    use PgSqlErrorCode::*;
+    match kind {
+        ErrorKind::Malformed => (
+            ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "Pass a value produced by credcrypt.encrypt_credential; credcrypt.is_encrypted(value) tests a value without raising an error.",
+        ),
+        ErrorKind::UnsupportedVersion => (
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            "The value was written by a newer pg_credcrypt; upgrade the extension on this server.",
+        ),
+        ErrorKind::UnsupportedProvider => (
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            "This version of pg_credcrypt encrypts and decrypts with the local provider only; use key 'local'.",
+        ),
+        ErrorKind::AuthenticationFailed => (
+            ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
+            "Decrypt with exactly the context given to encrypt_credential, and make sure the key that encrypted the value is configured. A tampered value cannot be recovered.",
+        ),
+        ErrorKind::KeyNotConfigured => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Create a key with: openssl rand -base64 32 > /etc/postgresql/credcrypt.key; chmod 600 it (owned by postgres); set credcrypt.local_key_file in postgresql.conf; SELECT pg_reload_conf();",
+        ),
+        ErrorKind::UnknownKeyId => (
+            ERRCODE_UNDEFINED_OBJECT,
+            "The value was encrypted with another local key. After a rotation, list the old key file in credcrypt.local_previous_key_files and reload.",
+        ),
+        ErrorKind::TooLarge => (
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "pg_credcrypt encrypts values of up to 16 MiB and contexts of up to 64 KiB; store large documents elsewhere and encrypt their credentials only.",
+        ),
+        ErrorKind::InvalidKeyConfig => (
+            ERRCODE_CONFIG_FILE_ERROR,
+            "A local key is 32 random bytes in standard base64 (openssl rand -base64 32), in a file of mode 0600 owned by the server's user; fix postgresql.conf and SELECT pg_reload_conf().",
+        ),
+        ErrorKind::InvalidKeyRef => (
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "Use 'local' or 'transit:<key name>', or NULL for credcrypt.default_key.",
+        ),
+        ErrorKind::NotUtf8 => (
+            ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "The value was encrypted from bytea; read it with credcrypt.decrypt_credential_bytea.",
+        ),
+        ErrorKind::InvalidArgument => (ERRCODE_INVALID_PARAMETER_VALUE, "See docs/sql-reference.md for the valid ranges."),
+        ErrorKind::RandomFailure => (
+            ERRCODE_SYSTEM_ERROR,
+            "The kernel's getrandom(2) failed; check the server's operating system.",
+        ),
+    }
+}
+
+/// Raises `e` as a PostgreSQL ERROR. Never returns.
+#[track_caller]
+pub fn raise(e: Error) -> ! {
+    let (code, hint) = classify(e.kind);
+    let mut report = ErrorReport::new(code, e.message, "pg_credcrypt").set_hint(hint);
+    if let Some(d) = e.detail {
+        report = report.set_detail(d);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// Unwraps a core result or raises its error.
+pub trait OrRaise<T> {
+    /// The value, or a PostgreSQL ERROR.
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    #[track_caller]
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => raise(e),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! pg_credcrypt: keeps credentials encrypted inside PostgreSQL.
+//!
+//! Layout:
+//! - [`api`]: the SQL functions of schema `credcrypt`;
+//! - [`gucs`]: every `credcrypt.*` setting;
+//! - [`keys`]: the backend's cached local key ring;
+//! - [`errors`]: core errors → SQLSTATE + hint.
+//!
+//! The format and the cryptography live in the pure-Rust crate `credcrypt-core`.
+
+use pgrx::prelude::*;
+
+pub mod api;
+pub mod errors;
+pub mod gucs;
+pub mod keys;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/roles.sql", name = "roles", bootstrap);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+/// Library entry point: registers the settings.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`: settings for the test cluster.
+#[cfg(test)]
+pub mod pg_test {
+    /// One-off initialization before the test cluster starts (none needed).
+    pub fn setup(_options: Vec<&str>) {}
+
+    /// The test cluster's settings: the current key file and a previous key file, which the
+    /// tests create from inside the server (as its user, mode 0600) before first use.
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "credcrypt.local_key_file = '/tmp/pg_credcrypt_pgtest/current.key'",
+            "credcrypt.local_previous_key_files = '/tmp/pg_credcrypt_pgtest/previous.key'",
+        ]
+    }
+}
