@@ -17,6 +17,19 @@ PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config"
 work="/var/tmp/pg_credcrypt-test"
 logs="$root/target/test-logs"
 step() { printf '\n==> %s\n' "$*"; }
+# run_suite NAME CMD…: runs a test runner into target/test-logs/NAME.log, shows its per-test
+# and summary lines, and stops the script (showing the log's tail) if the runner failed.
+run_suite() {
+    local name="$1" rc=0
+    shift
+    "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    grep -E "^test .* \.\.\. |^test result|panicked at" "$logs/$name.log" | grep -vE "^test result: ok\. 0 passed" || true
+    if [ "$rc" -ne 0 ]; then
+        echo "!! $name failed (exit $rc); last lines of $logs/$name.log:"
+        tail -80 "$logs/$name.log"
+        exit 1
+    fi
+}
 
 bash "$here/setup.sh"
 mkdir -p "$logs" "$work"
@@ -27,15 +40,14 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features "pg$PG_MAJOR pg_test" --no-default-features -q -- -D warnings
 
 step "core: unit + property tests"
-cargo test -p credcrypt-core 2>&1 | tee "$logs/core.log" | grep -E "^test result|FAILED|panicked"
+run_suite core cargo test -p credcrypt-core
 
 step "test vectors cross-checked with Python cryptography"
 "$root/target/tools/venv/bin/python" "$here/check_vectors.py"
 
 step "pg_test: SQL functions inside PostgreSQL $PG_MAJOR"
 chown postgres:postgres "$work"
-cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgtest-data" 2>&1 | tee "$logs/pgtest.log" | grep -E "^test |^test result|panicked" || true
-grep -q "^test result: ok" "$logs/pgtest.log" || { tail -80 "$logs/pgtest.log"; exit 1; }
+run_suite pgtest cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgtest-data"
 
 step "black-box: release build on a throwaway cluster"
 cargo pgrx install --release --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { tail -40 "$logs/install.log"; exit 1; }
@@ -43,9 +55,11 @@ cargo pgrx install --release --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 
 source "$here/lib/cluster.sh"
 trap 'cluster_stop "$work/blackbox"' EXIT
 cluster_start "$work/blackbox"
-cargo test -p credcrypt-blackbox -- --test-threads=1 2>&1 | tee "$logs/blackbox.log" | grep -E "^test |^test result|panicked" || true
-grep -q "^test result: ok" "$logs/blackbox.log" || { tail -60 "$logs/blackbox.log"; tail -30 "$CC_LOG"; exit 1; }
+run_suite blackbox cargo test -p credcrypt-blackbox -- --test-threads=1
 
 step "summary"
-cat "$logs"/*.log | grep -E "^test result:" | sed 's/^/  /'
-cat "$logs"/*.log | grep -E "^test result:" | awk '{p+=$4; f+=$6} END {printf "all suites: %d passed, %d failed\n", p, f; exit (f > 0)}'
+for f in core pgtest blackbox; do
+    grep -E "^test result:" "$logs/$f.log" | grep -vE "^test result: ok\. 0 passed" | sed "s/^/  $f: /"
+done
+cat "$logs"/{core,pgtest,blackbox}.log | grep -E "^test result:" |
+    awk '{p+=$4; f+=$6} END {printf "\nall suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

@@ -4,7 +4,8 @@
 //! - [`api`]: the SQL functions of schema `credcrypt`;
 //! - [`gucs`]: every `credcrypt.*` setting;
 //! - [`keys`]: the backend's cached local key ring;
-//! - [`errors`]: core errors → SQLSTATE + hint.
+//! - [`errors`]: core errors → SQLSTATE + hint;
+//! - [`postgres`]: glue that is not a SQL function (the log-redaction hook).
 //!
 //! The format and the cryptography live in the pure-Rust crate `credcrypt-core`.
 
@@ -14,16 +15,18 @@ pub mod api;
 pub mod errors;
 pub mod gucs;
 pub mod keys;
+pub mod postgres;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/roles.sql", name = "roles", bootstrap);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
-/// Library entry point: registers the settings.
+/// Library entry point: registers the settings and the log-redaction hook.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    postgres::log_redact::install();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

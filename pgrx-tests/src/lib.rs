@@ -5,7 +5,7 @@
 //! `CC_PGHOST`, `CC_PGPORT`, `CC_PGDATA`, `CC_KEYDIR` and `CC_LOG`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What a `psql` invocation returned.
@@ -81,14 +81,23 @@ impl Cluster {
         }
     }
 
-    /// Runs `sql` as `user` in database `postgres` (one session, stops at the first error).
+    /// Runs `sql` (a psql script: SQL and meta-commands) as `user` in database `postgres`, in
+    /// one session that stops at the first error.
     pub fn psql(&self, user: &str, sql: &str) -> Outcome {
-        let out = Command::new("psql")
+        use std::io::Write as _;
+        let mut child = Command::new("psql")
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
-            .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", "postgres"])
-            .args(["-c", "\\set VERBOSITY verbose", "-c", sql])
-            .output()
+            .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", "postgres", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("psql runs");
+        let mut stdin = child.stdin.take().expect("psql stdin");
+        let script = format!("\\set VERBOSITY verbose\n{sql}\n");
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let out = child.wait_with_output().expect("psql finishes");
+        writer.join().expect("stdin writer").expect("write psql stdin");
         Outcome {
             ok: out.status.success(),
             out: String::from_utf8_lossy(&out.stdout).trim().to_owned(),

@@ -49,6 +49,7 @@ port = $CC_PGPORT
 unix_socket_directories = '$dir/sock'
 log_min_messages = info
 log_min_error_statement = panic
+shared_preload_libraries = 'pg_credcrypt'
 include_if_exists = 'credcrypt.conf'
 CONF
     cat > "$dir/data/credcrypt.conf" <<CONF

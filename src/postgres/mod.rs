@@ -1,0 +1,3 @@
+//! Thin glue to PostgreSQL internals that is not a SQL function.
+
+pub mod log_redact;
