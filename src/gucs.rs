@@ -26,6 +26,56 @@ pub static LOCAL_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 /// `credcrypt.local_previous_key_files`: comma-separated key files used for decryption only.
 pub static LOCAL_PREVIOUS_KEY_FILES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `credcrypt.bao_addr`: OpenBao address, or a comma-separated list tried in order (failover).
+pub static BAO_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.bao_token_file`: file holding the worker's OpenBao token.
+pub static BAO_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.bao_role_id`: AppRole role id (with `bao_secret_id_file`).
+pub static BAO_ROLE_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.bao_secret_id_file`: file holding the AppRole secret id.
+pub static BAO_SECRET_ID_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.bao_approle_mount`: AppRole auth mount path.
+pub static BAO_APPROLE_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"approle"));
+
+/// `credcrypt.bao_namespace`: OpenBao namespace (X-Vault-Namespace), if any.
+pub static BAO_NAMESPACE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.bao_ca_file`: PEM CA bundle for https OpenBao addresses.
+pub static BAO_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `credcrypt.transit_mount`: the Transit secrets engine's mount path.
+pub static TRANSIT_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"transit"));
+
+/// `credcrypt.bao_connect_timeout_ms`: TCP/TLS connect timeout of the worker's HTTP client.
+pub static BAO_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+
+/// `credcrypt.bao_request_timeout_ms`: overall timeout of one HTTP call, failover included.
+pub static BAO_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// `credcrypt.request_timeout_ms`: how long a backend waits for the worker's answer.
+pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
+
+/// `credcrypt.queue_slots`: number of shared-memory request slots (128 KiB each).
+pub static QUEUE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(64);
+
+/// What to do when OpenBao is unreachable during encryption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum Fallback {
+    /// Fail closed: the statement errors and nothing is written.
+    #[name = c"off"]
+    Off,
+    /// Encrypt with the local key, with a WARNING for every such value.
+    #[name = c"local"]
+    Local,
+}
+
+/// `credcrypt.fallback`: `off` (default, fail closed) or `local`.
+pub static FALLBACK: GucSetting<Fallback> = GucSetting::<Fallback>::new(Fallback::Off);
+
 /// Registers every setting and reserves the `credcrypt.` prefix.
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -60,7 +110,97 @@ pub fn init() {
         GucContext::Sighup,
         secret_flags(),
     );
+    define_bao_settings();
+    GucRegistry::define_int_guc(
+        c"credcrypt.request_timeout_ms",
+        c"How long a backend waits for the worker's answer before the statement fails (ms).",
+        c"statement_timeout and query cancellation also end the wait.",
+        &REQUEST_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    // A PGC_POSTMASTER setting may only be defined while preloading (PostgreSQL raises FATAL
+    // otherwise); it only matters then anyway, when the queue is sized.
+    // SAFETY: read-only flag set by PostgreSQL.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"credcrypt.queue_slots",
+            c"Number of shared-memory request slots between backends and the worker (128 KiB each).",
+            c"Takes effect at server start.",
+            &QUEUE_SLOTS,
+            4,
+            1024,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_enum_guc(
+        c"credcrypt.fallback",
+        c"When OpenBao is unreachable: off (fail closed) or local (encrypt with the local key, with a WARNING).",
+        c"Decryption of Transit values never falls back.",
+        &FALLBACK,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     reserve_prefix(c"credcrypt");
+}
+
+/// The `credcrypt.bao_*` and `credcrypt.transit_mount` settings: SIGHUP, superuser only.
+/// A user must never be able to point the worker (and its token) at another host.
+fn define_bao_settings() {
+    let strings: [(&'static CStr, &'static CStr, &'static GucSetting<Option<CString>>, bool); 8] = [
+        (c"credcrypt.bao_addr", c"OpenBao address(es), comma-separated, tried in order.", &BAO_ADDR, false),
+        (c"credcrypt.bao_token_file", c"File holding the worker's OpenBao token (mode 0600).", &BAO_TOKEN_FILE, true),
+        (c"credcrypt.bao_role_id", c"AppRole role id used by the worker to log in.", &BAO_ROLE_ID, true),
+        (
+            c"credcrypt.bao_secret_id_file",
+            c"File holding the AppRole secret id (mode 0600).",
+            &BAO_SECRET_ID_FILE,
+            true,
+        ),
+        (c"credcrypt.bao_approle_mount", c"Mount path of the AppRole auth method.", &BAO_APPROLE_MOUNT, false),
+        (c"credcrypt.bao_namespace", c"OpenBao namespace (X-Vault-Namespace), if any.", &BAO_NAMESPACE, false),
+        (c"credcrypt.bao_ca_file", c"PEM CA bundle used to verify https OpenBao addresses.", &BAO_CA_FILE, false),
+        (c"credcrypt.transit_mount", c"Mount path of the Transit secrets engine.", &TRANSIT_MOUNT, false),
+    ];
+    for (name, short, setting, secret) in strings {
+        let flags = if secret { secret_flags() } else { GucFlags::SUPERUSER_ONLY | GucFlags::DISALLOW_IN_AUTO_FILE };
+        GucRegistry::define_string_guc(
+            name,
+            short,
+            c"Read by the pg_credcrypt background worker; set in postgresql.conf and reload.",
+            setting,
+            GucContext::Sighup,
+            flags,
+        );
+    }
+    for (name, short, setting, default_max) in [
+        (
+            c"credcrypt.bao_connect_timeout_ms",
+            c"Connect timeout of the worker's HTTP client (ms).",
+            &BAO_CONNECT_TIMEOUT_MS,
+            600_000,
+        ),
+        (
+            c"credcrypt.bao_request_timeout_ms",
+            c"Timeout of one OpenBao call including failover (ms).",
+            &BAO_REQUEST_TIMEOUT_MS,
+            600_000,
+        ),
+    ] {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"Read by the pg_credcrypt background worker.",
+            setting,
+            1,
+            default_max,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY | GucFlags::UNIT_MS,
+        );
+    }
 }
 
 #[cfg(any(feature = "pg13", feature = "pg14"))]

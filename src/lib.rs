@@ -16,17 +16,24 @@ pub mod errors;
 pub mod gucs;
 pub mod keys;
 pub mod postgres;
+pub mod transit;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/roles.sql", name = "roles", bootstrap);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
-/// Library entry point: registers the settings and the log-redaction hook.
+/// Library entry point: registers the settings and the log-redaction hook; when preloaded,
+/// also the shared-memory queue and the background worker of the Transit provider.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     postgres::log_redact::install();
+    // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        transit::queue::init(gucs::QUEUE_SLOTS.get() as usize);
+        transit::worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

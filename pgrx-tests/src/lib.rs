@@ -4,6 +4,8 @@
 //! The cluster comes from `scripts/test.sh` (see `scripts/lib/cluster.sh`), which exports
 //! `CC_PGHOST`, `CC_PGPORT`, `CC_PGDATA`, `CC_KEYDIR` and `CC_LOG`.
 
+pub mod bao;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

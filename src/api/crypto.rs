@@ -1,39 +1,167 @@
-//! `encrypt_credential`, `decrypt_credential`, `decrypt_credential_bytea`, `verify_credential`.
+//! `encrypt_credential(s)`, `decrypt_credential(s)`, `decrypt_credential_bytea`,
+//! `verify_credential`: one code path per provider, shared by the single and bulk forms.
 
-use credcrypt_core::format::Ciphertext;
+use credcrypt_core::format::{self, Ciphertext};
+use credcrypt_core::wire::{Fail, FailKind, Op, ReqItem};
 use credcrypt_core::{verify, Error, ErrorKind, KeyRef, Provider};
+use pgrx::datum::Array;
 use pgrx::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::api::secret::{SecretBytes, SecretText};
 use crate::errors::OrRaise as _;
-use crate::{gucs, keys};
+use crate::gucs::{self, Fallback};
+use crate::keys;
+use crate::transit::backend::{self, fail_to_error};
 
-fn unsupported_transit() -> Error {
-    Error::new(ErrorKind::UnsupportedProvider, "the OpenBao Transit provider is not available in this version")
-}
-
-fn encrypt_bytes(plaintext: &[u8], key_name: Option<&str>, context: Option<&str>) -> String {
-    let reference = match key_name {
+/// Resolves a key argument (NULL → `credcrypt.default_key`).
+pub(crate) fn key_ref(key_name: Option<&str>) -> Result<KeyRef, Error> {
+    match key_name {
         Some(k) => KeyRef::parse(k),
         None => KeyRef::parse(&gucs::default_key()),
     }
-    .or_raise();
-    match reference {
-        KeyRef::Local => keys::with_keyring(|ring| ring.encrypt(plaintext, context.map(str::as_bytes))).or_raise(),
-        KeyRef::Transit(_) => crate::errors::raise(unsupported_transit()),
+}
+
+fn item_error(f: &Fail) -> Error {
+    fail_to_error(f)
+}
+
+/// Whether a Transit failure may fall back to the local key (OpenBao unreachable only).
+fn may_fall_back(e: &Error) -> bool {
+    e.kind == ErrorKind::ProviderUnavailable && gucs::FALLBACK.get() == Fallback::Local
+}
+
+fn fallback_local(plaintexts: &[&[u8]], contexts: &[Option<&str>], cause: &Error) -> Result<Vec<String>, Error> {
+    let out = keys::with_keyring(|ring| {
+        plaintexts
+            .iter()
+            .zip(contexts)
+            .map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes)))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    if let Some(q) = crate::transit::queue::get() {
+        q.stats.fallbacks.fetch_add(out.len() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+    pgrx::warning!(
+        "pg_credcrypt: OpenBao unavailable ({}); {} value(s) encrypted with the local key (credcrypt.fallback = local)",
+        cause.message,
+        out.len()
+    );
+    Ok(out)
+}
+
+/// Encrypts many values with one key; one Transit round trip for the whole set.
+pub(crate) fn encrypt_many(
+    plaintexts: &[&[u8]],
+    key: &KeyRef,
+    contexts: &[Option<&str>],
+) -> Result<Vec<String>, Error> {
+    match key {
+        KeyRef::Local => keys::with_keyring(|ring| {
+            plaintexts.iter().zip(contexts).map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes))).collect()
+        }),
+        KeyRef::Transit(name) => {
+            let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+            let items: Vec<ReqItem<'_>> = plaintexts
+                .iter()
+                .zip(&contexts)
+                .map(|(p, c)| ReqItem { data: p, context: c.map(str::as_bytes) })
+                .collect();
+            let answers = match backend::call(Op::Encrypt, name, &items) {
+                Ok(a) => a,
+                Err(e) if may_fall_back(&e) => return fallback_local(plaintexts, &contexts, &e),
+                Err(e) => return Err(e),
+            };
+            answers
+                .into_iter()
+                .zip(&contexts)
+                .map(|(a, c)| {
+                    let vault = a.map_err(|f| item_error(&f))?;
+                    let vault =
+                        std::str::from_utf8(&vault).map_err(|_| Error::malformed("Transit answered non-text"))?;
+                    format::wrap_transit(name, vault, c.is_some())
+                })
+                .collect()
+        }
     }
 }
 
-/// Decrypts any supported ciphertext into a zeroizing buffer.
-pub(crate) fn decrypt_bytes(ciphertext: &str, context: Option<&str>) -> Zeroizing<Vec<u8>> {
-    let parsed = Ciphertext::parse(ciphertext).or_raise();
-    match parsed.provider {
-        Provider::Local => {
-            keys::with_keyring(|ring| ring.decrypt_parsed(&parsed, context.map(str::as_bytes))).or_raise()
+/// A Transit value waiting for its batch: (position, `vault:vN:` payload, context).
+type TransitEntry<'a> = (usize, &'a str, Option<&'a str>);
+
+/// Decrypts many values (any provider, mixed); bare `vault:vN:` values use `key_name`.
+pub(crate) fn decrypt_many(
+    ciphertexts: &[&str],
+    contexts: &[Option<&str>],
+    key_name: Option<&str>,
+) -> Result<Vec<Zeroizing<Vec<u8>>>, Error> {
+    let mut out: Vec<Option<Zeroizing<Vec<u8>>>> = vec![None; ciphertexts.len()];
+    // Transit values grouped by key: (index, payload, context).
+    let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
+    for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
+        let ctx = ctx.filter(|c| !c.is_empty());
+        if ct.starts_with("vault:v") {
+            let KeyRef::Transit(name) = key_ref(key_name)? else {
+                return Err(Error::new(ErrorKind::InvalidKeyRef, "a bare vault: value needs a Transit key")
+                    .with_detail("pass key_name => 'transit:<name>' or set credcrypt.default_key to it"));
+            };
+            format::wrap_transit(&name, ct, ctx.is_some())?; // validates the value's syntax
+            transit.entry(name).or_default().push((i, ct, ctx));
+            continue;
         }
-        Provider::Transit => crate::errors::raise(unsupported_transit()),
+        let parsed = Ciphertext::parse(ct)?;
+        match parsed.provider {
+            Provider::Local => {
+                out[i] = Some(keys::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)))?);
+            }
+            Provider::Transit => {
+                match (parsed.has_context, ctx.is_some()) {
+                    (true, false) => {
+                        return Err(
+                            Error::auth_failed().with_detail("the value is bound to a context, and none was given")
+                        )
+                    }
+                    (false, true) => {
+                        return Err(
+                            Error::auth_failed().with_detail("the value is bound to no context, and one was given")
+                        )
+                    }
+                    _ => {}
+                }
+                transit.entry(parsed.key_name.to_owned()).or_default().push((i, parsed.payload, ctx));
+            }
+        }
     }
+    for (name, entries) in transit {
+        let items: Vec<ReqItem<'_>> =
+            entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
+        let answers = backend::call(Op::Decrypt, &name, &items)?;
+        for ((i, _, _), a) in entries.iter().zip(answers) {
+            out[*i] = Some(a.map_err(|f| match f.kind {
+                FailKind::AuthenticationFailed => Error::auth_failed(),
+                _ => item_error(&f),
+            })?);
+        }
+    }
+    Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+}
+
+fn encrypt_one(plaintext: &[u8], key_name: Option<&str>, context: Option<&str>) -> String {
+    let key = key_ref(key_name).or_raise();
+    let mut v = encrypt_many(&[plaintext], &key, &[context]).or_raise();
+    v.pop().unwrap_or_default()
+}
+
+fn decrypt_one(ciphertext: &str, context: Option<&str>, key_name: Option<&str>) -> Zeroizing<Vec<u8>> {
+    let mut v = decrypt_many(&[ciphertext], &[context], key_name).or_raise();
+    v.pop().unwrap_or_default()
+}
+
+fn as_text(plain: Zeroizing<Vec<u8>>) -> SecretText {
+    if std::str::from_utf8(&plain).is_err() || plain.contains(&0) {
+        crate::errors::raise(Error::new(ErrorKind::NotUtf8, "decrypted value is not valid text"));
+    }
+    SecretText(plain)
 }
 
 /// Encrypts a text credential. NULL in, NULL out; `key_name` NULL means `credcrypt.default_key`;
@@ -44,7 +172,7 @@ fn encrypt_credential_text(
     key_name: default!(Option<&str>, "NULL"),
     context: default!(Option<&str>, "NULL"),
 ) -> Option<String> {
-    plaintext.map(|p| encrypt_bytes(p.as_bytes(), key_name, context))
+    plaintext.map(|p| encrypt_one(p.as_bytes(), key_name, context))
 }
 
 /// Encrypts a binary credential (bytea). Same contract as the text form.
@@ -54,24 +182,28 @@ fn encrypt_credential_bytea(
     key_name: default!(Option<&str>, "NULL"),
     context: default!(Option<&str>, "NULL"),
 ) -> Option<String> {
-    plaintext.map(|p| encrypt_bytes(p, key_name, context))
+    plaintext.map(|p| encrypt_one(p, key_name, context))
 }
 
-/// Decrypts to text. The value must have been text (valid UTF-8, no NUL byte).
+/// Decrypts to text. The value must have been text (valid UTF-8, no NUL byte). `key_name`
+/// names the Transit key of a bare `vault:vN:…` value written by an application.
 #[pg_extern(stable, parallel_safe)]
-fn decrypt_credential(ciphertext: Option<&str>, context: default!(Option<&str>, "NULL")) -> Option<SecretText> {
-    let ciphertext = ciphertext?;
-    let plain = decrypt_bytes(ciphertext, context);
-    if std::str::from_utf8(&plain).is_err() || plain.contains(&0) {
-        crate::errors::raise(Error::new(ErrorKind::NotUtf8, "decrypted value is not valid text"));
-    }
-    Some(SecretText(plain))
+fn decrypt_credential(
+    ciphertext: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+    key_name: default!(Option<&str>, "NULL"),
+) -> Option<SecretText> {
+    Some(as_text(decrypt_one(ciphertext?, context, key_name)))
 }
 
 /// Decrypts to bytea.
 #[pg_extern(stable, parallel_safe)]
-fn decrypt_credential_bytea(ciphertext: Option<&str>, context: default!(Option<&str>, "NULL")) -> Option<SecretBytes> {
-    Some(SecretBytes(decrypt_bytes(ciphertext?, context)))
+fn decrypt_credential_bytea(
+    ciphertext: Option<&str>,
+    context: default!(Option<&str>, "NULL"),
+    key_name: default!(Option<&str>, "NULL"),
+) -> Option<SecretBytes> {
+    Some(SecretBytes(decrypt_one(ciphertext?, context, key_name)))
 }
 
 /// Checks a presented secret against a stored ciphertext without returning the plaintext.
@@ -84,6 +216,73 @@ fn verify_credential(
     context: default!(Option<&str>, "NULL"),
 ) -> Option<bool> {
     let (ciphertext, candidate) = (ciphertext?, candidate?);
-    let plain = decrypt_bytes(ciphertext, context);
+    let plain = decrypt_one(ciphertext, context, None);
     Some(verify::secret_eq(&plain, candidate.as_bytes()))
+}
+
+fn context_at<'a>(contexts: &'a Option<Vec<Option<&'a str>>>, i: usize, n: usize) -> Option<&'a str> {
+    match contexts {
+        Some(c) if c.len() == n => c[i],
+        _ => None,
+    }
+}
+
+fn check_lengths(n: usize, contexts: &Option<Vec<Option<&str>>>) {
+    if let Some(c) = contexts {
+        if c.len() != n {
+            crate::errors::raise(
+                Error::new(ErrorKind::InvalidArgument, "contexts must have as many elements as the values")
+                    .with_detail(format!("{n} values, {} contexts", c.len())),
+            );
+        }
+    }
+}
+
+/// Encrypts an array of values in one round trip (Transit) — for bulk callers. NULL elements
+/// stay NULL; `contexts`, when given, must have one element per value.
+#[pg_extern(volatile, parallel_safe)]
+fn encrypt_credentials<'a>(
+    plaintexts: Option<Array<'a, &'a str>>,
+    key_name: default!(Option<&'a str>, "NULL"),
+    contexts: default!(Option<Array<'a, &'a str>>, "NULL"),
+) -> Option<Vec<Option<String>>> {
+    let plaintexts_arr = plaintexts?;
+    let plaintexts: Vec<Option<&str>> = plaintexts_arr.iter().collect();
+    let contexts: Option<Vec<Option<&str>>> = contexts.as_ref().map(|c| c.iter().collect());
+    check_lengths(plaintexts.len(), &contexts);
+    let key = key_ref(key_name).or_raise();
+    let present: Vec<usize> = (0..plaintexts.len()).filter(|&i| plaintexts[i].is_some()).collect();
+    let values: Vec<&[u8]> = present.iter().map(|&i| plaintexts[i].unwrap_or_default().as_bytes()).collect();
+    let ctxs: Vec<Option<&str>> = present.iter().map(|&i| context_at(&contexts, i, plaintexts.len())).collect();
+    let encrypted = encrypt_many(&values, &key, &ctxs).or_raise();
+    let mut out = vec![None; plaintexts.len()];
+    for (i, c) in present.into_iter().zip(encrypted) {
+        out[i] = Some(c);
+    }
+    Some(out)
+}
+
+/// Decrypts an array of values (any provider, mixed) in one round trip per Transit key.
+#[pg_extern(stable, parallel_safe)]
+fn decrypt_credentials<'a>(
+    ciphertexts: Option<Array<'a, &'a str>>,
+    contexts: default!(Option<Array<'a, &'a str>>, "NULL"),
+) -> Option<Vec<Option<String>>> {
+    let ciphertexts_arr = ciphertexts?;
+    let ciphertexts: Vec<Option<&str>> = ciphertexts_arr.iter().collect();
+    let contexts: Option<Vec<Option<&str>>> = contexts.as_ref().map(|c| c.iter().collect());
+    check_lengths(ciphertexts.len(), &contexts);
+    let present: Vec<usize> = (0..ciphertexts.len()).filter(|&i| ciphertexts[i].is_some()).collect();
+    let values: Vec<&str> = present.iter().map(|&i| ciphertexts[i].unwrap_or_default()).collect();
+    let ctxs: Vec<Option<&str>> = present.iter().map(|&i| context_at(&contexts, i, ciphertexts.len())).collect();
+    let plain = decrypt_many(&values, &ctxs, None).or_raise();
+    let mut out = vec![None; ciphertexts.len()];
+    for (i, p) in present.into_iter().zip(plain) {
+        // Text arrays cannot carry zeroizing buffers; the copy is PostgreSQL's from here on.
+        let s = String::from_utf8(p.to_vec()).ok().filter(|s| !s.contains('\0')).unwrap_or_else(|| {
+            crate::errors::raise(Error::new(ErrorKind::NotUtf8, "decrypted value is not valid text"))
+        });
+        out[i] = Some(s);
+    }
+    Some(out)
 }

@@ -3,3 +3,4 @@
 pub mod crypto;
 pub mod info;
 pub mod secret;
+pub mod transit;

@@ -30,6 +30,18 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The operating system's random number generator failed (58000).
     RandomFailure,
+    /// The Transit provider needs `shared_preload_libraries = 'pg_credcrypt'` (55000).
+    NotPreloaded,
+    /// OpenBao is unreachable or sealed, or the worker did not answer in time (58030).
+    ProviderUnavailable,
+    /// OpenBao refused the worker's credentials or its policy denies the operation (28000).
+    ProviderDenied,
+    /// The Transit key does not exist (42704).
+    TransitKeyNotFound,
+    /// The Transit key exists but cannot encrypt (42809).
+    WrongKeyType,
+    /// The worker is not configured (no address or no credentials) (55000).
+    ProviderNotConfigured,
 }
 
 /// A core error: a kind, a safe message and an optional safe detail.

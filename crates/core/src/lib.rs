@@ -18,6 +18,7 @@ pub mod local;
 pub mod mask;
 pub mod nonce;
 pub mod verify;
+pub mod wire;
 
 pub use error::{Error, ErrorKind};
 pub use format::{Ciphertext, Provider, FORMAT_VERSION};

@@ -1,0 +1,182 @@
+//! The client against a real OpenBao dev server (the `bao` binary from scripts/setup.sh).
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use credcrypt_blackbox::bao::{free_port, Bao};
+use credcrypt_openbao::{Auth, Client, Config, ErrorKind, Item, ItemErrorKind};
+use zeroize::Zeroizing;
+
+fn dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("credcrypt-openbao-{name}-{}", std::process::id()))
+}
+
+fn token_file(bao: &Bao, name: &str) -> std::path::PathBuf {
+    let p = bao.dir.join(name);
+    std::fs::write(&p, bao.token("1h")).unwrap();
+    p
+}
+
+fn client(addrs: Vec<String>, token: std::path::PathBuf) -> Client {
+    Client::new(Config {
+        addrs,
+        mount: "transit".into(),
+        namespace: None,
+        ca_file: None,
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        auth: Auth::TokenFile(token),
+    })
+    .unwrap()
+}
+
+fn item(data: &[u8], ad: Option<&[u8]>) -> Item {
+    Item { data: Zeroizing::new(data.to_vec()), associated_data: ad.map(<[u8]>::to_vec) }
+}
+
+#[test]
+fn batches_chunk_and_fail_per_item() {
+    let bao = Bao::start(0, &dir("batch"));
+    bao.setup("1h");
+    let mut c = client(vec![bao.addr.clone()], token_file(&bao, "t"));
+
+    // 1,200 values: more than one request's worth under the 1000-JSON-string limit, in order.
+    let items: Vec<Item> = (0..1200).map(|i| item(format!("value-{i}").as_bytes(), Some(b"ctx"))).collect();
+    let cts = c.encrypt("app", &items).unwrap();
+    assert_eq!(cts.len(), 1200);
+    assert!(cts.iter().all(|r| r.as_ref().unwrap().starts_with("vault:v1:")));
+    let back: Vec<Item> = cts.iter().map(|r| item(r.as_ref().unwrap().as_bytes(), Some(b"ctx"))).collect();
+    let plain = c.decrypt("app", &back).unwrap();
+    for (i, p) in plain.iter().enumerate() {
+        assert_eq!(p.as_ref().unwrap().as_slice(), format!("value-{i}").as_bytes());
+    }
+
+    // A batch with one tampered value and one wrong-context value: only those two fail.
+    let good = cts[0].as_ref().unwrap().clone();
+    let mut tampered = good.clone().into_bytes();
+    let n = tampered.len();
+    tampered[n - 3] = if tampered[n - 3] == b'A' { b'B' } else { b'A' };
+    let batch = vec![
+        item(good.as_bytes(), Some(b"ctx")),
+        item(&tampered, Some(b"ctx")),
+        item(good.as_bytes(), Some(b"other")),
+        item(cts[1].as_ref().unwrap().as_bytes(), Some(b"ctx")),
+    ];
+    let r = c.decrypt("app", &batch).unwrap();
+    assert_eq!(r[0].as_ref().unwrap().as_slice(), b"value-0");
+    assert_eq!(r[1].as_ref().unwrap_err().kind, ItemErrorKind::AuthenticationFailed);
+    assert_eq!(r[2].as_ref().unwrap_err().kind, ItemErrorKind::AuthenticationFailed);
+    assert_eq!(r[3].as_ref().unwrap().as_slice(), b"value-1");
+    assert!(!format!("{:?}", r[1]).contains("vault:"), "an item error echoes the ciphertext");
+
+    // Missing key, wrong key type, rotation.
+    // Reading a missing key says so; encrypting with it is refused (with upsert disabled and no
+    // `create` capability OpenBao answers 403 rather than creating the key).
+    assert_eq!(c.key_info("missing").unwrap_err().kind, ErrorKind::KeyNotFound);
+    let e = c.encrypt("missing", &[item(b"x", None)]).unwrap_err().kind;
+    assert!(matches!(e, ErrorKind::KeyNotFound | ErrorKind::PermissionDenied), "{e:?}");
+    let info = c.key_info("signing").unwrap();
+    assert!(!info.supports_encryption, "{info:?}");
+    assert!(c.key_info("app").unwrap().supports_encryption);
+    assert_eq!(c.rotate("app").unwrap(), 2);
+    assert!(c.encrypt("app", &[item(b"x", None)]).unwrap()[0].as_ref().unwrap().starts_with("vault:v2:"));
+}
+
+#[test]
+fn failover_redirects_and_clean_errors() {
+    let bao = Bao::start(0, &dir("failover"));
+    bao.setup("1h");
+    let token = token_file(&bao, "t");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+
+    let mut c = client(vec![dead.clone(), bao.addr.clone()], token.clone());
+    assert!(c.encrypt("app", &[item(b"x", None)]).unwrap()[0].is_ok());
+    assert!(c.status().failovers >= 1);
+    assert_eq!(c.status().active_addr, bao.addr);
+
+    let mut all_dead = client(vec![dead], token.clone());
+    assert_eq!(all_dead.encrypt("app", &[item(b"x", None)]).unwrap_err().kind, ErrorKind::Unavailable);
+
+    // A standby-style 307: a loopback shim that redirects every request to the real server.
+    let shim = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let shim_addr = format!("http://{}", shim.local_addr().unwrap());
+    let target = bao.addr.clone();
+    std::thread::spawn(move || {
+        for stream in shim.incoming().take(8) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let _ = write!(s, "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let mut via_standby = client(vec![shim_addr], token.clone());
+    let ct = via_standby.encrypt("app", &[item(b"redirected", None)]).unwrap().remove(0).unwrap();
+    assert_eq!(c.decrypt("app", &[item(ct.as_bytes(), None)]).unwrap()[0].as_ref().unwrap().as_slice(), b"redirected");
+
+    // A refused token: PermissionDenied, and no error text carries the token.
+    let bad = bao.dir.join("bad");
+    std::fs::write(&bad, "s.SECRET-TOKEN-VALUE").unwrap();
+    let mut denied = client(vec![bao.addr.clone()], bad);
+    let e = denied.encrypt("app", &[item(b"sk-PLAINTEXT", None)]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    let shown = format!("{e} {e:?} {denied:?}");
+    assert!(!shown.contains("SECRET-TOKEN") && !shown.contains("PLAINTEXT"), "{shown}");
+}
+
+#[test]
+fn approle_tokens_are_renewed_or_replaced() {
+    let bao = Bao::start(0, &dir("approle"));
+    bao.setup("1h");
+    bao.must(&["write", "auth/approle/role/credcrypt", "token_policies=credcrypt", "token_ttl=3s", "token_max_ttl=7s"]);
+    let sid = bao.dir.join("sid");
+    std::fs::write(&sid, "credcrypt-secret-0001").unwrap();
+    let mut c = Client::new(Config {
+        addrs: vec![bao.addr.clone()],
+        mount: "transit".into(),
+        namespace: None,
+        ca_file: None,
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        auth: Auth::AppRole { mount: "approle".into(), role_id: "credcrypt-role".into(), secret_id_file: sid },
+    })
+    .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        assert!(c.encrypt("app", &[item(b"x", None)]).unwrap()[0].is_ok());
+        c.maintain().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let st = c.status();
+    assert!(st.renewals >= 1, "{st:?}");
+    assert!(st.logins >= 2, "max TTL reached: a new login was needed: {st:?}");
+    assert!(!format!("{c:?}").contains("credcrypt-secret-0001"));
+}
+
+#[test]
+fn tls_with_a_ca_file() {
+    let bao = Bao::start_tls(&dir("tls"));
+    bao.setup("1h");
+    let token = token_file(&bao, "t");
+    let config = |ca: Option<std::path::PathBuf>| Config {
+        addrs: vec![bao.addr.clone()],
+        mount: "transit".into(),
+        namespace: None,
+        ca_file: ca,
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(3),
+        auth: Auth::TokenFile(token.clone()),
+    };
+    assert!(bao.addr.starts_with("https://"));
+    let mut c = Client::new(config(bao.ca_file.clone())).unwrap();
+    let ct = c.encrypt("app", &[item(b"over tls", None)]).unwrap().remove(0).unwrap();
+    assert_eq!(c.decrypt("app", &[item(ct.as_bytes(), None)]).unwrap()[0].as_ref().unwrap().as_slice(), b"over tls");
+    // Without the CA the server's certificate is not trusted: no silent downgrade.
+    let mut untrusted = Client::new(config(None)).unwrap();
+    assert_eq!(untrusted.encrypt("app", &[item(b"x", None)]).unwrap_err().kind, ErrorKind::Unavailable);
+    // A CA file that holds no certificate is a configuration error.
+    let junk = bao.dir.join("junk.pem");
+    std::fs::write(&junk, "not a pem").unwrap();
+    assert_eq!(Client::new(config(Some(junk))).unwrap_err().kind, ErrorKind::InvalidConfig);
+}

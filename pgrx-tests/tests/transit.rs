@@ -1,0 +1,366 @@
+//! Black-box tests of the OpenBao Transit provider against a real OpenBao dev server and the
+//! preloaded test cluster (worker, shared-memory queue, batching, auth, failover, outages).
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use credcrypt_blackbox::bao::{write_secret_file, Bao};
+use credcrypt_blackbox::Cluster;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Env {
+    _guard: MutexGuard<'static, ()>,
+    c: Cluster,
+    bao: Bao,
+}
+
+/// Starts OpenBao, writes a policy-limited token file, points the cluster's worker at it and
+/// waits until the worker reports the address.
+fn setup() -> Env {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::from_env();
+    c.sql(
+        "CREATE EXTENSION IF NOT EXISTS pg_credcrypt;
+         DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tr_app') THEN
+             CREATE ROLE tr_app LOGIN NOSUPERUSER NOBYPASSRLS;
+             GRANT credcrypt_encryptor, credcrypt_decryptor TO tr_app;
+           END IF;
+         END $$;",
+    );
+    let bao = Bao::start(0, &c.keys.join("bao"));
+    bao.setup("1h");
+    let token = c.keys.join("bao.token");
+    write_secret_file(&token, &bao.token("1h"));
+    point_at(&c, &bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", token.display()));
+    Env { _guard: guard, c, bao }
+}
+
+/// Writes credcrypt.conf (local key + the given OpenBao settings), reloads and waits until the
+/// worker reports `addr` as its active address.
+fn point_at(c: &Cluster, addrs: &str, auth: &str) {
+    let key = c.keys.join("current.key");
+    let conf = format!(
+        "credcrypt.local_key_file = '{}'\ncredcrypt.bao_addr = '{addrs}'\n{auth}credcrypt.bao_request_timeout_ms = 3000\ncredcrypt.bao_connect_timeout_ms = 500\n",
+        key.display()
+    );
+    std::fs::write(c.data.join("credcrypt.conf"), conf).expect("conf");
+    c.sql("SELECT pg_reload_conf()");
+    let first = addrs.split(',').next().unwrap_or_default().trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = c.sql("SELECT coalesce(active_address, '') FROM credcrypt.status()");
+        if a == first {
+            return;
+        }
+        assert!(Instant::now() < deadline, "worker did not pick up {addrs} (reports {a:?})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn round_trip_formats_and_bulk() {
+    let e = setup();
+    let c = &e.c;
+    let ct = c
+        .psql("tr_app", "SELECT credcrypt.encrypt_credential('sk-transit-SECRETMARKER', 'transit:app', 'owner:1')")
+        .expect_ok()
+        .to_owned();
+    assert!(ct.starts_with("cc1:transit:app:1:c:vault:v1:"), "{ct}");
+    assert_eq!(
+        c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'owner:1')")).expect_ok(),
+        "sk-transit-SECRETMARKER"
+    );
+    c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'owner:2')"))
+        .expect_error("39000")
+        .expect_clean("SECRETMARKER");
+    c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}')")).expect_error("39000");
+    assert_eq!(
+        c.psql("tr_app", &format!("SELECT credcrypt.verify_credential('{ct}', 'sk-transit-SECRETMARKER', 'owner:1')"))
+            .expect_ok(),
+        "t"
+    );
+    assert_eq!(
+        c.sql(&format!(
+            "SELECT provider || '/' || key_name || '/' || key_version FROM credcrypt.ciphertext_info('{ct}')"
+        )),
+        "transit/app/1"
+    );
+
+    // A bare vault: value (as an application calling Transit directly stores it).
+    let bare =
+        e.bao.must(&["write", "-field=ciphertext", "transit/encrypt/app", "plaintext=YXBwLXZhbHVl"]).trim().to_owned();
+    assert_eq!(
+        c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{bare}', key_name => 'transit:app')"))
+            .expect_ok(),
+        "app-value"
+    );
+    let imported = c.sql(&format!("SELECT credcrypt.import_transit_ciphertext('{bare}', 'transit:app')"));
+    assert_eq!(imported, format!("cc1:transit:app:1:n:{bare}"));
+    assert_eq!(
+        c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{imported}')")).expect_ok(),
+        "app-value"
+    );
+
+    // Bulk: 2,000 values with per-value contexts in one call, then back, mixed with local values.
+    let out = c.psql(
+        "tr_app",
+        "WITH v AS MATERIALIZED (SELECT array_agg('tok-' || g ORDER BY g) p, array_agg('ctx-' || g ORDER BY g) x FROM generate_series(1, 2000) g),
+              e AS MATERIALIZED (SELECT credcrypt.encrypt_credentials(p, 'transit:app', x) c, p, x FROM v),
+              d AS MATERIALIZED (SELECT credcrypt.decrypt_credentials(c, x) d, p FROM e)
+         SELECT count(*) FILTER (WHERE u.dv = u.pv), count(*) FROM d, unnest(d.d, d.p) AS u(dv, pv)",
+    );
+    assert_eq!(out.expect_ok(), "2000|2000");
+    let mixed = c.psql(
+        "tr_app",
+        "SELECT array_to_string(credcrypt.decrypt_credentials(ARRAY[
+            credcrypt.encrypt_credential('L1', 'local'), NULL, credcrypt.encrypt_credential('T1', 'transit:other')]), ',', 'null')",
+    );
+    assert_eq!(mixed.expect_ok(), "L1,null,T1");
+    // 64 KiB values go through the queue; larger ones are refused with a clear error.
+    assert_eq!(
+        c.psql("tr_app", "SELECT length(credcrypt.decrypt_credential(credcrypt.encrypt_credential(repeat('x', 65536), 'transit:app')))").expect_ok(),
+        "65536"
+    );
+    c.psql("tr_app", "SELECT credcrypt.encrypt_credential(repeat('x', 65537), 'transit:app')").expect_error("54000");
+}
+
+#[test]
+fn concurrent_sessions_are_coalesced_and_correct() {
+    let e = setup();
+    let c = &e.c;
+    let before: i64 = c.sql("SELECT batches FROM credcrypt.status()").parse().unwrap();
+    let handles: Vec<_> = (0..16)
+        .map(|s| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let sql = format!(
+                    "SELECT count(*) FILTER (WHERE credcrypt.decrypt_credential(credcrypt.encrypt_credential('s{s}-' || g, 'transit:app', 'c' || g), 'c' || g) = 's{s}-' || g)
+                       FROM generate_series(1, 150) g"
+                );
+                c.psql("tr_app", &sql).expect_ok().to_owned()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), "150");
+    }
+    let (batches, mean): (i64, f64) = {
+        let r = c.sql("SELECT batches || '|' || coalesce(mean_batch_size, 0) FROM credcrypt.status()");
+        let (b, m) = r.split_once('|').unwrap();
+        (b.parse().unwrap(), m.parse().unwrap())
+    };
+    let used = batches - before;
+    assert!(used > 0 && used < 16 * 150 * 2, "no coalescing: {used} batches for {} values", 16 * 150 * 2);
+    assert!(mean > 1.0, "mean batch size {mean}");
+}
+
+#[test]
+fn key_problems_have_clear_errors() {
+    let e = setup();
+    let c = &e.c;
+    c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:signing')").expect_error("42809");
+    c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:missing')").expect_error("42704");
+    e.bao.must(&["write", "-f", "transit/keys/nopolicy"]);
+    c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:nopolicy')").expect_error("28000");
+    // Rotation: new values use the new version; old values still decrypt.
+    let old = c.sql("SELECT credcrypt.encrypt_credential('rot', 'transit:app')");
+    assert_eq!(c.sql("SELECT credcrypt.rotate_key('transit:app')"), "2");
+    let new = c.sql("SELECT credcrypt.encrypt_credential('rot', 'transit:app')");
+    assert!(new.starts_with("cc1:transit:app:2:n:vault:v2:"), "{new}");
+    assert_eq!(c.sql(&format!("SELECT credcrypt.decrypt_credential('{old}')")), "rot");
+    // Only credcrypt_admin may rotate or read the status.
+    assert_eq!(c.psql("tr_app", "SELECT credcrypt.rotate_key('transit:app')").sqlstate(), Some("42501"));
+    assert_eq!(c.psql("tr_app", "SELECT * FROM credcrypt.status()").sqlstate(), Some("42501"));
+}
+
+#[test]
+fn bad_token_then_approle_with_short_ttl() {
+    let e = setup();
+    let c = &e.c;
+    let bad = c.keys.join("bad.token");
+    write_secret_file(&bad, "s.this-token-is-not-valid");
+    point_at(c, &e.bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", bad.display()));
+    let o = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:app')");
+    o.expect_error("28000").expect_clean("this-token-is-not-valid");
+
+    // AppRole whose tokens live 3 s: the worker renews or logs in again and keeps serving.
+    e.bao.must(&[
+        "write",
+        "auth/approle/role/credcrypt",
+        "token_policies=credcrypt",
+        "token_ttl=3s",
+        "token_max_ttl=6s",
+    ]);
+    let sid = c.keys.join("secret.id");
+    write_secret_file(&sid, "credcrypt-secret-0001");
+    point_at(
+        c,
+        &e.bao.addr,
+        &format!("credcrypt.bao_role_id = 'credcrypt-role'\ncredcrypt.bao_secret_id_file = '{}'\n", sid.display()),
+    );
+    for _ in 0..4 {
+        let ct =
+            c.psql("tr_app", "SELECT credcrypt.encrypt_credential('approle', 'transit:app')").expect_ok().to_owned();
+        assert_eq!(c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}')")).expect_ok(), "approle");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let renewals: i64 = c.sql("SELECT token_renewals FROM credcrypt.status()").parse().unwrap();
+    assert!(renewals >= 2, "token renewals/logins: {renewals}");
+    assert!(!c.log_text().contains("credcrypt-secret-0001"), "secret id in the server log");
+}
+
+#[test]
+fn failover_to_the_second_address() {
+    let e = setup();
+    let c = &e.c;
+    let dead = format!("http://127.0.0.1:{}", credcrypt_blackbox::bao::free_port());
+    let token = c.keys.join("bao.token");
+    point_at(c, &format!("{dead}, {}", e.bao.addr), &format!("credcrypt.bao_token_file = '{}'\n", token.display()));
+    let ct = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('fo', 'transit:app')").expect_ok().to_owned();
+    assert!(ct.starts_with("cc1:transit:app:"));
+    let failovers: i64 = c.sql("SELECT failovers FROM credcrypt.status()").parse().unwrap();
+    assert!(failovers >= 1);
+}
+
+#[test]
+fn outage_fails_closed_then_falls_back_only_when_asked_and_recovers() {
+    let mut e = setup();
+    let c = &e.c;
+    c.sql(
+        "DROP TABLE IF EXISTS tr_outage; CREATE TABLE tr_outage(v text); GRANT INSERT, SELECT ON tr_outage TO tr_app;",
+    );
+    let port: u16 = e.bao.addr.rsplit(':').next().unwrap().parse().unwrap();
+    e.bao.kill();
+    // Fail closed: the statement errors (not a hang: statement_timeout would say 57014) and no row is written.
+    let o = c.psql(
+        "tr_app",
+        "SET statement_timeout = '30s'; INSERT INTO tr_outage SELECT credcrypt.encrypt_credential('down-SECRETMARKER', 'transit:app')",
+    );
+    o.expect_error("58030").expect_clean("SECRETMARKER");
+    assert_eq!(c.sql("SELECT count(*) FROM tr_outage"), "0");
+    // Decrypting a Transit value while OpenBao is down: a clear error, no fallback.
+    c.psql(
+        "tr_app",
+        "SELECT credcrypt.decrypt_credential('cc1:transit:app:1:n:vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA')",
+    )
+    .expect_error("58030");
+    // Explicit fallback: written with the local key, with a WARNING, and counted.
+    let o = c.psql(
+        "postgres",
+        "SET credcrypt.fallback = 'local'; INSERT INTO tr_outage SELECT credcrypt.encrypt_credential('down', 'transit:app'); SELECT v FROM tr_outage",
+    );
+    assert!(o.expect_ok().starts_with("cc1:local:local:"), "{o:?}");
+    assert!(o.err.contains("WARNING") && o.err.contains("local key"), "{}", o.err);
+    let fb: i64 = c.sql("SELECT fallback_encryptions FROM credcrypt.status()").parse().unwrap();
+    assert!(fb >= 1);
+    // Only a superuser may turn the fallback on.
+    assert!(!c.psql("tr_app", "SET credcrypt.fallback = 'local'").ok);
+    // OpenBao back on the same address: works again without restarting PostgreSQL.
+    let bao2 = Bao::start(port, &c.keys.join("bao2"));
+    bao2.setup("1h");
+    let token = c.keys.join("bao.token");
+    write_secret_file(&token, &bao2.token("1h"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('back', 'transit:app')");
+        if o.ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", o.err);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    e.bao = bao2;
+}
+
+#[test]
+fn cancel_and_statement_timeout_while_waiting_and_worker_restart() {
+    let e = setup();
+    let c = &e.c;
+    let pid = e.bao_pid();
+    // Freeze OpenBao: the worker's HTTP call hangs; the backend's wait must still end.
+    signal(pid, "STOP");
+    let o =
+        c.psql("tr_app", "SET statement_timeout = '700ms'; SELECT credcrypt.encrypt_credential('x', 'transit:app')");
+    assert_eq!(o.sqlstate(), Some("57014"), "{o:?}");
+    let o = c.psql(
+        "tr_app",
+        "SET credcrypt.request_timeout_ms = 700; SELECT credcrypt.encrypt_credential('x', 'transit:app')",
+    );
+    assert_eq!(o.sqlstate(), Some("58030"), "{o:?}");
+    signal(pid, "CONT");
+    // The slots given up were recycled: the queue keeps serving.
+    for _ in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !c.psql("tr_app", "SELECT credcrypt.encrypt_credential('y', 'transit:app')").ok {
+            assert!(Instant::now() < deadline, "queue did not recover");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Kill the worker: the postmaster restarts it and it serves again.
+    let old: i32 = c.sql("SELECT worker_pid FROM credcrypt.status()").parse().unwrap();
+    c.sql(&format!("SELECT pg_terminate_backend({old})"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('z', 'transit:app')");
+        let now: String = c.sql("SELECT coalesce(worker_pid, 0) FROM credcrypt.status()");
+        if o.ok && now != "0" && now != old.to_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker not restarted: {}", o.err);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sealed_server_is_a_clear_error() {
+    let e = setup();
+    let c = &e.c;
+    e.bao.must(&["operator", "seal"]);
+    let o = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:app')");
+    o.expect_error("58030");
+    assert!(o.err.to_lowercase().contains("sealed"), "{}", o.err);
+}
+
+impl Env {
+    fn bao_pid(&self) -> u32 {
+        self.bao.pid()
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok);
+}
+
+#[test]
+fn one_bad_value_fails_only_its_own_statement() {
+    let e = setup();
+    let c = &e.c;
+    let good = c.sql("SELECT credcrypt.encrypt_credential('good-value', 'transit:app', 'k')");
+    let mut bad = good.clone().into_bytes();
+    let n = bad.len();
+    bad[n - 3] = if bad[n - 3] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    // Eight sessions at once, one of them decrypting a tampered value: the worker may put them
+    // in one Transit batch; only the tampered value's statement fails.
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            let v = if i == 3 { bad.clone() } else { good.clone() };
+            std::thread::spawn(move || {
+                let sql = format!("SELECT count(*) FROM generate_series(1, 40) g WHERE credcrypt.decrypt_credential('{v}', 'k') = 'good-value'");
+                c.psql("tr_app", &sql)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let o = h.join().unwrap();
+        if i == 3 {
+            assert_eq!(o.sqlstate(), Some("39000"), "{o:?}");
+        } else {
+            assert_eq!(o.expect_ok(), "40");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The backend side of the queue: hand a request to the worker and wait for its answer.
+//!
+//! While waiting, the backend sleeps on its latch and runs `CHECK_FOR_INTERRUPTS` on every
+//! wake-up, so `statement_timeout`, `pg_cancel_backend` and postmaster death end the wait; a
+//! drop guard gives the slot up on every exit path (including an ERROR unwinding through us).
+//! Without an answer within `credcrypt.request_timeout_ms` the statement fails.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use credcrypt_core::wire::{self, Fail, FailKind, Op, ReqItem};
+use credcrypt_core::{Error, ErrorKind};
+use pgrx::pg_sys;
+use zeroize::Zeroizing;
+
+use super::queue::{self, state, Header, Slot, SLOT_BYTES};
+use crate::gucs;
+
+/// One answered item: the bytes (zeroized on drop) or the reason it failed.
+pub type ItemResult = Result<Zeroizing<Vec<u8>>, Fail>;
+
+/// Maps a whole-request failure to a core error.
+pub fn fail_to_error(f: &Fail) -> Error {
+    let kind = match f.kind {
+        FailKind::Unavailable | FailKind::Sealed | FailKind::Other => ErrorKind::ProviderUnavailable,
+        FailKind::PermissionDenied => ErrorKind::ProviderDenied,
+        FailKind::KeyNotFound => ErrorKind::TransitKeyNotFound,
+        FailKind::UnsupportedKey => ErrorKind::WrongKeyType,
+        FailKind::AuthenticationFailed => ErrorKind::AuthenticationFailed,
+        FailKind::InvalidInput => ErrorKind::Malformed,
+        FailKind::Config => ErrorKind::ProviderNotConfigured,
+        FailKind::TooLarge => ErrorKind::TooLarge,
+    };
+    let message = match kind {
+        ErrorKind::AuthenticationFailed => {
+            "ciphertext authentication failed: the value was tampered with, or the key or context is wrong".to_owned()
+        }
+        _ => format!("OpenBao Transit: {}", f.message),
+    };
+    Error::new(kind, message)
+}
+
+fn queue() -> Result<&'static Header, Error> {
+    queue::get().ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotPreloaded,
+            "the OpenBao Transit provider needs pg_credcrypt in shared_preload_libraries",
+        )
+    })
+}
+
+/// Gives a claimed slot back on every exit path unless the answer was consumed.
+struct Claim<'a> {
+    slot: &'a Slot,
+    armed: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            give_up(self.slot);
+        }
+    }
+}
+
+fn give_up(slot: &Slot) {
+    loop {
+        match slot.state.load(SeqCst) {
+            state::READY => {
+                if slot.state.compare_exchange(state::READY, state::FILLING, SeqCst, SeqCst).is_ok() {
+                    // SAFETY: we own the slot again (FILLING).
+                    unsafe { slot.wipe(slot.len.load(SeqCst) as usize) };
+                    slot.state.store(state::FREE, SeqCst);
+                    return;
+                }
+            }
+            state::WORKING => {
+                if slot.state.compare_exchange(state::WORKING, state::ABANDONED, SeqCst, SeqCst).is_ok() {
+                    return; // the worker wipes and frees it when it finishes
+                }
+            }
+            state::DONE | state::FILLING => {
+                // SAFETY: the answer is ours to discard (DONE) or we never submitted (FILLING).
+                unsafe { slot.wipe(SLOT_BYTES) };
+                slot.state.store(state::FREE, SeqCst);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+fn timeout() -> Duration {
+    Duration::from_millis(gucs::REQUEST_TIMEOUT_MS.get().max(1) as u64)
+}
+
+fn wait_latch(ms: u64) {
+    // SAFETY: MyLatch is this backend's own latch; called on the main thread.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+fn unanswered(deadline_ms: u128) -> Error {
+    Error::new(ErrorKind::ProviderUnavailable, "the pg_credcrypt worker did not answer in time").with_detail(format!(
+        "no answer within credcrypt.request_timeout_ms = {deadline_ms} ms; see credcrypt.status()"
+    ))
+}
+
+/// Claims a free slot, waiting (interruptibly) until `deadline`.
+fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error> {
+    // SAFETY: MyProcPid is set for every backend.
+    let start = unsafe { pg_sys::MyProcPid } as usize;
+    loop {
+        for k in 0..q.nslots() {
+            let slot = q.slot((start + k) % q.nslots());
+            if slot.state.compare_exchange(state::FREE, state::FILLING, SeqCst, SeqCst).is_ok() {
+                slot.generation.fetch_add(1, SeqCst);
+                return Ok(Claim { slot, armed: true });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(unanswered(timeout().as_millis()));
+        }
+        wait_latch(5);
+    }
+}
+
+/// Sends one request that fits a slot and waits for the answer.
+fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
+    let q = queue()?;
+    let deadline = Instant::now() + timeout();
+    let mut claim = claim(q, deadline)?;
+    let slot = claim.slot;
+    // SAFETY: the slot is FILLING and ours.
+    let n = wire::encode_request(unsafe { slot.buffer() }, op, key, items)?;
+    slot.len.store(n as u32, SeqCst);
+    // SAFETY: MyLatch / MyProcPid belong to this backend.
+    unsafe {
+        slot.owner_latch.store(pg_sys::MyLatch as usize, SeqCst);
+        slot.owner_pid.store(pg_sys::MyProcPid, SeqCst);
+    }
+    slot.state.store(state::READY, SeqCst);
+    q.wake_worker();
+    loop {
+        if slot.state.load(SeqCst) == state::DONE {
+            let len = (slot.len.load(SeqCst) as usize).min(SLOT_BYTES);
+            // SAFETY: DONE: the worker is finished with the slot; it is ours to read.
+            let raw = Zeroizing::new(unsafe { slot.buffer() }[..len].to_vec());
+            // SAFETY: as above; wipe before returning the slot to the pool.
+            unsafe { slot.wipe(len) };
+            slot.state.store(state::FREE, SeqCst);
+            claim.armed = false;
+            let decoded = wire::decode_response(&raw)?;
+            return match decoded {
+                Ok(items) => Ok(items.into_iter().map(|r| r.map(|b| Zeroizing::new(b.to_vec()))).collect()),
+                Err(fail) => Err(fail_to_error(&fail)),
+            };
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(unanswered(timeout().as_millis()));
+        }
+        wait_latch((deadline - now).as_millis().clamp(1, 100) as u64);
+    }
+}
+
+/// Upper bound of the answer's size for an item (encrypt answers are base64 and longer).
+fn answer_len(op: Op, item: &ReqItem<'_>) -> usize {
+    match op {
+        Op::Encrypt => (item.data.len() + 28).div_ceil(3) * 4 + 32,
+        _ => item.data.len() + 16,
+    }
+}
+
+/// The largest plaintext the queue carries, in bytes.
+pub const MAX_VALUE: usize = 64 * 1024;
+
+/// The largest item a request may carry: a plaintext for encrypt, a ciphertext for decrypt.
+fn max_item(op: Op) -> usize {
+    match op {
+        Op::Encrypt => MAX_VALUE,
+        _ => (MAX_VALUE + 28).div_ceil(3) * 4 + 64,
+    }
+}
+
+/// Sends `items` to the worker in as many slot-sized requests as needed; answers in order.
+pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
+    if items.is_empty() {
+        return round_trip(op, key, items);
+    }
+    let budget = SLOT_BYTES - 64 - key.len();
+    let mut out = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let (mut req, mut ans, mut end) = (0usize, 0usize, start);
+        while end < items.len() {
+            let it = &items[end];
+            if it.data.len() > max_item(op) || it.context.map_or(0, <[u8]>::len) > 16 * 1024 {
+                return Err(Error::new(ErrorKind::TooLarge, "value is too large for the Transit provider")
+                    .with_detail(format!("the limit is {MAX_VALUE} bytes per value and 16384 bytes of context")));
+            }
+            let r = 9 + it.data.len() + it.context.map_or(0, <[u8]>::len);
+            let a = 9 + answer_len(op, it);
+            if end > start && (req + r > budget || ans + a > budget) {
+                break;
+            }
+            req += r;
+            ans += a;
+            end += 1;
+        }
+        out.extend(round_trip(op, key, &items[start..end])?);
+        start = end;
+    }
+    Ok(out)
+}

@@ -1,0 +1,448 @@
+//! The background worker: the only process that speaks HTTP to OpenBao.
+//!
+//! It sleeps on its latch; backends set it when they submit a request. Each round it takes
+//! every READY slot, groups the items by operation and key, sends them to Transit as batches
+//! (the client splits them under the server's JSON limits), and answers every slot. Requests
+//! that arrive while a batch is in flight are coalesced into the next round. On SIGHUP it
+//! reloads the configuration (and rebuilds its HTTP client when a `credcrypt.bao_*` setting
+//! changed); on SIGTERM or postmaster death it exits; after a crash the postmaster restarts it
+//! after `RESTART_AFTER`. It connects to no database (shared catalogs only), so it also runs
+//! on hot standbys, and it shows in `pg_stat_activity` as `pg_credcrypt worker`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant, SystemTime};
+
+use credcrypt_core::wire::{self, Fail, FailKind, Op};
+use credcrypt_transit as transit;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use zeroize::Zeroizing;
+
+use super::backend::ItemResult;
+use super::queue::{self, state, Header};
+use crate::gucs;
+
+/// The answer to one request: per-item results, or a whole-request failure.
+type Answer = Result<Vec<ItemResult>, Fail>;
+
+/// Delay before the postmaster restarts a crashed worker.
+pub const RESTART_AFTER: Duration = Duration::from_secs(1);
+
+/// Registers the worker (from `_PG_init`, while preloading).
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_credcrypt transit worker")
+        .set_type("pg_credcrypt worker")
+        .set_function("credcrypt_worker_main")
+        .set_library("pg_credcrypt")
+        .enable_shmem_access(None)
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The worker's view of its configuration, from the `credcrypt.bao_*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    addrs: String,
+    mount: String,
+    namespace: String,
+    ca_file: String,
+    token_file: String,
+    role_id: String,
+    secret_id_file: String,
+    approle_mount: String,
+    connect_ms: i32,
+    request_ms: i32,
+}
+
+impl Settings {
+    fn read() -> Self {
+        let s = |g| String::from_utf8_lossy(gucs::raw(g)).trim().to_owned();
+        Settings {
+            addrs: s(&gucs::BAO_ADDR),
+            mount: s(&gucs::TRANSIT_MOUNT),
+            namespace: s(&gucs::BAO_NAMESPACE),
+            ca_file: s(&gucs::BAO_CA_FILE),
+            token_file: s(&gucs::BAO_TOKEN_FILE),
+            role_id: s(&gucs::BAO_ROLE_ID),
+            secret_id_file: s(&gucs::BAO_SECRET_ID_FILE),
+            approle_mount: s(&gucs::BAO_APPROLE_MOUNT),
+            connect_ms: gucs::BAO_CONNECT_TIMEOUT_MS.get(),
+            request_ms: gucs::BAO_REQUEST_TIMEOUT_MS.get(),
+        }
+    }
+
+    fn client(&self) -> Result<transit::Client, Fail> {
+        let cfg_fail = |m: &str| Fail { kind: FailKind::Config, message: m.to_owned() };
+        let addrs: Vec<String> = self
+            .addrs
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/').to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(cfg_fail("credcrypt.bao_addr is not set"));
+        }
+        let auth = if !self.token_file.is_empty() {
+            transit::Auth::TokenFile(self.token_file.clone().into())
+        } else if !self.role_id.is_empty() && !self.secret_id_file.is_empty() {
+            transit::Auth::AppRole {
+                mount: if self.approle_mount.is_empty() { "approle".into() } else { self.approle_mount.clone() },
+                role_id: self.role_id.clone(),
+                secret_id_file: self.secret_id_file.clone().into(),
+            }
+        } else {
+            return Err(cfg_fail(
+                "no OpenBao credentials: set credcrypt.bao_token_file, or credcrypt.bao_role_id and credcrypt.bao_secret_id_file",
+            ));
+        };
+        transit::Client::new(transit::Config {
+            addrs,
+            mount: if self.mount.is_empty() { "transit".into() } else { self.mount.clone() },
+            namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
+            ca_file: (!self.ca_file.is_empty()).then(|| self.ca_file.clone().into()),
+            connect_timeout: Duration::from_millis(self.connect_ms.max(1) as u64),
+            request_timeout: Duration::from_millis(self.request_ms.max(1) as u64),
+            auth,
+        })
+        .map_err(|e| fail_of(&e))
+    }
+}
+
+/// Maps a client error to a queue failure (messages are sanitized by the client).
+fn fail_of(e: &transit::Error) -> Fail {
+    use transit::ErrorKind as K;
+    let kind = match e.kind {
+        K::Unavailable => FailKind::Unavailable,
+        K::Sealed => FailKind::Sealed,
+        K::PermissionDenied | K::AuthFailed => FailKind::PermissionDenied,
+        K::KeyNotFound => FailKind::KeyNotFound,
+        K::InvalidConfig => FailKind::Config,
+        K::TooLarge => FailKind::TooLarge,
+        _ => FailKind::Other,
+    };
+    Fail { kind, message: e.to_string() }
+}
+
+fn item_fail_of(e: &transit::ItemError) -> Fail {
+    use transit::ItemErrorKind as K;
+    let kind = match e.kind {
+        K::AuthenticationFailed => FailKind::AuthenticationFailed,
+        K::InvalidInput => FailKind::InvalidInput,
+        K::KeyNotFound => FailKind::KeyNotFound,
+        _ => FailKind::Other,
+    };
+    Fail { kind, message: e.to_string() }
+}
+
+struct Worker {
+    q: &'static Header,
+    settings: Settings,
+    client: Result<transit::Client, Fail>,
+    /// Keys already checked to be encryption keys (cleared on reconfiguration and rotation).
+    checked_keys: HashMap<String, Result<(), Fail>>,
+    last_error: String,
+}
+
+impl Worker {
+    fn reconfigure(&mut self) {
+        let s = Settings::read();
+        if s != self.settings || self.client.is_err() {
+            self.client = s.client();
+            self.settings = s;
+            self.checked_keys.clear();
+            let addr = self.settings.addrs.split(',').next().unwrap_or("").trim().to_owned();
+            self.q.set_text(Some(&addr), None);
+            if let Err(f) = self.client.as_ref().map(|_| ()).map_err(Fail::clone) {
+                self.note_error(&f);
+            }
+        }
+    }
+
+    fn note_error(&mut self, f: &Fail) {
+        if let Some(c) = self.q.stats.errors.get(f.kind as usize) {
+            c.fetch_add(1, SeqCst);
+        }
+        if f.message != self.last_error {
+            self.last_error = f.message.clone();
+            self.q.set_text(None, Some(&f.message));
+            log!("pg_credcrypt worker: {}", f.message);
+        }
+    }
+
+    fn publish_client_status(&self) {
+        if let Ok(c) = &self.client {
+            let st = c.status();
+            self.q.set_text(Some(&st.active_addr), None);
+            let ttl = st.token_ttl_left.map_or(-1, |d| d.as_millis() as i64);
+            self.q.stats.token_ttl_ms.store(ttl, SeqCst);
+            self.q.stats.token_ttl_at_ms.store(now_ms(), SeqCst);
+            self.q.stats.failovers.store(st.failovers, SeqCst);
+            self.q.stats.renewals.store(st.renewals + st.logins, SeqCst);
+        }
+    }
+
+    fn maintain(&mut self) {
+        let due = match &self.client {
+            Ok(c) => c.next_maintenance().is_some_and(|t| t <= Instant::now()),
+            Err(_) => false,
+        };
+        if due {
+            if let Ok(c) = &mut self.client {
+                if let Err(e) = c.maintain() {
+                    let f = fail_of(&e);
+                    self.note_error(&f);
+                }
+            }
+        }
+    }
+
+    fn sleep_for(&self) -> Duration {
+        let cap = Duration::from_secs(1);
+        match &self.client {
+            Ok(c) => c.next_maintenance().map_or(cap, |t| t.saturating_duration_since(Instant::now()).min(cap)),
+            Err(_) => cap,
+        }
+    }
+
+    /// Checks once per key that it exists and can encrypt.
+    fn check_key(&mut self, key: &str) -> Result<(), Fail> {
+        if let Some(r) = self.checked_keys.get(key) {
+            return r.clone();
+        }
+        let client = self.client.as_mut().map_err(|f| f.clone())?;
+        let r = match client.key_info(key) {
+            Ok(info) if info.supports_encryption => Ok(()),
+            Ok(info) => Err(Fail {
+                kind: FailKind::UnsupportedKey,
+                message: format!("Transit key {key} is of type {}, which cannot encrypt", info.key_type),
+            }),
+            Err(e) => Err(fail_of(&e)),
+        };
+        // Remember definite answers only; transient failures are retried next time.
+        if matches!(&r, Ok(()) | Err(Fail { kind: FailKind::UnsupportedKey | FailKind::KeyNotFound, .. })) {
+            self.checked_keys.insert(key.to_owned(), r.clone());
+        }
+        r
+    }
+
+    /// Takes every READY slot and answers it.
+    fn serve(&mut self) {
+        let q = self.q;
+        let mut taken = Vec::new();
+        for i in 0..q.nslots() {
+            let slot = q.slot(i);
+            if slot.state.compare_exchange(state::READY, state::WORKING, SeqCst, SeqCst).is_ok() {
+                taken.push(i);
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        // Copy each request out of shared memory (zeroizing copies) and wipe the slot.
+        let mut requests: Vec<(usize, Zeroizing<Vec<u8>>)> = Vec::with_capacity(taken.len());
+        for &i in &taken {
+            let slot = q.slot(i);
+            let len = (slot.len.load(SeqCst) as usize).min(queue::SLOT_BYTES);
+            // SAFETY: WORKING: the worker owns the buffer until it answers.
+            let raw = Zeroizing::new(unsafe { slot.buffer() }[..len].to_vec());
+            // SAFETY: as above.
+            unsafe { slot.wipe(len) };
+            requests.push((i, raw));
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
+        // Group encrypt/decrypt requests by (op, key) so one Transit batch serves many backends.
+        let mut groups: HashMap<(u8, String), Vec<usize>> = HashMap::new();
+        let decoded: Vec<_> = requests.iter().map(|(_, raw)| wire::decode_request(raw)).collect();
+        for (k, d) in decoded.iter().enumerate() {
+            answers.push(Err(Fail { kind: FailKind::Other, message: "not processed".into() }));
+            match d {
+                Ok(r) if matches!(r.op, Op::Encrypt | Op::Decrypt) => {
+                    groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
+                }
+                Ok(r) => answers[k] = self.admin(r.op, r.key),
+                Err(_) => answers[k] = Err(Fail { kind: FailKind::Other, message: "corrupt request".into() }),
+            }
+        }
+        for ((op, key), members) in groups {
+            let op = if op == Op::Encrypt as u8 { Op::Encrypt } else { Op::Decrypt };
+            let mut items = Vec::new();
+            let mut owners = Vec::new();
+            for &k in &members {
+                let Ok(r) = &decoded[k] else { continue };
+                for it in &r.items {
+                    items.push(transit::Item {
+                        data: Zeroizing::new(it.data.to_vec()),
+                        associated_data: it.context.map(<[u8]>::to_vec),
+                    });
+                    owners.push(k);
+                }
+            }
+            let result = self.batch(op, &key, &items);
+            q.stats.items.fetch_add(items.len() as u64, SeqCst);
+            match result {
+                Ok(results) => {
+                    for &k in &members {
+                        answers[k] = Ok(Vec::new());
+                    }
+                    for (owner, r) in owners.into_iter().zip(results) {
+                        if let Err(f) = &r {
+                            self.note_error(f);
+                        }
+                        if let Ok(v) = &mut answers[owner] {
+                            v.push(r);
+                        }
+                    }
+                }
+                Err(f) => {
+                    self.note_error(&f);
+                    for &k in &members {
+                        answers[k] = Err(f.clone());
+                    }
+                }
+            }
+        }
+        for ((i, _), answer) in requests.iter().zip(answers) {
+            self.answer(*i, answer);
+        }
+        self.publish_client_status();
+    }
+
+    fn batch(&mut self, op: Op, key: &str, items: &[transit::Item]) -> Answer {
+        if op == Op::Encrypt {
+            self.check_key(key)?;
+        }
+        let client = self.client.as_mut().map_err(|f| f.clone())?;
+        self.q.stats.batches.fetch_add(1, SeqCst);
+        let r = match op {
+            Op::Encrypt => client.encrypt(key, items).map(|v| {
+                v.into_iter().map(|r| r.map(|s| Zeroizing::new(s.into_bytes())).map_err(|e| item_fail_of(&e))).collect()
+            }),
+            _ => client.decrypt(key, items).map(|v| v.into_iter().map(|r| r.map_err(|e| item_fail_of(&e))).collect()),
+        };
+        r.map_err(|e| {
+            if e.kind == transit::ErrorKind::KeyNotFound {
+                self.checked_keys.remove(key);
+            }
+            fail_of(&e)
+        })
+    }
+
+    fn admin(&mut self, op: Op, key: &str) -> Answer {
+        let client = self.client.as_mut().map_err(|f| f.clone())?;
+        let version = match op {
+            Op::Rotate => {
+                self.checked_keys.remove(key);
+                client.rotate(key).map_err(|e| fail_of(&e))?
+            }
+            _ => client.key_info(key).map_err(|e| fail_of(&e))?.latest_version,
+        };
+        Ok(vec![Ok(Zeroizing::new(version.to_string().into_bytes()))])
+    }
+
+    fn answer(&self, i: usize, answer: Answer) {
+        let slot = self.q.slot(i);
+        // SAFETY: the slot is WORKING or ABANDONED; either way only the worker touches it.
+        let buf = unsafe { slot.buffer() };
+        let len = match &answer {
+            Ok(items) => wire::encode_response(buf, items).unwrap_or_else(|_| {
+                wire::encode_failure(
+                    buf,
+                    &Fail { kind: FailKind::TooLarge, message: "the answer does not fit a queue slot".into() },
+                )
+            }),
+            Err(f) => wire::encode_failure(buf, f),
+        };
+        slot.len.store(len as u32, SeqCst);
+        self.q.stats.requests.fetch_add(1, SeqCst);
+        if slot.state.compare_exchange(state::WORKING, state::DONE, SeqCst, SeqCst).is_ok() {
+            let latch = slot.owner_latch.load(SeqCst);
+            if latch != 0 {
+                // SAFETY: the owner's latch lives in its PGPROC in shared memory.
+                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+            }
+        } else {
+            // The backend gave up: nobody will read this answer.
+            // SAFETY: ABANDONED slots belong to the worker.
+            unsafe { slot.wipe(len) };
+            slot.state.store(state::FREE, SeqCst);
+        }
+    }
+
+    /// After a restart: answer slots a previous worker held, free abandoned ones.
+    fn recover(&self) {
+        for i in 0..self.q.nslots() {
+            let slot = self.q.slot(i);
+            match slot.state.load(SeqCst) {
+                state::WORKING => self.answer(
+                    i,
+                    Err(Fail {
+                        kind: FailKind::Unavailable,
+                        message: "the worker restarted while handling the request".into(),
+                    }),
+                ),
+                state::ABANDONED => {
+                    // SAFETY: nobody else uses an abandoned slot.
+                    unsafe { slot.wipe(queue::SLOT_BYTES) };
+                    slot.state.store(state::FREE, SeqCst);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Worker entry point (named in `register`).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // Connect to no database (shared catalogs only): the worker reads no table, yet becomes a
+    // regular entry of pg_stat_activity that pg_terminate_backend can reach. Works on standbys.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let Some(q) = queue::get() else {
+        log!("pg_credcrypt worker: shared memory queue missing; exiting");
+        return;
+    };
+    // SAFETY: MyProcPid and MyLatch are this process's own.
+    unsafe {
+        q.worker_pid.store(pg_sys::MyProcPid, SeqCst);
+        q.worker_latch.store(pg_sys::MyLatch as usize, SeqCst);
+    }
+    q.stats.worker_starts.fetch_add(1, SeqCst);
+    q.stats.worker_started_ms.store(now_ms(), SeqCst);
+    let settings = Settings::read();
+    let mut w =
+        Worker { q, client: settings.client(), settings, checked_keys: HashMap::new(), last_error: String::new() };
+    if let Err(f) = w.client.as_ref().map(|_| ()).map_err(Fail::clone) {
+        w.note_error(&f);
+    }
+    w.recover();
+    log!("pg_credcrypt worker started");
+    loop {
+        w.serve();
+        if !BackgroundWorker::wait_latch(Some(w.sleep_for())) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread of a background worker; PostgreSQL's own reload routine.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            w.reconfigure();
+        }
+        w.maintain();
+    }
+    q.worker_latch.store(0, SeqCst);
+    q.worker_pid.store(0, SeqCst);
+    log!("pg_credcrypt worker stopped");
+    // Exit code 1, not 0: a background worker that exits with 0 is never restarted, and a
+    // worker stopped by pg_terminate_backend (SIGTERM) must come back after RESTART_AFTER.
+    // At server shutdown the postmaster restarts nothing, whatever the code.
+    // SAFETY: the standard way for a background worker to end; runs exit callbacks.
+    unsafe { pg_sys::proc_exit(1) }
+}
