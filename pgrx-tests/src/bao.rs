@@ -172,3 +172,134 @@ pub fn write_secret_file(path: &Path, content: &str) {
     let ok = Command::new("chown").arg("postgres:postgres").arg(path).status().expect("chown").success();
     assert!(ok, "chown failed");
 }
+
+/// A non-dev OpenBao that survives restarts: raft storage, a static seal key (auto-unseal on
+/// every start) and `initialize` blocks that mount transit, create key `app`, the `credcrypt`
+/// policy and an AppRole with fixed ids (`credcrypt-role` / `credcrypt-secret-0001`).
+pub struct PersistentBao {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub addr: String,
+    /// Server directory (config, raft data, seal key, log).
+    pub dir: PathBuf,
+}
+
+impl PersistentBao {
+    /// Writes the configuration (first call) and starts the server; waits until unsealed.
+    pub fn start(dir: &Path) -> PersistentBao {
+        std::fs::create_dir_all(dir.join("raft")).expect("raft dir");
+        let port = free_port();
+        let cluster_port = free_port();
+        let seal = dir.join("seal.key");
+        if !seal.exists() {
+            let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+            std::fs::write(&seal, key).expect("seal key");
+        }
+        let policy = POLICY.replace('"', "\\\"").replace('\n', "\\n");
+        let hcl = format!(
+            r#"storage "raft" {{
+  path = "{raft}"
+  node_id = "n1"
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+disable_mlock = true
+seal "static" {{
+  current_key_id = "test-1"
+  current_key = "file://{seal}"
+}}
+initialize "credcrypt" {{
+  request "mount-transit" {{
+    operation = "update"
+    path = "sys/mounts/transit"
+    data = {{ type = "transit" }}
+  }}
+  request "key-app" {{
+    operation = "update"
+    path = "transit/keys/app"
+    data = {{}}
+  }}
+  request "policy" {{
+    operation = "update"
+    path = "sys/policies/acl/credcrypt"
+    data = {{ policy = "{policy}" }}
+  }}
+  request "approle" {{
+    operation = "update"
+    path = "sys/auth/approle"
+    data = {{ type = "approle" }}
+  }}
+  request "role" {{
+    operation = "update"
+    path = "auth/approle/role/credcrypt"
+    data = {{ token_policies = "credcrypt", token_ttl = "1h", token_max_ttl = "4h" }}
+  }}
+  request "role-id" {{
+    operation = "update"
+    path = "auth/approle/role/credcrypt/role-id"
+    data = {{ role_id = "credcrypt-role" }}
+  }}
+  request "secret-id" {{
+    operation = "update"
+    path = "auth/approle/role/credcrypt/custom-secret-id"
+    data = {{ secret_id = "credcrypt-secret-0001" }}
+  }}
+}}
+"#,
+            raft = dir.join("raft").display(),
+            seal = seal.display(),
+        );
+        std::fs::write(dir.join("bao.hcl"), hcl).expect("config");
+        let mut b = PersistentBao { child: None, addr: format!("http://127.0.0.1:{port}"), dir: dir.to_owned() };
+        b.restart();
+        b
+    }
+
+    /// (Re)starts the server with the same configuration and data; waits until unsealed.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("bao.log")).expect("log");
+        let child = Command::new(bao_bin())
+            .arg("server")
+            .arg(format!("-config={}", self.dir.join("bao.hcl").display()))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start bao");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(bao_bin())
+                .args(["status", "-format=json"])
+                .env("BAO_ADDR", &self.addr)
+                .output()
+                .expect("bao status");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains("\"sealed\": false") && text.contains("\"initialized\": true") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "persistent OpenBao did not come up: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PersistentBao {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

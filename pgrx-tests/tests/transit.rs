@@ -364,3 +364,35 @@ fn one_bad_value_fails_only_its_own_statement() {
         }
     }
 }
+
+#[test]
+fn persistent_openbao_restart_keeps_values_readable() {
+    let e = setup();
+    let c = &e.c;
+    let dir = c.keys.join("bao-raft");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut bao = credcrypt_blackbox::bao::PersistentBao::start(&dir);
+    let sid = c.keys.join("raft-secret.id");
+    write_secret_file(&sid, "credcrypt-secret-0001");
+    point_at(
+        c,
+        &bao.addr,
+        &format!("credcrypt.bao_role_id = 'credcrypt-role'\ncredcrypt.bao_secret_id_file = '{}'\n", sid.display()),
+    );
+    let ct =
+        c.psql("tr_app", "SELECT credcrypt.encrypt_credential('survives', 'transit:app', 'k')").expect_ok().to_owned();
+    bao.kill();
+    c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'k')")).expect_error("58030");
+    // Same data, auto-unsealed by the static seal: old values decrypt, PostgreSQL untouched.
+    bao.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'k')"));
+        if o.ok {
+            assert_eq!(o.out, "survives");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after restart: {}", o.err);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
