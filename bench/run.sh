@@ -11,12 +11,9 @@
 #
 #   bash bench/run.sh                                  # 200,000 rows, median of 5 runs
 #   BENCH_ROWS=50000 BENCH_REPEAT=3 bash bench/run.sh  # quicker
-set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-cd "$root"
-export PATH="$HOME/.cargo/bin:$PATH"
-PG_MAJOR="${PG_MAJOR:-15}"
+# shellcheck source=../scripts/lib/env.sh
+source "$here/../scripts/lib/env.sh"
 BENCH_ROWS="${BENCH_ROWS:-200000}"
 BENCH_REPEAT="${BENCH_REPEAT:-5}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/pg_credcrypt-bench}"

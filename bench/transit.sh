@@ -12,12 +12,9 @@
 # call; 32 clients >= 5x the throughput of 32 direct one-per-value clients; bulk >= 100,000 values/s.
 #
 #   bash bench/transit.sh                 # BENCH_SECONDS=10 per point
-set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-cd "$root"
-export PATH="$HOME/.cargo/bin:$PATH"
-PG_MAJOR="${PG_MAJOR:-15}"
+# shellcheck source=../scripts/lib/env.sh
+source "$here/../scripts/lib/env.sh"
 SECS="${BENCH_SECONDS:-10}"
 DIR="/var/tmp/pg_credcrypt-bench-transit"
 BAO="$root/target/tools/venv/bin/bao"
@@ -25,7 +22,7 @@ log() { printf '[bench] %s\n' "$*"; }
 
 bash "$root/scripts/setup.sh"
 log "building and installing pg_credcrypt (release) and the direct-load client…"
-cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null
+cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null 2>&1
 cargo build -q --release -p credcrypt-openbao --example direct_load
 direct="$root/target/release/examples/direct_load"
 
@@ -52,19 +49,24 @@ credcrypt.bao_addr = '$BAO_ADDR'
 credcrypt.bao_token_file = '$DIR/keys/bao.token'
 CONF
 psql_() { psql -X -q -At -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
-psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()"
+psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
 sleep 1
 psql_ -c "SELECT credcrypt.encrypt_credential('warm-up', 'transit:app')" >/dev/null
 
 cat >"$DIR/enc.sql" <<'SQL'
 \set id random(1, 1000000000)
-SELECT credcrypt.encrypt_credential('sk-live-' || :id || '-0123456789abcdef0123456789', 'transit:app');
+SELECT credcrypt.encrypt_credential('sk-live-' || CAST(:id AS text) || '-0123456789abcdef0123456789');
 SQL
 log "OpenBao $("$BAO" version | awk '{print $2}') dev server on $BAO_ADDR (policy-limited service token); $SECS s per point; $(nproc) cores shared by everything"
 printf '\n%-8s %16s %16s %14s %14s %8s\n' clients "ext values/s" "direct values/s" "ext lat ms" "direct lat ms" ratio
 declare -A ext_tps direct_tps ext_lat direct_lat
 for c in 1 8 32; do
-    out="$(pgbench -n -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -f "$DIR/enc.sql" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" postgres 2>&1)"
+    # -M prepared: parameters bound to a prepared statement, as node-postgres and Prisma send them.
+    # The key comes from credcrypt.default_key (pgbench would read ':app' in a literal as a variable).
+    out="$(PGOPTIONS='-c credcrypt.default_key=transit:app' pgbench -n -M prepared -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -f "$DIR/enc.sql" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" postgres 2>&1)" || {
+        echo "$out" >&2
+        exit 1
+    }
     ext_tps[$c]="$(awk '/^tps = /{print int($3)}' <<<"$out")"
     ext_lat[$c]="$(awk '/^latency average = /{print $4}' <<<"$out")"
     d="$("$direct" "$BAO_ADDR" "$DIR/keys/bao.token" app "$c" "$SECS")"

@@ -3,12 +3,9 @@
 # PostgreSQL cluster on 127.0.0.1 with a fresh local key file, runs the walkthrough in
 # scripts/demo.sql (encrypt, decrypt, verify, mask, tampering refused), then stops and
 # removes the cluster. Idempotent; installs what is missing on a fresh Debian 12 machine.
-set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-cd "$root"
-export PATH="$HOME/.cargo/bin:$PATH"
-PG_MAJOR="${PG_MAJOR:-15}"
+# shellcheck source=lib/env.sh
+source "$here/lib/env.sh"
 
 bash "$here/setup.sh"
 echo "[demo] building and installing pg_credcrypt (release)…"

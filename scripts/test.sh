@@ -7,12 +7,9 @@
 #   5. #[pg_test]s inside a real PostgreSQL 15 (cargo pgrx test, as user postgres)
 #   6. black-box tests (pgrx-tests/) against a throwaway cluster with the release build
 # Prints each runner's own summary, then one total line.
-set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-cd "$root"
-export PATH="$HOME/.cargo/bin:$PATH"
-PG_MAJOR="${PG_MAJOR:-15}"
+# shellcheck source=lib/env.sh
+source "$here/lib/env.sh"
 PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config"
 work="/var/tmp/pg_credcrypt-test"
 logs="$root/target/test-logs"

@@ -139,6 +139,21 @@ impl Cluster {
         path.to_string_lossy().into_owned()
     }
 
+    /// Creates the extension (if absent) and a non-superuser login role `name` (if absent)
+    /// that is granted `grants` (e.g. `credcrypt_encryptor, credcrypt_decryptor`; may be empty).
+    pub fn ensure_login_role(&self, name: &str, grants: &str) {
+        let grant = if grants.is_empty() { String::new() } else { format!("GRANT {grants} TO {name};") };
+        self.sql(&format!(
+            "CREATE EXTENSION IF NOT EXISTS pg_credcrypt;
+             DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN
+                 CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS;
+                 {grant}
+               END IF;
+             END $$;"
+        ));
+    }
+
     /// The server log so far.
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()

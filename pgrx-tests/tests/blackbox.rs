@@ -17,18 +17,8 @@ fn setup() -> (MutexGuard<'static, ()>, Cluster) {
     let c = Cluster::from_env();
     let key = c.keys.join("current.key").to_string_lossy().into_owned();
     c.configure(&format!("credcrypt.local_key_file = '{key}'\n"), &key);
-    c.sql(
-        "CREATE EXTENSION IF NOT EXISTS pg_credcrypt;
-         DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bb_app') THEN
-             CREATE ROLE bb_app LOGIN NOSUPERUSER NOBYPASSRLS;
-             GRANT credcrypt_encryptor, credcrypt_decryptor TO bb_app;
-           END IF;
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bb_reporter') THEN
-             CREATE ROLE bb_reporter LOGIN NOSUPERUSER;
-           END IF;
-         END $$;",
-    );
+    c.ensure_login_role("bb_app", "credcrypt_encryptor, credcrypt_decryptor");
+    c.ensure_login_role("bb_reporter", "");
     (guard, c)
 }
 

@@ -20,15 +20,7 @@ struct Env {
 fn setup() -> Env {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let c = Cluster::from_env();
-    c.sql(
-        "CREATE EXTENSION IF NOT EXISTS pg_credcrypt;
-         DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tr_app') THEN
-             CREATE ROLE tr_app LOGIN NOSUPERUSER NOBYPASSRLS;
-             GRANT credcrypt_encryptor, credcrypt_decryptor TO tr_app;
-           END IF;
-         END $$;",
-    );
+    c.ensure_login_role("tr_app", "credcrypt_encryptor, credcrypt_decryptor");
     let bao = Bao::start(0, &c.keys.join("bao"));
     bao.setup("1h");
     let token = c.keys.join("bao.token");

@@ -220,21 +220,43 @@ fn verify_credential(
     Some(verify::secret_eq(&plain, candidate.as_bytes()))
 }
 
-fn context_at<'a>(contexts: &'a Option<Vec<Option<&'a str>>>, i: usize, n: usize) -> Option<&'a str> {
-    match contexts {
-        Some(c) if c.len() == n => c[i],
-        _ => None,
-    }
+/// The non-NULL elements of a bulk argument with their positions and contexts. `contexts`,
+/// when given, must have one element per value (22023 otherwise).
+struct Bulk<'a> {
+    len: usize,
+    positions: Vec<usize>,
+    values: Vec<&'a str>,
+    contexts: Vec<Option<&'a str>>,
 }
 
-fn check_lengths(n: usize, contexts: &Option<Vec<Option<&str>>>) {
-    if let Some(c) = contexts {
-        if c.len() != n {
-            crate::errors::raise(
-                Error::new(ErrorKind::InvalidArgument, "contexts must have as many elements as the values")
-                    .with_detail(format!("{n} values, {} contexts", c.len())),
-            );
+impl<'a> Bulk<'a> {
+    fn new<'m: 'a>(values: &'a Array<'m, &'m str>, contexts: Option<&'a Array<'m, &'m str>>) -> Self {
+        let all: Vec<Option<&'a str>> = values.iter().collect();
+        let ctx: Option<Vec<Option<&'a str>>> = contexts.map(|c| c.iter().collect());
+        if let Some(c) = &ctx {
+            if c.len() != all.len() {
+                crate::errors::raise(
+                    Error::new(ErrorKind::InvalidArgument, "contexts must have as many elements as the values")
+                        .with_detail(format!("{} values, {} contexts", all.len(), c.len())),
+                );
+            }
         }
+        let positions: Vec<usize> = (0..all.len()).filter(|&i| all[i].is_some()).collect();
+        Bulk {
+            len: all.len(),
+            values: positions.iter().map(|&i| all[i].unwrap_or_default()).collect(),
+            contexts: positions.iter().map(|&i| ctx.as_ref().and_then(|c| c[i])).collect(),
+            positions,
+        }
+    }
+
+    /// Puts results back at their positions; NULL elsewhere.
+    fn scatter(&self, results: Vec<String>) -> Vec<Option<String>> {
+        let mut out = vec![None; self.len];
+        for (&i, r) in self.positions.iter().zip(results) {
+            out[i] = Some(r);
+        }
+        out
     }
 }
 
@@ -246,20 +268,12 @@ fn encrypt_credentials<'a>(
     key_name: default!(Option<&'a str>, "NULL"),
     contexts: default!(Option<Array<'a, &'a str>>, "NULL"),
 ) -> Option<Vec<Option<String>>> {
-    let plaintexts_arr = plaintexts?;
-    let plaintexts: Vec<Option<&str>> = plaintexts_arr.iter().collect();
-    let contexts: Option<Vec<Option<&str>>> = contexts.as_ref().map(|c| c.iter().collect());
-    check_lengths(plaintexts.len(), &contexts);
+    let plaintexts = plaintexts?;
+    let bulk = Bulk::new(&plaintexts, contexts.as_ref());
     let key = key_ref(key_name).or_raise();
-    let present: Vec<usize> = (0..plaintexts.len()).filter(|&i| plaintexts[i].is_some()).collect();
-    let values: Vec<&[u8]> = present.iter().map(|&i| plaintexts[i].unwrap_or_default().as_bytes()).collect();
-    let ctxs: Vec<Option<&str>> = present.iter().map(|&i| context_at(&contexts, i, plaintexts.len())).collect();
-    let encrypted = encrypt_many(&values, &key, &ctxs).or_raise();
-    let mut out = vec![None; plaintexts.len()];
-    for (i, c) in present.into_iter().zip(encrypted) {
-        out[i] = Some(c);
-    }
-    Some(out)
+    let values: Vec<&[u8]> = bulk.values.iter().map(|v| v.as_bytes()).collect();
+    let encrypted = encrypt_many(&values, &key, &bulk.contexts).or_raise();
+    Some(bulk.scatter(encrypted))
 }
 
 /// Decrypts an array of values (any provider, mixed) in one round trip per Transit key.
@@ -268,21 +282,17 @@ fn decrypt_credentials<'a>(
     ciphertexts: Option<Array<'a, &'a str>>,
     contexts: default!(Option<Array<'a, &'a str>>, "NULL"),
 ) -> Option<Vec<Option<String>>> {
-    let ciphertexts_arr = ciphertexts?;
-    let ciphertexts: Vec<Option<&str>> = ciphertexts_arr.iter().collect();
-    let contexts: Option<Vec<Option<&str>>> = contexts.as_ref().map(|c| c.iter().collect());
-    check_lengths(ciphertexts.len(), &contexts);
-    let present: Vec<usize> = (0..ciphertexts.len()).filter(|&i| ciphertexts[i].is_some()).collect();
-    let values: Vec<&str> = present.iter().map(|&i| ciphertexts[i].unwrap_or_default()).collect();
-    let ctxs: Vec<Option<&str>> = present.iter().map(|&i| context_at(&contexts, i, ciphertexts.len())).collect();
-    let plain = decrypt_many(&values, &ctxs, None).or_raise();
-    let mut out = vec![None; ciphertexts.len()];
-    for (i, p) in present.into_iter().zip(plain) {
-        // Text arrays cannot carry zeroizing buffers; the copy is PostgreSQL's from here on.
-        let s = String::from_utf8(p.to_vec()).ok().filter(|s| !s.contains('\0')).unwrap_or_else(|| {
-            crate::errors::raise(Error::new(ErrorKind::NotUtf8, "decrypted value is not valid text"))
-        });
-        out[i] = Some(s);
-    }
-    Some(out)
+    let ciphertexts = ciphertexts?;
+    let bulk = Bulk::new(&ciphertexts, contexts.as_ref());
+    let plain = decrypt_many(&bulk.values, &bulk.contexts, None).or_raise();
+    // Text arrays cannot carry zeroizing buffers; the copies are PostgreSQL's from here on.
+    let texts = plain
+        .into_iter()
+        .map(|p| {
+            String::from_utf8(p.to_vec()).ok().filter(|s| !s.contains('\0')).unwrap_or_else(|| {
+                crate::errors::raise(Error::new(ErrorKind::NotUtf8, "decrypted value is not valid text"))
+            })
+        })
+        .collect();
+    Some(bulk.scatter(texts))
 }
