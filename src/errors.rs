@@ -62,7 +62,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::ProviderUnavailable => (
             ERRCODE_IO_ERROR,
-            "Check that OpenBao is running and unsealed at credcrypt.bao_addr, and SELECT * FROM credcrypt.status(); nothing was written. Set credcrypt.fallback = 'local' to encrypt with the local key during outages.",
+            "Check that OpenBao is running and unsealed at credcrypt.bao_addr, and SELECT * FROM credcrypt.status(). Nothing was written. For encryption during outages a superuser may set credcrypt.fallback = 'local'.",
         ),
         ErrorKind::ProviderDenied => (
             ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,

@@ -218,16 +218,23 @@ enum Attempt {
     Retry(ErrorKind, String),
 }
 
+/// Reads a credential file (token, secret id). Like a key file, it must not be accessible to
+/// other users: mode 0600 (0640 when owned by root), checked on the opened file.
 fn read_file(path: &PathBuf, what: &str) -> Result<Zeroizing<String>, Error> {
-    let raw = std::fs::read(path).map_err(|e| {
-        Error::new(ErrorKind::InvalidConfig, format!("cannot read the {what} file {}: {}", path.display(), e.kind()))
-    })?;
-    let raw = Zeroizing::new(raw);
-    let s = std::str::from_utf8(&raw)
-        .map_err(|_| Error::new(ErrorKind::InvalidConfig, format!("the {what} file {} is not text", path.display())))?;
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fail = |why: String| {
+        Error::new(ErrorKind::InvalidConfig, format!("cannot use the {what} file {}: {why}", path.display()))
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(e.kind().to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.kind().to_string()))?;
+    credcrypt_core::keyfile::check_mode(meta.uid(), meta.mode()).map_err(fail)?;
+    let mut raw = Zeroizing::new(Vec::new());
+    file.by_ref().take(64 * 1024).read_to_end(&mut raw).map_err(|e| fail(e.kind().to_string()))?;
+    let s = std::str::from_utf8(&raw).map_err(|_| fail("not text".into()))?;
     let t = s.trim();
     if t.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidConfig, format!("the {what} file {} is empty", path.display())));
+        return Err(fail("empty".into()));
     }
     Ok(Zeroizing::new(t.to_owned()))
 }

@@ -3,7 +3,7 @@
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use credcrypt_blackbox::bao::{free_port, Bao};
+use credcrypt_blackbox::bao::{free_port, write_secret_file, Bao};
 use credcrypt_openbao::{Auth, Client, Config, ErrorKind, Item, ItemErrorKind};
 use zeroize::Zeroizing;
 
@@ -13,7 +13,7 @@ fn dir(name: &str) -> std::path::PathBuf {
 
 fn token_file(bao: &Bao, name: &str) -> std::path::PathBuf {
     let p = bao.dir.join(name);
-    std::fs::write(&p, bao.token("1h")).unwrap();
+    write_secret_file(&p, &bao.token("1h"));
     p
 }
 
@@ -115,9 +115,17 @@ fn failover_redirects_and_clean_errors() {
     let ct = via_standby.encrypt("app", &[item(b"redirected", None)]).unwrap().remove(0).unwrap();
     assert_eq!(c.decrypt("app", &[item(ct.as_bytes(), None)]).unwrap()[0].as_ref().unwrap().as_slice(), b"redirected");
 
+    // A token file readable by other users is refused before it is used.
+    let open = bao.dir.join("open");
+    write_secret_file(&open, &bao.token("1h"));
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = client(vec![bao.addr.clone()], open).encrypt("app", &[item(b"x", None)]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidConfig);
+    assert!(e.message.contains("chmod"), "{e}");
+
     // A refused token: PermissionDenied, and no error text carries the token.
     let bad = bao.dir.join("bad");
-    std::fs::write(&bad, "s.SECRET-TOKEN-VALUE").unwrap();
+    write_secret_file(&bad, "s.SECRET-TOKEN-VALUE");
     let mut denied = client(vec![bao.addr.clone()], bad);
     let e = denied.encrypt("app", &[item(b"sk-PLAINTEXT", None)]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
@@ -131,7 +139,7 @@ fn approle_tokens_are_renewed_or_replaced() {
     bao.setup("1h");
     bao.must(&["write", "auth/approle/role/credcrypt", "token_policies=credcrypt", "token_ttl=3s", "token_max_ttl=7s"]);
     let sid = bao.dir.join("sid");
-    std::fs::write(&sid, "credcrypt-secret-0001").unwrap();
+    write_secret_file(&sid, "credcrypt-secret-0001");
     let mut c = Client::new(Config {
         addrs: vec![bao.addr.clone()],
         mount: "transit".into(),
