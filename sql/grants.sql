@@ -29,3 +29,25 @@ REVOKE ALL ON credcrypt.transit_status FROM PUBLIC;
 GRANT SELECT ON credcrypt.transit_status TO credcrypt_admin;
 
 COMMENT ON SCHEMA credcrypt IS 'pg_credcrypt: encrypted credentials (see docs/sql-reference.md)';
+
+-- Protected columns (sql/protect.sql): administered by credcrypt_admin members who own the
+-- table; the catalog is readable by everyone (it holds no secret: binding ids are associated
+-- data, not keys) and written only by the extension's functions, as the catalog's owner.
+REVOKE ALL ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt.unprotect_column(regclass, name, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt.create_decrypted_view(regclass, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt.create_masked_view(regclass, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._protect_column(oid, text, text, text[], text, integer, integer, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._unprotect_column(oid, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._create_decrypted_view(oid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._create_masked_view(oid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._invalidate_table(oid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[]) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt.unprotect_column(regclass, name, boolean) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt.create_decrypted_view(regclass, name) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt.create_masked_view(regclass, name) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._protect_column(oid, text, text, text[], text, integer, integer, text[]) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._unprotect_column(oid, text, boolean) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._create_decrypted_view(oid, text) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._create_masked_view(oid, text) TO credcrypt_admin;
+GRANT SELECT ON credcrypt.protected_columns, credcrypt.protected_columns_info TO PUBLIC;

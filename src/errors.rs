@@ -80,7 +80,27 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "Set credcrypt.bao_addr and either credcrypt.bao_token_file or credcrypt.bao_role_id + credcrypt.bao_secret_id_file in postgresql.conf, then SELECT pg_reload_conf().",
         ),
+        ErrorKind::CatalogMismatch => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "Compare SELECT * FROM credcrypt.protected_columns_info with the table; remove a stale designation with credcrypt.unprotect_column and protect the column again.",
+        ),
+        ErrorKind::NotAString => (
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "A protected jsonb key must hold a JSON string (or be absent or null); store the credential as a string.",
+        ),
     }
+}
+
+/// Raises a PostgreSQL ERROR with a SQLSTATE, message, optional detail and hint. For the
+/// errors of the administrative functions, which are not core errors.
+#[track_caller]
+pub fn fail(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<String>, hint: &str) -> ! {
+    let mut report = ErrorReport::new(code, message.into(), "pg_credcrypt").set_hint(hint);
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
 }
 
 /// Raises `e` as a PostgreSQL ERROR. Never returns.

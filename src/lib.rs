@@ -5,6 +5,8 @@
 //! - [`gucs`]: every `credcrypt.*` setting;
 //! - [`keys`]: the backend's cached local key ring;
 //! - [`errors`]: core errors → SQLSTATE + hint;
+//! - [`protect`]: protected columns (catalog cache, trigger, administrative functions);
+//! - [`rls`]: the maintenance path through row-level security;
 //! - [`postgres`]: glue that is not a SQL function (the log-redaction hook).
 //!
 //! The format and the cryptography live in the pure-Rust crate `credcrypt-core`.
@@ -16,11 +18,26 @@ pub mod errors;
 pub mod gucs;
 pub mod keys;
 pub mod postgres;
+pub mod protect;
+pub mod rls;
 pub mod transit;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/roles.sql", name = "roles", bootstrap);
+extension_sql_file!(
+    "../sql/protect.sql",
+    name = "protect",
+    requires = [
+        protect::admin::protect_column_impl,
+        protect::admin::unprotect_column_impl,
+        protect::admin::create_decrypted_view_impl,
+        protect::admin::create_masked_view_impl,
+        protect::admin::invalidate_table,
+        protect::trigger::protect_trigger,
+        api::crypto::decrypt_credential,
+    ]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 /// Library entry point: registers the settings and the log-redaction hook; when preloaded,
@@ -29,6 +46,7 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     postgres::log_redact::install();
+    protect::catalog::init();
     // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         transit::queue::init(gucs::QUEUE_SLOTS.get() as usize);

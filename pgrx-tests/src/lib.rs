@@ -86,10 +86,15 @@ impl Cluster {
     /// Runs `sql` (a psql script: SQL and meta-commands) as `user` in database `postgres`, in
     /// one session that stops at the first error.
     pub fn psql(&self, user: &str, sql: &str) -> Outcome {
+        self.psql_in("postgres", user, sql)
+    }
+
+    /// Like [`Cluster::psql`], in database `db`.
+    pub fn psql_in(&self, db: &str, user: &str, sql: &str) -> Outcome {
         use std::io::Write as _;
         let mut child = Command::new("psql")
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
-            .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", "postgres", "-f", "-"])
+            .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", db, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -111,6 +116,19 @@ impl Cluster {
     #[track_caller]
     pub fn sql(&self, sql: &str) -> String {
         self.psql("postgres", sql).expect_ok().to_owned()
+    }
+
+    /// Runs a PostgreSQL client program of the server's version (`pg_dump`, `pg_restore`, …)
+    /// against this cluster as superuser; returns (success, stdout + stderr).
+    pub fn client(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let out = Command::new(format!("{bin}/{program}"))
+            .args(["-h", &self.host, "-p", &self.port, "-U", "postgres"])
+            .args(args)
+            .output()
+            .expect("client program runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
     }
 
     /// Writes `credcrypt.conf` (included by postgresql.conf), reloads, and waits until the

@@ -388,3 +388,45 @@ fn persistent_openbao_restart_keeps_values_readable() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn protected_column_with_a_transit_key_fails_closed_during_an_outage() {
+    let mut e = setup();
+    let c = &e.c;
+    c.sql(
+        "DROP TABLE IF EXISTS tr_protected CASCADE;
+         CREATE TABLE tr_protected (id int PRIMARY KEY, owner text, token text);
+         SELECT credcrypt.protect_column('tr_protected', 'token', key_name => 'transit:app', bind_columns => ARRAY['id'],
+                                         mask_column => 'token_mask');
+         SELECT credcrypt.create_decrypted_view('tr_protected', 'tr_protected_plain');
+         GRANT SELECT, INSERT, UPDATE ON tr_protected TO tr_app;",
+    );
+    c.psql(
+        "tr_app",
+        "INSERT INTO tr_protected (id, owner, token) VALUES (1, 'a', 'gho_TRANSITMARKER_0001'), (2, 'b', 'gho_TRANSITMARKER_0002');
+         INSERT INTO tr_protected (id, owner, token) VALUES (1, 'a', 'gho_TRANSITMARKER_0003')
+             ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token;",
+    )
+    .expect_ok();
+    let stored = c.sql("SELECT string_agg(token || ' ' || token_mask, ',' ORDER BY id) FROM tr_protected");
+    assert!(!stored.contains("TRANSITMARKER"), "{stored}");
+    assert!(stored.starts_with("cc1:transit:app:1:c:vault:v1:") && stored.contains(" …0003"), "{stored}");
+    assert_eq!(
+        c.psql("tr_app", "SELECT string_agg(token, ',' ORDER BY id) FROM tr_protected_plain").expect_ok(),
+        "gho_TRANSITMARKER_0003,gho_TRANSITMARKER_0002"
+    );
+    // Row swap is caught by Transit's own authentication of the associated data.
+    c.psql("tr_app", "UPDATE tr_protected SET token = (SELECT token FROM tr_protected WHERE id = 1) WHERE id = 2")
+        .expect_error("39000");
+
+    // OpenBao down, no fallback: the INSERT fails and nothing is stored; updates that leave
+    // the protected value alone still work (they need no key).
+    e.bao.kill();
+    c.psql("tr_app", "INSERT INTO tr_protected (id, owner, token) VALUES (3, 'c', 'gho_TRANSITMARKER_0004')")
+        .expect_error("58030")
+        .expect_clean("TRANSITMARKER");
+    assert_eq!(c.sql("SELECT count(*) FROM tr_protected"), "2");
+    c.psql("tr_app", "UPDATE tr_protected SET owner = 'z' WHERE id = 2").expect_ok();
+    assert!(!c.sql("SELECT string_agg(token, ',') FROM tr_protected").contains("TRANSITMARKER"));
+    assert!(!c.log_text().contains("TRANSITMARKER"), "plaintext in the server log");
+}

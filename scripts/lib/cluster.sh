@@ -5,7 +5,7 @@
 #   cluster_start DIR      initdb (as postgres) in DIR/data, write a local key file
 #                          (DIR/keys/current.key, mode 0600) and credcrypt settings into
 #                          postgresql.conf, start on a free loopback port; exports
-#                          CC_PGDATA CC_PGHOST CC_PGPORT CC_KEYDIR CC_LOG
+#                          CC_PGDATA CC_PGHOST CC_PGPORT CC_KEYDIR CC_LOG CC_PGBIN
 #   cluster_stop DIR       stop it (fast) and remove DIR
 PG_MAJOR="${PG_MAJOR:-15}"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
@@ -57,5 +57,5 @@ credcrypt.local_key_file = '$dir/keys/current.key'
 CONF
     chown postgres:postgres "$dir/data/credcrypt.conf"
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
-    export CC_PGDATA="$dir/data" CC_PGHOST="$dir/sock" CC_PGPORT CC_KEYDIR="$dir/keys" CC_LOG="$dir/server.log"
+    export CC_PGDATA="$dir/data" CC_PGHOST="$dir/sock" CC_PGPORT CC_KEYDIR="$dir/keys" CC_LOG="$dir/server.log" CC_PGBIN="$PG_BIN"
 }

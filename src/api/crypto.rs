@@ -188,7 +188,7 @@ fn encrypt_credential_bytea(
 /// Decrypts to text. The value must have been text (valid UTF-8, no NUL byte). `key_name`
 /// names the Transit key of a bare `vault:vN:…` value written by an application.
 #[pg_extern(stable, parallel_safe)]
-fn decrypt_credential(
+pub(crate) fn decrypt_credential(
     ciphertext: Option<&str>,
     context: default!(Option<&str>, "NULL"),
     key_name: default!(Option<&str>, "NULL"),

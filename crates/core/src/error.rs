@@ -42,6 +42,11 @@ pub enum ErrorKind {
     WrongKeyType,
     /// The worker is not configured (no address or no credentials) (55000).
     ProviderNotConfigured,
+    /// `credcrypt.protected_columns` names a column the table no longer has, or a protected
+    /// value has the wrong type (55000).
+    CatalogMismatch,
+    /// A protected jsonb key holds something other than a string (22023).
+    NotAString,
 }
 
 /// A core error: a kind, a safe message and an optional safe detail.

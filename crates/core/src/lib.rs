@@ -10,6 +10,7 @@
 //! - key and plaintext buffers owned here are zeroized on drop ([`zeroize::Zeroizing`]);
 //! - parsing is strict: exactly one textual form is accepted for every ciphertext.
 
+pub mod column;
 pub mod error;
 pub mod format;
 pub mod keyfile;

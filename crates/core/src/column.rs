@@ -1,0 +1,120 @@
+//! Binding of protected-column values: the associated data every ciphertext in a protected
+//! column is bound to.
+//!
+//! A designation (one protected column, or one protected key of a jsonb column) gets a random
+//! *binding id* when it is created. The binding id, not an OID or a name, identifies it, so the
+//! binding survives `ALTER TABLE … RENAME` and dump/restore into another database (the id
+//! travels with the catalog row). When the designation has bind columns (typically the primary
+//! key), their values are part of the context too, so a ciphertext copied into another row no
+//! longer decrypts.
+//!
+//! The context is text (it is what `decrypt_credential(value, context)` takes):
+//!
+//! ```text
+//! pg_credcrypt/col/v1:<binding id>            no bind columns
+//! pg_credcrypt/col/v1:<binding id>:3=123:-    bind values "123" and NULL
+//! ```
+//!
+//! Every bind value is written as `<length in bytes>=<value>`, and NULL as `-`, so the
+//! encoding is injective: two different lists of bind values never give the same context.
+
+use crate::error::{Error, ErrorKind};
+
+/// Prefix of every column context.
+pub const CONTEXT_PREFIX: &str = "pg_credcrypt/col/v1:";
+
+/// Length of a binding id in characters (128 random bits in lower-case hex).
+pub const BINDING_ID_LEN: usize = 32;
+
+/// A new random binding id: 128 bits from the OS CSPRNG, as 32 lower-case hex digits.
+pub fn new_binding_id() -> Result<String, Error> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b)
+        .map_err(|_| Error::new(ErrorKind::RandomFailure, "the operating system's random source failed"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Whether `s` has the shape of a binding id (32 lower-case hex digits).
+pub fn is_binding_id(s: &str) -> bool {
+    s.len() == BINDING_ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The context a protected value is bound to: the designation's binding id and the values of
+/// its bind columns (as text), in the designation's order.
+pub fn column_context(binding_id: &str, bind_values: &[Option<&str>]) -> Result<String, Error> {
+    if !is_binding_id(binding_id) {
+        return Err(Error::new(ErrorKind::InvalidArgument, "a binding id is 32 lower-case hexadecimal digits"));
+    }
+    let extra: usize = bind_values.iter().map(|v| v.map_or(2, |v| v.len() + 24)).sum();
+    let mut out = String::with_capacity(CONTEXT_PREFIX.len() + BINDING_ID_LEN + extra);
+    out.push_str(CONTEXT_PREFIX);
+    out.push_str(binding_id);
+    for v in bind_values {
+        match v {
+            None => out.push_str(":-"),
+            Some(v) => {
+                out.push(':');
+                out.push_str(&v.len().to_string());
+                out.push('=');
+                out.push_str(v);
+            }
+        }
+    }
+    if out.len() > crate::MAX_CONTEXT_LEN {
+        return Err(Error::new(ErrorKind::TooLarge, "the bind columns' values are too long for a context"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn shape() {
+        assert_eq!(column_context(ID, &[]).unwrap(), "pg_credcrypt/col/v1:00112233445566778899aabbccddeeff");
+        assert_eq!(
+            column_context(ID, &[Some("123"), None, Some("")]).unwrap(),
+            "pg_credcrypt/col/v1:00112233445566778899aabbccddeeff:3=123:-:0="
+        );
+    }
+
+    #[test]
+    fn injective_on_tricky_values() {
+        let cases: Vec<Vec<Option<&str>>> = vec![
+            vec![],
+            vec![None],
+            vec![Some("")],
+            vec![Some("-")],
+            vec![Some("1:2")],
+            vec![Some("1"), Some("2")],
+            vec![Some("1=2")],
+            vec![Some("3=abc")],
+            vec![Some(""), Some("")],
+            vec![None, None],
+            vec![Some("a:1=b")],
+            vec![Some("a"), Some("b")],
+        ];
+        let all: Vec<String> = cases.iter().map(|c| column_context(ID, c).unwrap()).collect();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn binding_ids() {
+        let a = new_binding_id().unwrap();
+        let b = new_binding_id().unwrap();
+        assert!(is_binding_id(&a) && is_binding_id(&b));
+        assert_ne!(a, b);
+        assert!(!is_binding_id("00112233445566778899AABBCCDDEEFF"));
+        assert!(!is_binding_id("0011"));
+        assert_eq!(column_context("nope", &[]).unwrap_err().kind, ErrorKind::InvalidArgument);
+        let long = "x".repeat(crate::MAX_CONTEXT_LEN);
+        assert_eq!(column_context(ID, &[Some(&long)]).unwrap_err().kind, ErrorKind::TooLarge);
+    }
+}
