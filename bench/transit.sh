@@ -17,7 +17,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/lib/env.sh"
 SECS="${BENCH_SECONDS:-10}"
 DIR="/var/tmp/pg_credcrypt-bench-transit"
-BAO="$root/target/tools/venv/bin/bao"
 log() { printf '[bench] %s\n' "$*"; }
 
 bash "$root/scripts/setup.sh"
@@ -28,26 +27,11 @@ direct="$root/target/release/examples/direct_load"
 
 # shellcheck source=../scripts/lib/cluster.sh
 source "$root/scripts/lib/cluster.sh"
-bao_pid=""
-cleanup() { [ -n "$bao_pid" ] && kill "$bao_pid" 2>/dev/null; cluster_stop "$DIR"; }
-trap cleanup EXIT
+# shellcheck source=lib/bao.sh
+source "$here/lib/bao.sh"
+trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
 cluster_start "$DIR"
-
-port="$(free_port)"
-export BAO_ADDR="http://127.0.0.1:$port" BAO_TOKEN="bench-root-$$"
-"$BAO" server -dev -dev-no-store-token -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$port" >"$DIR/bao.log" 2>&1 &
-bao_pid=$!
-for _ in $(seq 100); do "$BAO" status >/dev/null 2>&1 && break; sleep 0.1; done
-"$BAO" secrets enable transit >/dev/null
-"$BAO" write -f transit/keys/app >/dev/null
-printf 'path "transit/encrypt/app" { capabilities = ["update"] }\npath "transit/decrypt/app" { capabilities = ["update"] }\npath "transit/keys/app" { capabilities = ["read"] }\n' >"$DIR/policy.hcl"
-"$BAO" policy write credcrypt "$DIR/policy.hcl" >/dev/null
-"$BAO" token create -policy=credcrypt -ttl=2h -field=token >"$DIR/keys/bao.token"
-chown postgres:postgres "$DIR/keys/bao.token"; chmod 600 "$DIR/keys/bao.token"
-cat >>"$DIR/data/credcrypt.conf" <<CONF
-credcrypt.bao_addr = '$BAO_ADDR'
-credcrypt.bao_token_file = '$DIR/keys/bao.token'
-CONF
+bao_dev_start "$DIR"
 psql_() { psql -X -q -At -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
 psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
 sleep 1

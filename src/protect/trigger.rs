@@ -16,9 +16,11 @@
 //! Encryption that cannot happen raises an error, so the statement fails and nothing is written.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ffi::CStr;
+use std::hash::{BuildHasher as _, Hasher as _};
 use std::num::NonZeroUsize;
 
 use credcrypt_core::column::column_context;
@@ -34,16 +36,27 @@ use crate::errors::OrRaise as _;
 /// How many recently produced ciphertexts a backend remembers (for `ON CONFLICT DO UPDATE`).
 const RECENT: usize = 32;
 
-/// A ciphertext this backend produced, the context it is bound to, and its mask.
+/// A ciphertext this backend produced: a keyed hash of (ciphertext, context) and its mask.
 struct Recent {
-    ciphertext: String,
-    context: String,
+    fingerprint: u64,
     mask: Option<String>,
 }
 
 thread_local! {
     static RECENTLY_PRODUCED: RefCell<VecDeque<Recent>> = const { RefCell::new(VecDeque::new()) };
     static BYPASS: Cell<bool> = const { Cell::new(false) };
+    /// Random SipHash keys, per backend: fingerprints cannot be predicted or forged.
+    static HASH_KEYS: RandomState = RandomState::new();
+}
+
+fn fingerprint(ciphertext: &str, context: &str) -> u64 {
+    HASH_KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write(ciphertext.as_bytes());
+        h.write_u8(0xff);
+        h.write(context.as_bytes());
+        h.finish()
+    })
 }
 
 /// Runs `f` with the trigger switched off for this backend: for the extension's own
@@ -61,24 +74,20 @@ pub(crate) fn with_bypass<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
+    let fingerprint = fingerprint(ciphertext, context);
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == RECENT {
             r.pop_front();
         }
-        r.push_back(Recent {
-            ciphertext: ciphertext.to_owned(),
-            context: context.to_owned(),
-            mask: mask.map(str::to_owned),
-        });
+        r.push_back(Recent { fingerprint, mask: mask.map(str::to_owned) });
     });
 }
 
 /// The mask of a value this backend produced for `context`, if it did.
 fn recently_produced(ciphertext: &str, context: &str) -> Option<Option<String>> {
-    RECENTLY_PRODUCED.with(|r| {
-        r.borrow().iter().rev().find(|e| e.ciphertext == ciphertext && e.context == context).map(|e| e.mask.clone())
-    })
+    let fingerprint = fingerprint(ciphertext, context);
+    RECENTLY_PRODUCED.with(|r| r.borrow().iter().rev().find(|e| e.fingerprint == fingerprint).map(|e| e.mask.clone()))
 }
 
 /// One row (tuple + descriptor) of the firing relation.
@@ -110,24 +119,25 @@ impl Row {
         unsafe { pgrx::JsonB::from_polymorphic_datum(d, false, pg_sys::JSONBOID) }.map(|j| j.0)
     }
 
-    /// The text output of a bind attribute.
-    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Option<String> {
+    /// The text output of a bind attribute (in memory of the trigger's call).
+    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Option<&str> {
         let d = self.datum(attnum)?;
         // SAFETY: out_fn is the attribute type's output function (catalog lookup).
         let c = unsafe { pg_sys::OidOutputFunctionCall(out_fn, d) };
-        // SAFETY: output functions return a palloc'd NUL-terminated string.
-        Some(unsafe { CStr::from_ptr(c) }.to_string_lossy().into_owned())
+        // SAFETY: output functions return a palloc'd NUL-terminated string in the server
+        // encoding; bindable types print ASCII, or text that is valid in the database.
+        unsafe { CStr::from_ptr(c) }.to_str().ok()
     }
 
     fn context(&self, d: &Designation) -> String {
-        let values: Vec<Option<String>> = d.binds.iter().map(|&(n, f)| self.bind_text(n, f)).collect();
-        let refs: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
-        column_context(&d.binding_id, &refs).or_raise()
+        let values: Vec<Option<&str>> = d.binds.iter().map(|&(n, f)| self.bind_text(n, f)).collect();
+        column_context(&d.binding_id, &values).or_raise()
     }
 }
 
 /// Adds the table and column to an error's detail (never a value).
-fn located(e: Error, d: &Designation, table: &str) -> Error {
+fn located(e: Error, d: &Designation, table: &dyn Fn() -> String) -> Error {
+    let table = table();
     let place = if d.json_path.is_empty() {
         format!("column \"{}\" of table {table}", d.column)
     } else {
@@ -151,7 +161,11 @@ fn decrypt(ciphertext: &str, context: &str) -> Result<Zeroizing<Vec<u8>>, Error>
 }
 
 fn mask_of(d: &Designation, plain: &[u8]) -> Option<String> {
-    d.mask.map(|(_, p, s)| mask::mask(&String::from_utf8_lossy(plain), p, s))
+    let (_, p, s) = d.mask?;
+    Some(match std::str::from_utf8(plain) {
+        Ok(text) => mask::mask(text, p, s),
+        Err(_) => mask::mask(&String::from_utf8_lossy(plain), p, s),
+    })
 }
 
 /// What to store for one protected value.
@@ -287,7 +301,7 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     if cfg.designations.is_empty() {
         return result(new_tuple);
     }
-    let table = t.table_name().unwrap_or_default();
+    let table = || t.table_name().unwrap_or_default();
     let new = Row { tuple: new_tuple, desc };
     let old = old_tuple.map(|tuple| Row { tuple, desc });
     let mut repl: Replacements = Vec::new();

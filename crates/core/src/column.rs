@@ -53,9 +53,8 @@ pub fn column_context(binding_id: &str, bind_values: &[Option<&str>]) -> Result<
         match v {
             None => out.push_str(":-"),
             Some(v) => {
-                out.push(':');
-                out.push_str(&v.len().to_string());
-                out.push('=');
+                use std::fmt::Write as _;
+                let _ = write!(out, ":{}=", v.len());
                 out.push_str(v);
             }
         }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Protected-column benchmark (on demand; NOT part of the test suite).
+#
+# One throwaway cluster, one OpenBao dev server, one run:
+#   1. local key: INSERT … SELECT of BENCH_ROWS rows into a table with a protected api_key column
+#      (bound to id, with a mask column) vs the same table unprotected (bench/protect.sql);
+#      target <= 1.3x the unprotected time;
+#   2. Transit key: single-row INSERTs through pgbench (-M prepared) into a table whose api_key is
+#      protected with transit:app, at 1 and 16 clients, beside the same INSERTs into the
+#      unprotected table. Rows/s and ratios are printed.
+#
+#   bash bench/protect.sh                                   # 100,000 rows, median of 5; 10 s per point
+#   BENCH_ROWS=20000 BENCH_REPEAT=3 BENCH_SECONDS=5 bash bench/protect.sh
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../scripts/lib/env.sh
+source "$here/../scripts/lib/env.sh"
+ROWS="${BENCH_ROWS:-100000}"
+REPEAT="${BENCH_REPEAT:-5}"
+SECS="${BENCH_SECONDS:-10}"
+DIR="/var/tmp/pg_credcrypt-bench-protect"
+log() { printf '[bench] %s\n' "$*"; }
+case "$ROWS$REPEAT$SECS" in *[!0-9]*) echo "BENCH_ROWS, BENCH_REPEAT and BENCH_SECONDS must be integers" >&2; exit 2 ;; esac
+
+bash "$root/scripts/setup.sh"
+log "building and installing pg_credcrypt (release)…"
+cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null 2>&1
+
+# shellcheck source=../scripts/lib/cluster.sh
+source "$root/scripts/lib/cluster.sh"
+# shellcheck source=lib/bao.sh
+source "$here/lib/bao.sh"
+trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
+cluster_start "$DIR"
+bao_dev_start "$DIR"
+psql_() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
+psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+log "PostgreSQL $("/usr/lib/postgresql/$PG_MAJOR/bin/postgres" --version | awk '{print $3}'); OpenBao $("$BAO" version | awk '{print $2}'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- 2>/dev/null || echo ' (+ uncommitted changes)')"
+
+log "1. local key: INSERT … SELECT of $ROWS rows, median of $REPEAT (+1 warm-up)"
+psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" -v repeat="$REPEAT" -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres -f "$here/protect.sql"
+
+log "2. Transit key: single-row INSERTs, $SECS s per point (pgbench -M prepared)"
+psql_ <<'SQL' >/dev/null
+CREATE TABLE bench_transit (LIKE bench_plain INCLUDING ALL);
+SELECT credcrypt.protect_column('bench_transit', 'api_key', key_name => 'transit:app', bind_columns => ARRAY['id'],
+                                mask_column => 'api_key_mask', mask_prefix => 3);
+INSERT INTO bench_transit (user_id, provider, api_key) VALUES ('warm', 'up', 'sk-warm-up-0123456789');
+SQL
+for t in bench_plain bench_transit; do
+    cat >"$DIR/$t.sql" <<SQL
+\set n random(1, 1000000000)
+INSERT INTO $t (user_id, provider, api_key) VALUES ('user-' || CAST(:n AS text), 'openai', 'sk-live-' || CAST(:n AS text) || '-0123456789abcdef0123456789abcdef');
+SQL
+done
+printf '\n%-8s %18s %18s %8s\n' clients "unprotected rows/s" "transit rows/s" ratio
+for c in 1 16; do
+    declare -A tps=()
+    for t in bench_plain bench_transit; do
+        out="$(pgbench -n -M prepared -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -f "$DIR/$t.sql" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" postgres 2>&1)" || {
+            echo "$out" >&2
+            exit 1
+        }
+        tps[$t]="$(awk '/^tps = /{print int($3)}' <<<"$out")"
+    done
+    printf '%-8s %18s %18s %8s\n' "$c" "${tps[bench_plain]}" "${tps[bench_transit]}" \
+        "$(awk -v a="${tps[bench_transit]}" -v b="${tps[bench_plain]}" 'BEGIN{printf "%.2fx", a/b}')"
+done
+bad="$(psql_ -c "SELECT count(*) FROM bench_transit WHERE api_key NOT LIKE 'cc1:transit:app:%'")"
+[ "$bad" = 0 ] || { log "FAILED: $bad Transit rows are not Transit ciphertexts"; exit 1; }
+log "worker: $(psql_ -c "SELECT 'batches=' || batches || ' mean_batch_size=' || round(mean_batch_size::numeric, 1) FROM credcrypt.status()")"
