@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pg_credcrypt demo: builds and installs the extension (release), starts a throwaway
 # PostgreSQL cluster on 127.0.0.1 with a fresh local key file, runs the walkthrough in
-# scripts/demo.sql (encrypt, decrypt, verify, mask, tampering refused), then stops and
+# scripts/demo.sql (encrypt, decrypt, verify, mask, tampering refused, a protected column
+# with decrypted and masked views), then stops and
 # removes the cluster. Idempotent; installs what is missing on a fresh Debian 12 machine.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/env.sh
@@ -24,12 +25,12 @@ printf '%s\n' "$out"
 # The walkthrough must show the refusals it promises.
 refused_context=$(grep -c "ERROR:  39000" <<<"$out" || true)
 refused_grant=$(grep -c "ERROR:  42501" <<<"$out" || true)
-if [ "$refused_context" -lt 2 ] || [ "$refused_grant" -lt 1 ] || grep -q "ERROR:  XX" <<<"$out"; then
+if [ "$refused_context" -lt 3 ] || [ "$refused_grant" -lt 1 ] || grep -q "ERROR:  XX" <<<"$out"; then
     echo "[demo] FAILED: tampering was not refused as expected" >&2
     exit 1
 fi
-if grep -q "sk-live-51HxAbCdEf0123456789a1b2" "$CC_LOG"; then
+if grep -qE "sk-live-51HxAbCdEf0123456789a1b2|sk-proj-Zq81Lm0123456789abcdefa1b2|sk-ant-api03-77xYz0123456789" "$CC_LOG"; then
     echo "[demo] FAILED: a plaintext reached the server log" >&2
     exit 1
 fi
-echo "[demo] OK: 2 tamper attempts refused (39000), decrypt without the role refused (42501), server log clean"
+echo "[demo] OK: 3 tamper attempts refused (39000), decrypt without the role refused (42501), protected column stored ciphertext only, server log clean"
