@@ -51,3 +51,19 @@ GRANT EXECUTE ON FUNCTION credcrypt._unprotect_column(oid, text, boolean) TO cre
 GRANT EXECUTE ON FUNCTION credcrypt._create_decrypted_view(oid, text) TO credcrypt_admin;
 GRANT EXECUTE ON FUNCTION credcrypt._create_masked_view(oid, text) TO credcrypt_admin;
 GRANT SELECT ON credcrypt.protected_columns, credcrypt.protected_columns_info TO PUBLIC;
+
+-- Row-level security helper, security report, decrypt audit (sql/rls.sql).
+REVOKE ALL ON FUNCTION credcrypt.enable_owner_rls(regclass, name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt.disable_owner_rls(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._enable_owner_rls(oid, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._disable_owner_rls(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt.security_report() FROM PUBLIC;
+REVOKE ALL ON FUNCTION credcrypt._environment_findings() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credcrypt.enable_owner_rls(regclass, name, text) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt.disable_owner_rls(regclass) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._enable_owner_rls(oid, text, text) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt._disable_owner_rls(oid) TO credcrypt_admin;
+GRANT EXECUTE ON FUNCTION credcrypt.security_report() TO credcrypt_admin;
+GRANT SELECT ON credcrypt.owner_rls TO PUBLIC;
+REVOKE ALL ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log FROM PUBLIC;
+GRANT SELECT ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log TO credcrypt_admin;

@@ -128,6 +128,7 @@ BEGIN
     FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
         IF o.object_type = 'table' THEN
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid;
+            DELETE FROM credcrypt.owner_rls WHERE relid::oid = o.objid;
         ELSE
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid AND column_attnum = o.objsubid;
             UPDATE credcrypt.protected_columns SET mask_column = NULL

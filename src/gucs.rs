@@ -76,6 +76,24 @@ pub enum Fallback {
 /// `credcrypt.fallback`: `off` (default, fail closed) or `local`.
 pub static FALLBACK: GucSetting<Fallback> = GucSetting::<Fallback>::new(Fallback::Off);
 
+/// Where decryptions are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum AuditDecrypt {
+    /// Not recorded.
+    #[name = c"off"]
+    Off,
+    /// One LOG line per statement and decrypting role.
+    #[name = c"log"]
+    Log,
+    /// One row per statement in `credcrypt.decrypt_audit` (the log on a standby, in a
+    /// read-only transaction or parallel worker, and for rows lost to a rollback).
+    #[name = c"table"]
+    Table,
+}
+
+/// `credcrypt.audit_decrypt`: `off` (default), `log` or `table`. Superuser only.
+pub static AUDIT_DECRYPT: GucSetting<AuditDecrypt> = GucSetting::<AuditDecrypt>::new(AuditDecrypt::Off);
+
 /// Registers every setting and reserves the `credcrypt.` prefix.
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -141,6 +159,14 @@ pub fn init() {
         c"When OpenBao is unreachable: off (fail closed) or local (encrypt with the local key, with a WARNING).",
         c"Decryption of Transit values never falls back.",
         &FALLBACK,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"credcrypt.audit_decrypt",
+        c"Record who decrypted how many values of which column: off, log or table (credcrypt.decrypt_audit).",
+        c"Never records a value. Superuser only, so a session cannot switch its own auditing off.",
+        &AUDIT_DECRYPT,
         GucContext::Suset,
         GucFlags::default(),
     );

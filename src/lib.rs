@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`api`]: the SQL functions of schema `credcrypt`;
 //! - [`gucs`]: every `credcrypt.*` setting;
+//! - [`audit`]: decrypt auditing (`credcrypt.audit_decrypt`);
 //! - [`keys`]: the backend's cached local key ring;
 //! - [`errors`]: core errors → SQLSTATE + hint;
 //! - [`protect`]: protected columns (catalog cache, trigger, administrative functions);
@@ -14,6 +15,7 @@
 use pgrx::prelude::*;
 
 pub mod api;
+pub mod audit;
 pub mod errors;
 pub mod gucs;
 pub mod keys;
@@ -38,6 +40,11 @@ extension_sql_file!(
         api::crypto::decrypt_credential,
     ]
 );
+extension_sql_file!(
+    "../sql/rls.sql",
+    name = "rls",
+    requires = ["protect", rls::enable_owner_rls_impl, rls::disable_owner_rls_impl, api::report::environment_findings]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 /// Library entry point: registers the settings and the log-redaction hook; when preloaded,
@@ -47,6 +54,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     postgres::log_redact::install();
     protect::catalog::init();
+    audit::init();
     // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         transit::queue::init(gucs::QUEUE_SLOTS.get() as usize);

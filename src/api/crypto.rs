@@ -154,6 +154,7 @@ fn encrypt_one(plaintext: &[u8], key_name: Option<&str>, context: Option<&str>) 
 
 fn decrypt_one(ciphertext: &str, context: Option<&str>, key_name: Option<&str>) -> Zeroizing<Vec<u8>> {
     let mut v = decrypt_many(&[ciphertext], &[context], key_name).or_raise();
+    crate::audit::record(&[context]);
     v.pop().unwrap_or_default()
 }
 
@@ -285,6 +286,7 @@ fn decrypt_credentials<'a>(
     let ciphertexts = ciphertexts?;
     let bulk = Bulk::new(&ciphertexts, contexts.as_ref());
     let plain = decrypt_many(&bulk.values, &bulk.contexts, None).or_raise();
+    crate::audit::record(&bulk.contexts);
     // Text arrays cannot carry zeroizing buffers; the copies are PostgreSQL's from here on.
     let texts = plain
         .into_iter()

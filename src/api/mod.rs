@@ -2,5 +2,6 @@
 
 pub mod crypto;
 pub mod info;
+pub mod report;
 pub mod secret;
 pub mod transit;

@@ -41,7 +41,7 @@ fn run(sql: &str, args: &[DatumWithOid<'_>]) {
 
 /// Runs `f` as the owner of `credcrypt.protected_columns`; restores the caller's identity
 /// afterwards (and PostgreSQL restores it on error).
-fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner: pg_sys::Oid =
         get("SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'credcrypt.protected_columns'::regclass", &[])
             .unwrap_or(pg_sys::InvalidOid);
@@ -138,7 +138,7 @@ fn column(t: &Table, name: &str) -> Option<(i16, String, i32, bool)> {
     .unwrap_or_else(|e| spi_fail(e))
 }
 
-fn require_column(t: &Table, name: &str) -> (i16, String, i32, bool) {
+pub(crate) fn require_column(t: &Table, name: &str) -> (i16, String, i32, bool) {
     column(t, name).unwrap_or_else(|| {
         fail(
             ERRCODE_UNDEFINED_COLUMN,

@@ -1,0 +1,175 @@
+//! Decrypt auditing: `credcrypt.audit_decrypt = off | log | table`.
+//!
+//! The SQL decrypt functions report how many values they decrypted, and for protected columns
+//! which designation they belonged to (recognised from the column context's binding id). The
+//! counts are kept per (role, designation) and written when the query ends (ExecutorEnd hook):
+//! one LOG line, or one row in `credcrypt.decrypt_audit`. Never a value.
+//!
+//! `table` falls back to the log where a write is impossible: on a hot standby, in a read-only
+//! transaction, in a parallel worker. Rows written in a transaction that then rolls back would be
+//! lost with it, so they are logged at abort ("rolled back"): a reader cannot hide a decryption
+//! by rolling back.
+
+use std::cell::RefCell;
+
+use credcrypt_core::column::{BINDING_ID_LEN, CONTEXT_PREFIX};
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use crate::gucs::{AuditDecrypt, AUDIT_DECRYPT};
+
+/// Decryptions not yet written: (role oid, binding id or None, count).
+type Pending = Vec<(pg_sys::Oid, Option<String>, i64)>;
+
+thread_local! {
+    static PENDING: RefCell<Pending> = const { RefCell::new(Vec::new()) };
+    /// Audit rows written in the current transaction, as log lines to emit if it aborts.
+    static WRITTEN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+
+/// Records `contexts.len()` decryptions by the current role (no-op when auditing is off).
+pub(crate) fn record(contexts: &[Option<&str>]) {
+    if AUDIT_DECRYPT.get() == AuditDecrypt::Off || contexts.is_empty() {
+        return;
+    }
+    // SAFETY: reads the backend's current user id.
+    let role = unsafe { pg_sys::GetUserId() };
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        for c in contexts {
+            let binding = c
+                .and_then(|c| c.strip_prefix(CONTEXT_PREFIX))
+                .and_then(|rest| rest.get(..BINDING_ID_LEN))
+                .map(str::to_owned);
+            match p.iter_mut().find(|e| e.0 == role && e.1 == binding) {
+                Some(e) => e.2 += 1,
+                None => p.push((role, binding, 1)),
+            }
+        }
+    });
+}
+
+fn role_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: catalog lookup; missing_ok = true returns NULL for a dropped role.
+    let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
+    if p.is_null() {
+        format!("oid {}", oid.to_u32())
+    } else {
+        // SAFETY: NUL-terminated palloc'd name.
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// "schema.table.column" (and the json path) of a binding id, if it is a designation here.
+fn designation_name(binding: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT p.relid::regclass::text || '.' || quote_ident(p.column_name) \
+                || CASE WHEN p.json_path = '{}' THEN '' ELSE ' ' || p.json_path::text END \
+           FROM credcrypt.protected_columns p WHERE p.binding_id = $1",
+        &[binding.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+fn can_write_table() -> bool {
+    // SAFETY: plain reads of backend state.
+    unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly && pg_sys::ParallelWorkerNumber < 0 }
+}
+
+/// Writes the pending records (called at the end of every query that decrypted something).
+fn flush() {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.is_empty() {
+        return;
+    }
+    // At the end of a top-level query the portal's snapshot is gone; SPI needs one.
+    // SAFETY: snapshot stack manipulation, balanced below (and reset by abort on error).
+    let pushed = unsafe {
+        if pg_sys::ActiveSnapshotSet() {
+            false
+        } else {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            true
+        }
+    };
+    write(pending);
+    if pushed {
+        // SAFETY: pops the snapshot pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
+    }
+}
+
+fn write(pending: Pending) {
+    let mode = AUDIT_DECRYPT.get();
+    for (role, binding, count) in pending {
+        let role = role_name(role);
+        let what = binding.as_deref().and_then(designation_name);
+        let object = what.clone().unwrap_or_else(|| "values outside protected columns".into());
+        let line = format!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s) of {object}");
+        if mode == AuditDecrypt::Table && can_write_table() {
+            crate::protect::admin::as_catalog_owner(|| {
+                Spi::run_with_args(
+                    "INSERT INTO credcrypt.decrypt_audit (role_name, object, values_decrypted) VALUES ($1, $2, $3)",
+                    &[role.as_str().into(), what.as_deref().into(), count.into()],
+                )
+            })
+            .unwrap_or_else(|e| {
+                crate::errors::fail(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("pg_credcrypt: could not write the decrypt audit: {e}"),
+                    None,
+                    "Check credcrypt.decrypt_audit, or set credcrypt.audit_decrypt = 'log'.",
+                )
+            });
+            WRITTEN.with(|w| w.borrow_mut().push(line));
+        } else {
+            pgrx::log!("{line}");
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: chaining to the previous hook or the standard implementation, as PostgreSQL expects.
+    unsafe {
+        match PREV_EXECUTOR_END {
+            Some(prev) => prev(query_desc),
+            None => pg_sys::standard_ExecutorEnd(query_desc),
+        }
+    }
+    flush();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            for line in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                pgrx::log!("{line} (audit row rolled back with its transaction)");
+            }
+            for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                pgrx::log!(
+                    "pg_credcrypt audit: role \"{}\" decrypted {count} value(s) in a statement that failed",
+                    role.to_u32()
+                );
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            WRITTEN.with(|w| w.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+/// Installs the ExecutorEnd hook and the transaction callback (from `_PG_init`).
+pub fn init() {
+    // SAFETY: _PG_init runs once per process on the main thread; the previous hook is chained.
+    unsafe {
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+    }
+}
