@@ -90,13 +90,13 @@ COMMENT ON VIEW credcrypt.protected_columns_info IS 'pg_credcrypt: protected col
 CREATE FUNCTION credcrypt.protect_column(
     tbl regclass, col name, key_name text DEFAULT NULL, bind_columns name[] DEFAULT NULL,
     mask_column name DEFAULT NULL, mask_prefix integer DEFAULT 0, mask_suffix integer DEFAULT 4,
-    json_path text[] DEFAULT NULL)
+    json_path text[] DEFAULT NULL, existing_values text DEFAULT 'refuse')
 RETURNS void LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     SELECT credcrypt._protect_column(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
-                                     mask_prefix, mask_suffix, json_path);
+                                     mask_prefix, mask_suffix, json_path, existing_values);
 END;
-COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[]) IS
+COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text) IS
     'pg_credcrypt: encrypt a column (or a jsonb key) transparently from now on';
 
 CREATE FUNCTION credcrypt.unprotect_column(tbl regclass, col name, decrypt_existing boolean DEFAULT false)

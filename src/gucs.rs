@@ -26,6 +26,10 @@ pub static LOCAL_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 /// `credcrypt.local_previous_key_files`: comma-separated key files used for decryption only.
 pub static LOCAL_PREVIOUS_KEY_FILES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `credcrypt.legacy_key_file`: file holding the AES-256 key an application used before
+/// pg_credcrypt (Node.js `iv:authTag:ciphertext` values), for `reencrypt_column` only.
+pub static LEGACY_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// `credcrypt.bao_addr`: OpenBao address, or a comma-separated list tried in order (failover).
 pub static BAO_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -109,6 +113,14 @@ pub fn init() {
         c"Absolute path of a file holding the local AES-256 key in base64 (mode 0600).",
         c"Recommended over credcrypt.local_key. Set in postgresql.conf; superuser only; hidden from SHOW ALL.",
         &LOCAL_KEY_FILE,
+        GucContext::Sighup,
+        secret_flags(),
+    );
+    GucRegistry::define_string_guc(
+        c"credcrypt.legacy_key_file",
+        c"File holding the AES-256 key of values an application encrypted itself (64 hex digits or base64; mode 0600).",
+        c"Read by credcrypt.reencrypt_column to import Node.js iv:authTag:ciphertext values. Superuser only; hidden.",
+        &LEGACY_KEY_FILE,
         GucContext::Sighup,
         secret_flags(),
     );

@@ -107,3 +107,15 @@ pub fn with_keyring<R>(f: impl FnOnce(&Keyring) -> Result<R, Error>) -> Result<R
         }
     })
 }
+
+/// The legacy application key named by `credcrypt.legacy_key_file` (read on every call: a
+/// migration reads it once per batch).
+pub fn legacy_key() -> Result<Zeroizing<[u8; 32]>, Error> {
+    let path = String::from_utf8_lossy(gucs::raw(&gucs::LEGACY_KEY_FILE)).trim().to_owned();
+    if path.is_empty() {
+        return Err(Error::new(ErrorKind::KeyNotConfigured, "credcrypt.legacy_key_file is not set")
+            .with_detail("legacy application values can only be imported with their key"));
+    }
+    let text = keyfile::read_secret_file(&path, "credcrypt.legacy_key_file")?;
+    credcrypt_core::legacy::parse_legacy_key(&text)
+}

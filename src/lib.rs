@@ -5,6 +5,7 @@
 //! - [`gucs`]: every `credcrypt.*` setting;
 //! - [`audit`]: decrypt auditing (`credcrypt.audit_decrypt`);
 //! - [`keys`]: the backend's cached local key ring;
+//! - [`migrate`]: re-encryption migrations and key usage;
 //! - [`errors`]: core errors → SQLSTATE + hint;
 //! - [`protect`]: protected columns (catalog cache, trigger, administrative functions);
 //! - [`rls`]: the maintenance path through row-level security;
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod errors;
 pub mod gucs;
 pub mod keys;
+pub mod migrate;
 pub mod postgres;
 pub mod protect;
 pub mod rls;
@@ -44,6 +46,20 @@ extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
     requires = ["protect", rls::enable_owner_rls_impl, rls::disable_owner_rls_impl, api::report::environment_findings]
+);
+extension_sql_file!(
+    "../sql/migrate.sql",
+    name = "migrate",
+    requires = [
+        "rls",
+        migrate::reencrypt_prepare,
+        migrate::reencrypt_batch,
+        migrate::reencrypt_remaining,
+        migrate::reencrypt_finish,
+        migrate::reencrypt_leaves,
+        migrate::reencrypt_needed,
+        migrate::key_usage
+    ]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -21,34 +21,12 @@ fn setup() -> Env {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let c = Cluster::from_env();
     c.ensure_login_role("tr_app", "credcrypt_encryptor, credcrypt_decryptor");
-    let bao = Bao::start(0, &c.keys.join("bao"));
-    bao.setup("1h");
-    let token = c.keys.join("bao.token");
-    write_secret_file(&token, &bao.token("1h"));
-    point_at(&c, &bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", token.display()));
+    let bao = credcrypt_blackbox::bao::start_for(&c);
     Env { _guard: guard, c, bao }
 }
 
-/// Writes credcrypt.conf (local key + the given OpenBao settings), reloads and waits until the
-/// worker reports `addr` as its active address.
 fn point_at(c: &Cluster, addrs: &str, auth: &str) {
-    let key = c.keys.join("current.key");
-    let conf = format!(
-        "credcrypt.local_key_file = '{}'\ncredcrypt.bao_addr = '{addrs}'\n{auth}credcrypt.bao_request_timeout_ms = 3000\ncredcrypt.bao_connect_timeout_ms = 500\n",
-        key.display()
-    );
-    std::fs::write(c.data.join("credcrypt.conf"), conf).expect("conf");
-    c.sql("SELECT pg_reload_conf()");
-    let first = addrs.split(',').next().unwrap_or_default().trim().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let a = c.sql("SELECT coalesce(active_address, '') FROM credcrypt.status()");
-        if a == first {
-            return;
-        }
-        assert!(Instant::now() < deadline, "worker did not pick up {addrs} (reports {a:?})");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    credcrypt_blackbox::bao::point_at(c, addrs, auth);
 }
 
 #[test]

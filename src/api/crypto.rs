@@ -50,11 +50,22 @@ fn fallback_local(plaintexts: &[&[u8]], contexts: &[Option<&str>], cause: &Error
     Ok(out)
 }
 
-/// Encrypts many values with one key; one Transit round trip for the whole set.
+/// Encrypts many values with one key; one Transit round trip for the whole set. Falls back to
+/// the local key when OpenBao is unreachable and `credcrypt.fallback = local`.
 pub(crate) fn encrypt_many(
     plaintexts: &[&[u8]],
     key: &KeyRef,
     contexts: &[Option<&str>],
+) -> Result<Vec<String>, Error> {
+    encrypt_with(plaintexts, key, contexts, true)
+}
+
+/// [`encrypt_many`], with the local fallback allowed or not (migrations never fall back).
+pub(crate) fn encrypt_with(
+    plaintexts: &[&[u8]],
+    key: &KeyRef,
+    contexts: &[Option<&str>],
+    allow_fallback: bool,
 ) -> Result<Vec<String>, Error> {
     match key {
         KeyRef::Local => keys::with_keyring(|ring| {
@@ -69,7 +80,7 @@ pub(crate) fn encrypt_many(
                 .collect();
             let answers = match backend::call(Op::Encrypt, name, &items) {
                 Ok(a) => a,
-                Err(e) if may_fall_back(&e) => return fallback_local(plaintexts, &contexts, &e),
+                Err(e) if allow_fallback && may_fall_back(&e) => return fallback_local(plaintexts, &contexts, &e),
                 Err(e) => return Err(e),
             };
             answers
@@ -90,46 +101,36 @@ pub(crate) fn encrypt_many(
 type TransitEntry<'a> = (usize, &'a str, Option<&'a str>);
 
 /// Decrypts many values (any provider, mixed); bare `vault:vN:` values use `key_name`.
+/// The first failing value fails the call.
 pub(crate) fn decrypt_many(
     ciphertexts: &[&str],
     contexts: &[Option<&str>],
     key_name: Option<&str>,
 ) -> Result<Vec<Zeroizing<Vec<u8>>>, Error> {
-    let mut out: Vec<Option<Zeroizing<Vec<u8>>>> = vec![None; ciphertexts.len()];
+    decrypt_each(ciphertexts, contexts, key_name)?.into_iter().collect()
+}
+
+/// One decrypted value, or why it could not be decrypted.
+pub(crate) type Decrypted = Result<Zeroizing<Vec<u8>>, Error>;
+
+/// Decrypts many values, one result per value. The outer error is for the whole call
+/// (OpenBao unreachable, worker not configured): no value could be tried.
+pub(crate) fn decrypt_each(
+    ciphertexts: &[&str],
+    contexts: &[Option<&str>],
+    key_name: Option<&str>,
+) -> Result<Vec<Decrypted>, Error> {
+    let mut out: Vec<Decrypted> = ciphertexts.iter().map(|_| Err(Error::malformed("not processed"))).collect();
     // Transit values grouped by key: (index, payload, context).
     let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
     for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
         let ctx = ctx.filter(|c| !c.is_empty());
-        if ct.starts_with("vault:v") {
-            let KeyRef::Transit(name) = key_ref(key_name)? else {
-                return Err(Error::new(ErrorKind::InvalidKeyRef, "a bare vault: value needs a Transit key")
-                    .with_detail("pass key_name => 'transit:<name>' or set credcrypt.default_key to it"));
-            };
-            format::wrap_transit(&name, ct, ctx.is_some())?; // validates the value's syntax
-            transit.entry(name).or_default().push((i, ct, ctx));
-            continue;
-        }
-        let parsed = Ciphertext::parse(ct)?;
-        match parsed.provider {
-            Provider::Local => {
-                out[i] = Some(keys::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)))?);
+        match classify_for_decrypt(ct, ctx, key_name) {
+            Ok(Route::Local(parsed)) => {
+                out[i] = keys::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)));
             }
-            Provider::Transit => {
-                match (parsed.has_context, ctx.is_some()) {
-                    (true, false) => {
-                        return Err(
-                            Error::auth_failed().with_detail("the value is bound to a context, and none was given")
-                        )
-                    }
-                    (false, true) => {
-                        return Err(
-                            Error::auth_failed().with_detail("the value is bound to no context, and one was given")
-                        )
-                    }
-                    _ => {}
-                }
-                transit.entry(parsed.key_name.to_owned()).or_default().push((i, parsed.payload, ctx));
-            }
+            Ok(Route::Transit(name, payload)) => transit.entry(name).or_default().push((i, payload, ctx)),
+            Err(e) => out[i] = Err(e),
         }
     }
     for (name, entries) in transit {
@@ -137,13 +138,44 @@ pub(crate) fn decrypt_many(
             entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
         let answers = backend::call(Op::Decrypt, &name, &items)?;
         for ((i, _, _), a) in entries.iter().zip(answers) {
-            out[*i] = Some(a.map_err(|f| match f.kind {
+            out[*i] = a.map_err(|f| match f.kind {
                 FailKind::AuthenticationFailed => Error::auth_failed(),
                 _ => item_error(&f),
-            })?);
+            });
         }
     }
-    Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+    Ok(out)
+}
+
+/// Where a value is decrypted.
+enum Route<'a> {
+    Local(Ciphertext<'a>),
+    /// Transit key name and `vault:vN:` payload.
+    Transit(String, &'a str),
+}
+
+fn classify_for_decrypt<'a>(ct: &'a str, ctx: Option<&str>, key_name: Option<&str>) -> Result<Route<'a>, Error> {
+    if ct.starts_with("vault:v") {
+        let KeyRef::Transit(name) = key_ref(key_name)? else {
+            return Err(Error::new(ErrorKind::InvalidKeyRef, "a bare vault: value needs a Transit key")
+                .with_detail("pass key_name => 'transit:<name>' or set credcrypt.default_key to it"));
+        };
+        format::wrap_transit(&name, ct, ctx.is_some())?; // validates the value's syntax
+        return Ok(Route::Transit(name, ct));
+    }
+    let parsed = Ciphertext::parse(ct)?;
+    match parsed.provider {
+        Provider::Local => Ok(Route::Local(parsed)),
+        Provider::Transit => match (parsed.has_context, ctx.is_some()) {
+            (true, false) => {
+                Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))
+            }
+            (false, true) => {
+                Err(Error::auth_failed().with_detail("the value is bound to no context, and one was given"))
+            }
+            _ => Ok(Route::Transit(parsed.key_name.to_owned(), parsed.payload)),
+        },
+    }
 }
 
 fn encrypt_one(plaintext: &[u8], key_name: Option<&str>, context: Option<&str>) -> String {

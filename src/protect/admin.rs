@@ -189,8 +189,17 @@ fn protect_column_impl(
     mask_prefix: i32,
     mask_suffix: i32,
     json_path: Option<Vec<Option<String>>>,
+    existing_values: &str,
 ) {
     let t = table(tbl);
+    let migrate = match existing_values {
+        "refuse" => false,
+        "migrate" => true,
+        _ => bad_arg(
+            "existing_values must be 'refuse' or 'migrate'",
+            "'migrate' designates a column that holds values; then CALL credcrypt.reencrypt_column to encrypt them.",
+        ),
+    };
     let (attnum, typ, typmod, generated) = require_column(&t, col);
     let _ = attnum;
     if generated {
@@ -310,12 +319,12 @@ fn protect_column_impl(
             "SELECT * FROM credcrypt.protected_columns_info shows the designation; unprotect_column removes it.",
         );
     }
-    if has_values(&t, col, &path) {
+    if !migrate && has_values(&t, col, &path) {
         fail(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("column \"{col}\" of table {} already holds values", t.display),
             Some("protect_column only designates empty columns, so that no plaintext stays behind unnoticed".into()),
-            "To encrypt existing values, use CALL credcrypt.reencrypt_column(...) (see docs/migrations.md), or empty the column first.",
+            "To encrypt the existing values: protect_column(…, existing_values => 'migrate'), then CALL credcrypt.reencrypt_column(tbl, col) (docs/migrations.md).",
         );
     }
     let binding_id = new_binding_id().or_raise();

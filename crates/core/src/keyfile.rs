@@ -46,6 +46,13 @@ pub fn check_mode(uid: u32, mode: u32) -> std::result::Result<(), String> {
 
 /// Reads and parses a key file. `guc` names the setting that pointed at it.
 pub fn read_key_file(path: &str, guc: &str) -> Result<Zeroizing<[u8; 32]>> {
+    let buf = read_secret_file(path, guc)?;
+    parse_key_text(&buf, &format!("the key file named by {guc} ({path})"))
+}
+
+/// Reads a small secret file with the key-file rules: absolute path, regular file, mode 0600
+/// (0640 if root-owned), at most a few KiB. Errors name the setting and the path, never content.
+pub fn read_secret_file(path: &str, guc: &str) -> Result<Zeroizing<Vec<u8>>> {
     let fail = |what: String| {
         Error::new(ErrorKind::InvalidKeyConfig, format!("cannot use the key file named by {guc}"))
             .with_detail(format!("{path}: {what}"))
@@ -64,7 +71,7 @@ pub fn read_key_file(path: &str, guc: &str) -> Result<Zeroizing<[u8; 32]>> {
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize));
     file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut buf).map_err(|e| fail(e.kind().to_string()))?;
-    parse_key_text(&buf, &format!("the key file named by {guc} ({path})"))
+    Ok(buf)
 }
 
 /// Splits a comma-separated list of paths, ignoring surrounding spaces and empty items.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod format;
 pub mod keyfile;
 pub mod keyref;
+pub mod legacy;
 pub mod local;
 pub mod mask;
 pub mod nonce;

@@ -1,0 +1,284 @@
+//! Black-box tests of re-encryption migrations (`CALL credcrypt.reencrypt_column`) and
+//! `credcrypt.key_usage`, against a real OpenBao dev server, as a non-superuser
+//! credcrypt_admin who owns the tables (no BYPASSRLS).
+
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use credcrypt_blackbox::bao::{point_at, start_for, Bao};
+use credcrypt_blackbox::Cluster;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The legacy application key (hex) the Node fixtures are encrypted with.
+const LEGACY_KEY: &str = "00112233445566778899aabbccddeefffedcba9876543210fedcba9876543210";
+
+struct Env {
+    _guard: MutexGuard<'static, ()>,
+    c: Cluster,
+    _bao: Bao,
+}
+
+fn setup() -> Env {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::from_env();
+    c.ensure_login_role("mg_owner", "credcrypt_admin");
+    c.ensure_login_role("mg_app", "credcrypt_encryptor, credcrypt_decryptor");
+    c.sql("GRANT CREATE ON SCHEMA public TO mg_owner");
+    let bao = start_for(&c);
+    Env { _guard: guard, c, _bao: bao }
+}
+
+/// Adds `credcrypt.legacy_key_file` (written with `key_hex`) to the worker configuration.
+fn with_legacy_key(c: &Cluster, bao_addr: &str, key_hex: &str) {
+    let legacy = c.write_key("legacy.key", key_hex, 0o600);
+    let token = c.keys.join("bao.token");
+    point_at(
+        c,
+        bao_addr,
+        &format!("credcrypt.bao_token_file = '{}'\ncredcrypt.legacy_key_file = '{legacy}'\n", token.display()),
+    );
+}
+
+fn bao_addr(c: &Cluster) -> String {
+    c.sql("SELECT active_address FROM credcrypt.status()")
+}
+
+/// Node.js `crypto` ciphertexts of `plaintexts`, made by the fixture script with `key_hex`.
+fn node_values(key_hex: &str, plaintexts: &[String]) -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/core/tests/fixtures/node_legacy.js");
+    let out = Command::new("node").arg(script).arg(key_hex).args(plaintexts).output().expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v.as_array().expect("array").iter().map(|e| e["value"].as_str().expect("value").to_owned()).collect()
+}
+
+/// A table `name` (owned by mg_owner, under enable_owner_rls) whose `secret` column holds, for
+/// row id, the plaintext `sk-<id>` in mixed forms: plaintext, local-key ciphertexts bound to the
+/// row, bare `vault:` values, and Node legacy values. Protected with existing_values => 'migrate'.
+fn mixed_table(c: &Cluster, name: &str, rows: i64) {
+    c.sql(&format!("DROP TABLE IF EXISTS {name} CASCADE"));
+    c.psql(
+        "mg_owner",
+        &format!(
+            "CREATE TABLE {name} (id bigint PRIMARY KEY, owner text NOT NULL, secret text);
+             INSERT INTO {name} SELECT g, 'tenant-' || (g % 7), 'sk-' || g FROM generate_series(1, {rows}) g;
+             SELECT credcrypt.protect_column('{name}', 'secret', key_name => 'local', bind_columns => ARRAY['id'],
+                                             mask_column => 'secret_mask', existing_values => 'migrate');
+             SELECT credcrypt.enable_owner_rls('{name}', 'owner');
+             SELECT credcrypt.create_decrypted_view('{name}', '{name}_plain');
+             GRANT SELECT, INSERT, UPDATE ON {name} TO mg_app;"
+        ),
+    )
+    .expect_ok();
+    // A third of the rows: local-key ciphertexts written through the trigger.
+    let third = rows / 3;
+    c.psql("mg_owner", &format!("CALL credcrypt.reencrypt_column('{name}', 'secret', batch_size => 5000)")).expect_ok();
+    // The other two thirds back to plaintext (as the superuser: the table is under owner RLS).
+    c.sql(&format!(
+        "ALTER TABLE {name} DISABLE TRIGGER zz_credcrypt_protect;
+         UPDATE {name} SET secret = 'sk-' || id WHERE id > {third};
+         ALTER TABLE {name} ENABLE TRIGGER zz_credcrypt_protect;"
+    ));
+    // 200 bare vault: values and 100 Node values, as applications wrote them.
+    c.sql(&format!(
+        "ALTER TABLE {name} DISABLE TRIGGER zz_credcrypt_protect;
+         UPDATE {name} SET secret = substr(credcrypt.encrypt_credential('sk-' || id, 'transit:app'), 21)
+          WHERE id BETWEEN {third} + 1 AND {third} + 200;"
+    ));
+    let ids: Vec<i64> = ((third + 201)..=(third + 300)).collect();
+    let plains: Vec<String> = ids.iter().map(|i| format!("sk-{i}")).collect();
+    let values = node_values(LEGACY_KEY, &plains);
+    let updates: String =
+        ids.iter().zip(&values).map(|(i, v)| format!("UPDATE {name} SET secret = '{v}' WHERE id = {i};\n")).collect();
+    c.sql(&format!("{updates}ALTER TABLE {name} ENABLE TRIGGER zz_credcrypt_protect;"));
+}
+
+fn usage(c: &Cluster, name: &str) -> String {
+    c.psql(
+        "mg_owner",
+        &format!(
+            "SELECT string_agg(source || ':' || coalesce(key_name, '-') || ':' || coalesce(key_version, '-') || ':' || \"values\", ' ' ORDER BY source, key_version)
+               FROM credcrypt.key_usage('{name}')"
+        ),
+    )
+    .expect_ok()
+    .to_owned()
+}
+
+/// Rows whose decrypted value is `sk-<id>` (through the decrypted view, maintenance-free: as
+/// the superuser, who is not subject to RLS).
+fn correct(c: &Cluster, name: &str) -> String {
+    c.sql(&format!("SELECT count(*) FROM {name}_plain WHERE secret = 'sk-' || id"))
+}
+
+#[test]
+fn mixed_sources_migrate_to_transit_verified_and_resumable() {
+    let e = setup();
+    let c = &e.c;
+    with_legacy_key(c, &bao_addr(c), LEGACY_KEY);
+    mixed_table(c, "mg_mixed", 100_000);
+    let before = usage(c, "mg_mixed");
+    assert!(
+        before.contains("legacy:-:-:100") && before.contains("vault:-:1:200") && before.contains("plaintext:-:-:66367"),
+        "{before}"
+    );
+    // Dry run: reports per source, writes nothing.
+    let digest = "SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM mg_mixed";
+    let d0 = c.sql(digest);
+    let o = c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_mixed', 'secret', 'transit:app', dry_run => true)");
+    assert!(o.expect_ok().is_empty() && o.err.contains("dry run of"), "{o:?}");
+    assert_eq!(c.sql(digest), d0, "dry run wrote");
+    assert_eq!(
+        c.sql("SELECT (by_source->>'plaintext') || '/' || (by_source->>'legacy') FROM credcrypt.reencrypt_runs ORDER BY run_id DESC LIMIT 1"),
+        "66367/100"
+    );
+    // The migration, as the table owner without BYPASSRLS, with the table under owner RLS.
+    let o =
+        c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_mixed', 'secret', 'transit:app', batch_size => 2000)");
+    o.expect_ok();
+    assert!(o.err.contains("rows/s") && o.err.contains("now on transit:app"), "{}", o.err);
+    assert_eq!(usage(c, "mg_mixed"), "transit:transit:app:1:100000");
+    assert_eq!(correct(c, "mg_mixed"), "100000");
+    assert_eq!(
+        c.sql("SELECT count(*) FROM mg_mixed WHERE secret_mask IS DISTINCT FROM credcrypt.mask('sk-' || id, 0, 4)"),
+        "0"
+    );
+    // New writes now use the target key.
+    c.psql("mg_app", "BEGIN; SELECT credcrypt.set_owner('tenant-1'); INSERT INTO mg_mixed VALUES (100001, 'tenant-1', 'sk-100001'); COMMIT;")
+        .expect_ok();
+    assert!(c.sql("SELECT secret FROM mg_mixed WHERE id = 100001").starts_with("cc1:transit:app:1:c:"));
+    // Re-run: nothing to do, nothing rewritten.
+    let d1 = c.sql(digest);
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_mixed', 'secret')").expect_ok();
+    assert_eq!(c.sql(digest), d1);
+    // Rotation end to end: rotate, re-encrypt, no value left on v1.
+    assert_eq!(c.sql("SELECT credcrypt.rotate_key('transit:app')"), "2");
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_mixed', 'secret', batch_size => 5000)").expect_ok();
+    assert_eq!(usage(c, "mg_mixed"), "transit:transit:app:2:100001");
+    assert_eq!(c.psql("mg_owner", "SELECT bool_and(current) FROM credcrypt.key_usage('mg_mixed')").expect_ok(), "t");
+    assert_eq!(correct(c, "mg_mixed"), "100001");
+}
+
+#[test]
+fn killed_run_resumes_and_concurrent_writes_end_up_encrypted() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS mg_kill CASCADE");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_kill (id bigint PRIMARY KEY, owner text NOT NULL DEFAULT 'o', secret text);
+         INSERT INTO mg_kill (id, secret) SELECT g, 'sk-' || g FROM generate_series(1, 60000) g;
+         SELECT credcrypt.protect_column('mg_kill', 'secret', key_name => 'local', bind_columns => ARRAY['id'], existing_values => 'migrate');
+         SELECT credcrypt.create_decrypted_view('mg_kill', 'mg_kill_plain');
+         GRANT SELECT, INSERT, UPDATE ON mg_kill TO mg_app;",
+    )
+    .expect_ok();
+    // The migration in the background (small batches, so it runs a while) …
+    let log_path = c.keys.join("mg_kill_run.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut call = Command::new("psql")
+        .args(["-X", "-q", "-h", &c.host, "-p", &c.port, "-U", "mg_owner", "-d", "postgres"])
+        // One statement per -c: psql sends a multi-statement string as one transaction, in
+        // which the procedure could not COMMIT.
+        .args(["-c", "CALL credcrypt.reencrypt_column('mg_kill', 'secret', 'transit:app', batch_size => 200)"])
+        .env("PGAPPNAME", "mg_kill_run")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("psql");
+    // … while the application inserts and updates (plaintext, through the trigger).
+    let writer = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                let id = 60001 + i;
+                c.psql("mg_app", &format!("INSERT INTO mg_kill (id, secret) VALUES ({id}, 'sk-{id}')")).expect_ok();
+                let upd = 1 + (i * 297) % 60000;
+                c.psql("mg_app", &format!("UPDATE mg_kill SET secret = 'sk-{upd}' WHERE id = {upd}")).expect_ok();
+            }
+        })
+    };
+    // Kill the migrating backend once it has done some batches.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = c
+            .sql("SELECT coalesce(max(done), 0) FROM credcrypt.reencrypt_runs WHERE relid = 'mg_kill'::regclass AND state = 'running'")
+            .parse()
+            .unwrap_or(0);
+        if done >= 5000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration made no progress: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        c.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'mg_kill_run'"),
+        "1"
+    );
+    let _ = call.wait();
+    writer.join().expect("writer");
+    let mid = usage(c, "mg_kill");
+    assert!(mid.contains("transit:transit:app:1:") && mid.contains("plaintext"), "killed mid-run: {mid}");
+    // Re-run: completes; nothing lost, nothing encrypted twice (every value decrypts in one step).
+    let o =
+        c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_kill', 'secret', 'transit:app', batch_size => 2000)");
+    o.expect_ok();
+    assert_eq!(usage(c, "mg_kill"), "transit:transit:app:1:60200");
+    assert_eq!(correct(c, "mg_kill"), "60200");
+    assert_eq!(
+        c.sql(
+            "SELECT count(*) FROM credcrypt.reencrypt_runs WHERE relid = 'mg_kill'::regclass AND state = 'interrupted'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn wrong_legacy_key_leaves_rows_untouched_and_reported() {
+    let e = setup();
+    let c = &e.c;
+    with_legacy_key(c, &bao_addr(c), &"ab".repeat(32));
+    c.sql("DROP TABLE IF EXISTS mg_legacy CASCADE");
+    let plains: Vec<String> = (1..=20).map(|i| format!("sk-{i}")).collect();
+    let values = node_values(LEGACY_KEY, &plains);
+    let inserts: String = values.iter().enumerate().map(|(i, v)| format!("({}, '{v}'),", i + 1)).collect();
+    c.psql(
+        "mg_owner",
+        &format!(
+            "CREATE TABLE mg_legacy (id int PRIMARY KEY, secret text);
+             INSERT INTO mg_legacy VALUES {} (21, 'sk-21');
+             SELECT credcrypt.protect_column('mg_legacy', 'secret', key_name => 'local', bind_columns => ARRAY['id'], existing_values => 'migrate');",
+            inserts
+        ),
+    )
+    .expect_ok();
+    let before = c.sql("SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM mg_legacy WHERE id <= 20");
+    let o = c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret')");
+    assert!(o.expect_ok().is_empty() && o.err.contains("20 unreadable"), "{}", o.err);
+    assert_eq!(
+        c.sql("SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM mg_legacy WHERE id <= 20"),
+        before,
+        "untouched"
+    );
+    assert_eq!(
+        c.sql("SELECT count(*) || ' ' || min(source) || ' ' || bool_and(reason LIKE '%legacy_key_file%') FROM credcrypt.reencrypt_failures f JOIN credcrypt.reencrypt_runs r USING (run_id) WHERE r.relid = 'mg_legacy'::regclass"),
+        "20 legacy true"
+    );
+    assert!(!c.sql("SELECT string_agg(reason, ' ') FROM credcrypt.reencrypt_failures").contains("sk-"));
+    // With the right key: imported, verified, readable.
+    with_legacy_key(c, &bao_addr(c), LEGACY_KEY);
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret')").expect_ok();
+    c.psql("mg_owner", "SELECT credcrypt.create_decrypted_view('mg_legacy', 'mg_legacy_plain')").expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM mg_legacy_plain WHERE secret = 'sk-' || id"), "21");
+    // Errors: not protected, bad batch size, not the owner.
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'id')").expect_error("42704");
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret', batch_size => 0)").expect_error("22023");
+    let o = c.psql("mg_app", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret')");
+    assert_eq!(o.sqlstate(), Some("42501"), "{o:?}");
+}
