@@ -53,6 +53,7 @@ fn environment_findings(
     for (guc, s) in [
         ("credcrypt.bao_token_file", &gucs::BAO_TOKEN_FILE),
         ("credcrypt.bao_secret_id_file", &gucs::BAO_SECRET_ID_FILE),
+        ("credcrypt.legacy_key_file", &gucs::LEGACY_KEY_FILE),
     ] {
         let v = setting(s);
         if !v.is_empty() {
@@ -72,7 +73,10 @@ fn environment_findings(
     let auto = std::fs::read_to_string(format!("{data_dir}/postgresql.auto.conf")).unwrap_or_default();
     for line in auto.lines().map(str::trim) {
         let name = line.split(['=', ' ']).next().unwrap_or_default().to_ascii_lowercase();
-        if name.starts_with("credcrypt.local_key") || name.starts_with("credcrypt.bao_") {
+        if name.starts_with("credcrypt.local_key")
+            || name.starts_with("credcrypt.legacy_key")
+            || name.starts_with("credcrypt.bao_")
+        {
             out.push(finding(
                 "critical",
                 format!("postgresql.auto.conf: {name}"),
