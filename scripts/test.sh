@@ -5,7 +5,10 @@
 #   3. pure-Rust unit and property tests of the format and crypto (crates/core)
 #   4. independent cross-check of the published test vectors (Python `cryptography`)
 #   5. #[pg_test]s inside a real PostgreSQL 15 (cargo pgrx test, as user postgres)
-#   6. black-box tests (pgrx-tests/) against a throwaway cluster with the release build
+#   6. black-box tests (pgrx-tests/) against a throwaway cluster with the release build:
+#      SQL functions, protected columns, RLS, migrations, Transit (real OpenBao), docker/ pieces,
+#      every SQL example of the docs
+#   7. the node-postgres example's tests (examples/node) against the same cluster
 # Prints each runner's own summary, then one total line.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/env.sh
@@ -54,9 +57,19 @@ trap 'cluster_stop "$work/blackbox"' EXIT
 cluster_start "$work/blackbox"
 run_suite blackbox cargo test -p credcrypt-blackbox -- --test-threads=1
 
+step "node-postgres example (examples/node) against the same cluster"
+( cd "$root/examples/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm test ) >"$logs/node.log" 2>&1 || {
+    tail -60 "$logs/node.log"
+    exit 1
+}
+grep -E "^(not )?ok [0-9]+ - " "$logs/node.log" || true
+# node:test's own summary, in the form the total below adds up.
+awk '/^# pass /{p=$3} /^# fail /{f=$3} END {printf "test result: %s. %d passed; %d failed;\n", (f ? "FAILED" : "ok"), p, f}' \
+    "$logs/node.log" >>"$logs/node.log"
+
 step "summary"
-for f in core pgtest blackbox; do
+for f in core pgtest blackbox node; do
     grep -E "^test result:" "$logs/$f.log" | grep -vE "^test result: ok\. 0 passed" | sed "s/^/  $f: /"
 done
-cat "$logs"/{core,pgtest,blackbox}.log | grep -E "^test result:" |
+cat "$logs"/{core,pgtest,blackbox,node}.log | grep -E "^test result:" |
     awk '{p+=$4; f+=$6} END {printf "\nall suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

@@ -1,0 +1,106 @@
+//! Every ```sql block of README.md and docs/*.md is executed, so the documentation cannot rot.
+//!
+//! Per document, the blocks run in order in a fresh database, as the superuser, after a small
+//! prelude that creates what the document assumes (its tables and roles). An HTML comment
+//! `<!-- doctest: fresh -->` before a block starts a new database for it (a new runbook).
+//! Signatures and fragments are written as ```text, not ```sql. OpenBao runs (dev server) for
+//! the blocks that use `transit:app`.
+
+use std::path::{Path, PathBuf};
+
+use credcrypt_blackbox::bao::start_for;
+use credcrypt_blackbox::Cluster;
+
+/// What every document's database starts with, and what each one assumes besides.
+fn prelude(doc: &str) -> String {
+    let roles = "DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_backend') THEN CREATE ROLE app_backend LOGIN; END IF;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ingest_job') THEN CREATE ROLE ingest_job LOGIN; END IF;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reporting') THEN CREATE ROLE reporting LOGIN; END IF;
+    END $$;";
+    let extension = if doc == "README.md" { "" } else { "CREATE EXTENSION pg_credcrypt;" };
+    let tables = match doc {
+        "README.md" => "CREATE TABLE api_keys (owner text, secret text);",
+        "sql-reference.md" => {
+            "CREATE TABLE api_keys (owner text, secret text);
+             INSERT INTO api_keys VALUES ('alice', credcrypt.encrypt_credential('sk-live-0123456789', context => 'owner:alice'));
+             CREATE TABLE tokens (id int PRIMARY KEY, raw text, enc text);
+             INSERT INTO tokens SELECT g, 'tok-' || g, NULL FROM generate_series(1, 10) g;
+             CREATE TABLE oauth_clients (client_id text PRIMARY KEY, client_secret text);
+             INSERT INTO oauth_clients VALUES ('web-app', credcrypt.encrypt_credential('cs_live_presented_secret', context => 'client:web-app'));"
+        }
+        "migrations.md" => {
+            "CREATE TABLE integration_credentials (id bigint PRIMARY KEY, user_id text, provider text, api_key text);
+             INSERT INTO integration_credentials SELECT g, 'user-' || g, 'openai', 'sk-' || g FROM generate_series(1, 1000) g;"
+        }
+        _ => "",
+    };
+    format!("{roles}\n{extension}\n{tables}")
+}
+
+/// The runnable blocks of a document: (line, starts a fresh database, SQL).
+fn blocks(text: &str) -> Vec<(usize, bool, String)> {
+    let mut out = Vec::new();
+    let mut fresh = false;
+    let mut current: Option<(usize, bool, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        if let Some((_, _, body)) = current.as_mut() {
+            if line.starts_with("```") {
+                out.push(current.take().expect("open block"));
+            } else {
+                body.push_str(line);
+                body.push('\n');
+            }
+            continue;
+        }
+        if line.trim() == "<!-- doctest: fresh -->" {
+            fresh = true;
+        } else if line.trim() == "```sql" {
+            current = Some((n + 1, fresh, String::new()));
+            fresh = false;
+        }
+    }
+    out
+}
+
+fn docs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut v = vec![root.join("README.md")];
+    let mut d: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    d.sort();
+    v.extend(d);
+    v
+}
+
+#[test]
+fn every_sql_example_in_the_docs_runs() {
+    let c = Cluster::from_env();
+    let _bao = start_for(&c);
+    let mut ran = 0;
+    for path in docs() {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let text = std::fs::read_to_string(&path).expect("read doc");
+        let db = format!("doc_{}", name.trim_end_matches(".md").replace(['-', '.'], "_").to_lowercase());
+        let reset = |c: &Cluster| {
+            c.client("dropdb", &["--if-exists", &db]);
+            let (ok, out) = c.client("createdb", &[&db]);
+            assert!(ok, "{out}");
+            c.psql_in(&db, "postgres", &prelude(&name)).expect_ok();
+        };
+        for (i, (line, fresh, sql)) in blocks(&text).into_iter().enumerate() {
+            if i == 0 || fresh {
+                reset(&c);
+            }
+            let o = c.psql_in(&db, "postgres", &sql);
+            assert!(o.ok, "{name}:{line}: the example fails:\n{sql}\n{}", o.err);
+            ran += 1;
+        }
+        c.client("dropdb", &["--if-exists", &db]);
+    }
+    assert!(ran >= 15, "only {ran} SQL examples found: did the docs lose their ```sql blocks?");
+    println!("{ran} SQL examples ran");
+}
