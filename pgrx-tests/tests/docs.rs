@@ -33,6 +33,12 @@ fn prelude(doc: &str) -> String {
             "CREATE TABLE integration_credentials (id bigint PRIMARY KEY, user_id text, provider text, api_key text);
              INSERT INTO integration_credentials SELECT g, 'user-' || g, 'openai', 'sk-' || g FROM generate_series(1, 1000) g;"
         }
+        "clients.md" => {
+            "CREATE TABLE integration_credentials (id bigint PRIMARY KEY, user_id text NOT NULL, provider text, api_key text);
+             SELECT credcrypt.protect_column('integration_credentials', 'api_key', bind_columns => ARRAY['id'], mask_column => 'api_key_mask');
+             SELECT credcrypt.enable_owner_rls('integration_credentials', 'user_id');
+             SELECT credcrypt.create_masked_view('integration_credentials', 'integration_credentials_masked');"
+        }
         _ => "",
     };
     format!("{roles}\n{extension}\n{tables}")
