@@ -49,7 +49,8 @@ fn compose_pieces_work_with_the_real_binaries() {
     assert!(st.success());
     let compose = std::fs::read_to_string(repo("docker/docker-compose.yml")).expect("compose file");
     for line in compose.lines().filter_map(|l| l.trim().strip_prefix("file: ./secrets/")) {
-        let meta = std::fs::metadata(secrets.join(line)).unwrap_or_else(|_| panic!("gen-secrets.sh did not make {line}"));
+        let meta =
+            std::fs::metadata(secrets.join(line)).unwrap_or_else(|_| panic!("gen-secrets.sh did not make {line}"));
         assert!(meta.len() > 0, "{line} is empty");
         assert_eq!(meta.permissions().mode() & 0o777, 0o640, "{line}");
     }
@@ -131,19 +132,17 @@ fn compose_pieces_work_with_the_real_binaries() {
     }
     point_at(&c, &addr, &lines);
     let sql = |sql: &str| c.psql_in("dk_app", "postgres", sql).expect_ok().to_owned();
-    let stored = sql(
-        "SET ROLE app; BEGIN; SELECT credcrypt.set_owner('user-1');
+    let stored = sql("SET ROLE app; BEGIN; SELECT credcrypt.set_owner('user-1');
          INSERT INTO app.integration_credentials (user_id, provider, api_key, config)
          VALUES ('user-1', 'openai', 'sk-DOCKERMARKER-0001', '{\"apiKey\": \"sk-DOCKERJSON-2\"}') RETURNING api_key;
-         COMMIT;",
-    );
+         COMMIT;");
     assert!(stored.contains("cc1:transit:app:1:c:vault:v1:") && !stored.contains("DOCKERMARKER"), "{stored}");
     assert_eq!(
         sql("SET ROLE app; BEGIN; SELECT credcrypt.set_owner('user-1');
              SELECT api_key || ' ' || (config->>'apiKey') FROM app.integration_credentials_decrypted; COMMIT;")
-            .lines()
-            .find(|l| l.starts_with("sk-"))
-            .unwrap_or_default(),
+        .lines()
+        .find(|l| l.starts_with("sk-"))
+        .unwrap_or_default(),
         "sk-DOCKERMARKER-0001 sk-DOCKERJSON-2"
     );
     let masked = sql("SET ROLE reporting; SELECT api_key_mask FROM app.integration_credentials_masked");
