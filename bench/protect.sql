@@ -18,6 +18,13 @@ CREATE TABLE bench_plain (
 CREATE TABLE bench_local (LIKE bench_plain INCLUDING ALL);
 SELECT credcrypt.protect_column('bench_local', 'api_key', key_name => 'local', bind_columns => ARRAY['id'],
                                 mask_column => 'api_key_mask', mask_prefix => 3) \gset
+CREATE TABLE bench_envelope (LIKE bench_plain INCLUDING ALL);
+SELECT credcrypt.protect_column('bench_envelope', 'api_key', key_name => 'envelope:app', bind_columns => ARRAY['id'],
+                                mask_column => 'api_key_mask', mask_prefix => 3) \gset
+CREATE TABLE bench_transit1 (LIKE bench_plain INCLUDING ALL);
+SELECT credcrypt.protect_column('bench_transit1', 'api_key', key_name => 'transit:app', bind_columns => ARRAY['id'],
+                                mask_column => 'api_key_mask', mask_prefix => 3) \gset
+SELECT credcrypt.create_decrypted_view(t, t || '_plain') FROM unnest(ARRAY['bench_local', 'bench_envelope']) t \gset
 CREATE TEMP TABLE results (what text, run int, ms float8);
 
 DO $$
@@ -27,7 +34,7 @@ DECLARE
     tbl text;
 BEGIN
     FOR i IN 0..current_setting('bench.repeat')::int LOOP
-        FOREACH tbl IN ARRAY ARRAY['bench_plain', 'bench_local'] LOOP
+        FOREACH tbl IN ARRAY ARRAY['bench_plain', 'bench_local', 'bench_envelope'] LOOP
             EXECUTE format('TRUNCATE %I', tbl);
             t0 := clock_timestamp();
             EXECUTE format($q$INSERT INTO %I (user_id, provider, api_key)
@@ -35,7 +42,19 @@ BEGIN
                                FROM generate_series(1, %s) g$q$, tbl, n);
             INSERT INTO results VALUES (tbl, i, extract(epoch FROM clock_timestamp() - t0) * 1000);
         END LOOP;
+        -- Decrypt every row through the decrypted view (local key vs envelope data keys).
+        FOREACH tbl IN ARRAY ARRAY['bench_local', 'bench_envelope'] LOOP
+            t0 := clock_timestamp();
+            EXECUTE format('SELECT count(api_key) FROM %I', tbl || '_plain');
+            INSERT INTO results VALUES (tbl || '_decrypt', i, extract(epoch FROM clock_timestamp() - t0) * 1000);
+        END LOOP;
     END LOOP;
+    -- Per-value Transit: one round trip per row, so a twentieth of the rows, once.
+    t0 := clock_timestamp();
+    EXECUTE format($q$INSERT INTO bench_transit1 (user_id, provider, api_key)
+                     SELECT 'user-' || g, 'openai', 'sk-live-' || g || '-0123456789abcdef0123456789abcdef'
+                       FROM generate_series(1, %s) g$q$, greatest(n / 20, 1));
+    INSERT INTO results VALUES ('bench_transit1', 1, extract(epoch FROM clock_timestamp() - t0) * 1000 * n / greatest(n / 20, 1));
 END
 $$;
 
@@ -45,6 +64,14 @@ SELECT count(*) = current_setting('bench.rows')::int AS all_encrypted
 \if :all_encrypted
 \else
 \echo 'FAILED: not every protected row holds a ciphertext'
+SELECT 1/0;
+\endif
+
+SELECT count(*) = current_setting('bench.rows')::int AS all_envelope
+  FROM bench_envelope WHERE api_key LIKE 'cc1:envelope:app:%' \gset
+\if :all_envelope
+\else
+\echo 'FAILED: not every envelope row holds an envelope ciphertext'
 SELECT 1/0;
 \endif
 
@@ -61,3 +88,22 @@ SELECT format('  unprotected INSERT: %s ms for %s rows (%s µs/row)', round(p.ms
 \echo :plain_line
 \echo :local_line
 \echo :ratio_line
+
+WITH m AS (
+    SELECT what, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS ms
+      FROM results WHERE run > 0 GROUP BY what)
+SELECT format('  protected (envelope) INSERT: %s ms (%s µs/row); %sx unprotected (target <= 1.5x): %s',
+              round(e.ms::numeric, 1), round((e.ms * 1000 / :rows)::numeric, 2), round((e.ms / p.ms)::numeric, 2),
+              CASE WHEN e.ms / p.ms <= 1.5 THEN 'PASS' ELSE 'MISS' END) AS envelope_line,
+       format('  protected (transit, per value) INSERT: %s ms extrapolated from %s rows; envelope is %sx faster (target >= 20x): %s',
+              round(t.ms::numeric), greatest(:rows / 20, 1), round((t.ms / e.ms)::numeric, 1),
+              CASE WHEN t.ms / e.ms >= 20 THEN 'PASS' ELSE 'MISS' END) AS transit_line,
+       format('  decrypt all rows: local %s ms, envelope %s ms = %sx (target <= 2x): %s',
+              round(ld.ms::numeric, 1), round(ed.ms::numeric, 1), round((ed.ms / ld.ms)::numeric, 2),
+              CASE WHEN ed.ms / ld.ms <= 2 THEN 'PASS' ELSE 'MISS' END) AS decrypt_line
+  FROM m p, m e, m t, m ld, m ed
+ WHERE p.what = 'bench_plain' AND e.what = 'bench_envelope' AND t.what = 'bench_transit1'
+   AND ld.what = 'bench_local_decrypt' AND ed.what = 'bench_envelope_decrypt' \gset
+\echo :envelope_line
+\echo :transit_line
+\echo :decrypt_line

@@ -87,3 +87,5 @@ GRANT EXECUTE ON FUNCTION credcrypt._reencrypt_finish(bigint) TO credcrypt_admin
 GRANT EXECUTE ON FUNCTION credcrypt._reencrypt_leaves(oid) TO credcrypt_admin;
 REVOKE ALL ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures FROM PUBLIC;
 GRANT SELECT ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures, credcrypt.reencrypt_progress TO credcrypt_admin;
+REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
+GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;

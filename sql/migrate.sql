@@ -119,3 +119,16 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION credcrypt.key_usage(regclass) IS
     'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column';
+
+-- Envelope data keys (provider envelope:<Transit key>): one row per data key, its plaintext
+-- wrapped by Transit. Written by the extension; carried by pg_dump. See docs/architecture.md.
+CREATE TABLE credcrypt.data_keys (
+    id           text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{16}$'),
+    transit_key  text NOT NULL,
+    wrapped      text NOT NULL CHECK (wrapped ~ '^vault:v[1-9][0-9]*:'),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    rewrapped_at timestamptz
+);
+CREATE INDEX ON credcrypt.data_keys (transit_key);
+COMMENT ON TABLE credcrypt.data_keys IS 'pg_credcrypt: envelope data keys, wrapped by OpenBao Transit (never in plaintext)';
+SELECT pg_catalog.pg_extension_config_dump('credcrypt.data_keys', '');

@@ -33,7 +33,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::UnknownKeyId => (
             ERRCODE_UNDEFINED_OBJECT,
-            "The value was encrypted with another local key. After a rotation, list the old key file in credcrypt.local_previous_key_files and reload.",
+            "The value was encrypted with a key this server does not have: an older local key (list its file in credcrypt.local_previous_key_files and reload), or an envelope data key missing from credcrypt.data_keys or whose wrapped key no longer unwraps.",
         ),
         ErrorKind::TooLarge => (
             ERRCODE_PROGRAM_LIMIT_EXCEEDED,

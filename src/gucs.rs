@@ -80,6 +80,18 @@ pub enum Fallback {
 /// `credcrypt.fallback`: `off` (default, fail closed) or `local`.
 pub static FALLBACK: GucSetting<Fallback> = GucSetting::<Fallback>::new(Fallback::Off);
 
+/// `credcrypt.envelope_max_uses`: values one envelope data key encrypts before a new one.
+pub static ENVELOPE_MAX_USES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+
+/// `credcrypt.envelope_max_age`: seconds a data key is used for encryption before a new one.
+pub static ENVELOPE_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(3600);
+
+/// `credcrypt.envelope_cache_ttl`: seconds an unwrapped data key stays in a backend's cache.
+pub static ENVELOPE_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+/// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most.
+pub static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Where decryptions are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
 pub enum AuditDecrypt {
@@ -174,6 +186,54 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    /// (name, description, setting, min, max, flags) of an integer setting.
+    type IntGuc = (&'static CStr, &'static CStr, &'static GucSetting<i32>, i32, i32, GucFlags);
+    let envelope: [IntGuc; 4] = [
+        (
+            c"credcrypt.envelope_max_uses",
+            c"Values an envelope data key encrypts before the backend asks Transit for a new one.",
+            &ENVELOPE_MAX_USES,
+            1,
+            i32::MAX,
+            GucFlags::default(),
+        ),
+        (
+            c"credcrypt.envelope_max_age",
+            c"How long an envelope data key is used for encryption before a new one.",
+            &ENVELOPE_MAX_AGE,
+            1,
+            i32::MAX,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"credcrypt.envelope_cache_ttl",
+            c"How long a backend keeps an unwrapped data key (bounds exposure after a Transit key is revoked).",
+            &ENVELOPE_CACHE_TTL,
+            1,
+            i32::MAX,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"credcrypt.envelope_cache_size",
+            c"Unwrapped data keys a backend keeps at most.",
+            &ENVELOPE_CACHE_SIZE,
+            1,
+            1_000_000,
+            GucFlags::default(),
+        ),
+    ];
+    for (name, short, setting, min, max, flags) in envelope {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"Set in postgresql.conf; superuser only.",
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            flags,
+        );
+    }
     GucRegistry::define_enum_guc(
         c"credcrypt.audit_decrypt",
         c"Record who decrypted how many values of which column: off, log or table (credcrypt.decrypt_audit).",

@@ -4,6 +4,7 @@
 //! - [`api`]: the SQL functions of schema `credcrypt`;
 //! - [`gucs`]: every `credcrypt.*` setting;
 //! - [`audit`]: decrypt auditing (`credcrypt.audit_decrypt`);
+//! - [`envelope`]: the envelope provider (Transit-wrapped data keys);
 //! - [`keys`]: the backend's cached local key ring;
 //! - [`migrate`]: re-encryption migrations and key usage;
 //! - [`errors`]: core errors → SQLSTATE + hint;
@@ -17,6 +18,7 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod audit;
+pub mod envelope;
 pub mod errors;
 pub mod gucs;
 pub mod keys;
@@ -71,6 +73,7 @@ pub extern "C-unwind" fn _PG_init() {
     postgres::log_redact::install();
     protect::catalog::init();
     audit::init();
+    envelope::init();
     // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         transit::queue::init(gucs::QUEUE_SLOTS.get() as usize);

@@ -39,6 +39,9 @@ fn spi_fail(e: pgrx::spi::SpiError) -> ! {
 /// Transit key's latest version.
 fn target_version(key: &KeyRef) -> Result<String, Error> {
     match key {
+        // Envelope values move between Transit versions by rewrapping their data keys
+        // (rotate_key), not by rewriting rows: any data key of the key is on target.
+        KeyRef::Envelope(_) => Ok("any".into()),
         KeyRef::Local => crate::keys::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())),
         KeyRef::Transit(name) => {
             let answer = crate::transit::backend::call(Op::KeyInfo, name, &[])?;
@@ -60,6 +63,7 @@ fn reencrypt_needed(value: &str, target: &str, version: &str) -> bool {
         Source::Transit { key, version: v } => {
             !(target.strip_prefix("transit:") == Some(key.as_str()) && v.to_string() == version)
         }
+        Source::Envelope { key, .. } => target.strip_prefix("envelope:") != Some(key.as_str()),
         _ => true,
     }
 }
@@ -169,7 +173,7 @@ fn reencrypt_prepare(
                 "SELECT count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL AND credcrypt._reencrypt_needed({v}, $1, $2)",
                 v = value_expr(&d)
             );
-            let n = maintenance(|| {
+            let n = maintenance(t.oid, || {
                 Spi::get_one_with_args::<i64>(&sql, &[target_text.as_str().into(), version.as_str().into()])
             })
             .unwrap_or_else(|e| spi_fail(e))
@@ -411,7 +415,7 @@ fn reencrypt_batch(
     );
     let failed_before = failed_ctids(run_id, leaf);
     let nb = d.binds.len();
-    let picked: Vec<Picked> = maintenance(|| {
+    let picked: Vec<Picked> = maintenance(root.oid, || {
         Spi::connect(|c| {
             let rows = c.select(
                 &sql,
@@ -499,7 +503,7 @@ fn reencrypt_batch(
                FROM unnest($1::text[]::tid[], $2::text[], $3::text[]) AS v(c, n, m) WHERE t.ctid = v.c"
         );
         let args: [DatumWithOid<'_>; 3] = [ctid_w.clone().into(), new_w.into(), mask_w.into()];
-        maintenance(|| crate::protect::trigger::with_bypass(|| Spi::run_with_args(&update, &args)))
+        maintenance(root.oid, || crate::protect::trigger::with_bypass(|| Spi::run_with_args(&update, &args)))
             .unwrap_or_else(|e| spi_fail(e));
     }
     if !failures.is_empty() {
@@ -560,7 +564,7 @@ fn reencrypt_remaining(run_id: i64, leaf: pg_sys::Oid, binding_id: &str) -> i64 
             AND NOT (t.ctid = ANY ($3::text[]::tid[]))"
     );
     let failed = failed_ctids(run_id, leaf);
-    maintenance(|| {
+    maintenance(root.oid, || {
         Spi::get_one_with_args::<i64>(&sql, &[run.target.as_str().into(), run.version.as_str().into(), failed.into()])
     })
     .unwrap_or_else(|e| spi_fail(e))
@@ -620,20 +624,41 @@ fn key_usage(
     })
     .unwrap_or_else(|e| spi_fail(e));
     let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // Envelope data keys: the Transit version each is wrapped with.
+    let dek_versions: std::collections::HashMap<String, String> = as_catalog_owner(|| {
+        Spi::connect(|c| {
+            let rows =
+                c.select("SELECT id, substring(wrapped FROM '^vault:v([0-9]+):') FROM credcrypt.data_keys", None, &[])?;
+            let mut m = std::collections::HashMap::new();
+            for r in rows {
+                m.insert(r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default());
+            }
+            Ok::<_, pgrx::spi::SpiError>(m)
+        })
+    })
+    .unwrap_or_else(|e| spi_fail(e));
     let local_current = crate::keys::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
     let local_known =
         |kid: &credcrypt_core::KeyId| crate::keys::with_keyring(|r| Ok(r.find(*kid).is_some())).unwrap_or(false);
     let mut out = Vec::new();
     for (relid, binding) in designations {
         let d = designation(&binding);
-        let table_name = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        // Tables the caller may read; all rows (the maintenance path) only of tables it owns.
+        let (table_name, readable, owner) = Spi::get_three_with_args::<String, bool, bool>(
+            "SELECT c.oid::regclass::text, has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') \
+               FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[relid.into()],
+        )
+        .map(|(a, b, c)| (a.unwrap_or_default(), b.unwrap_or(false), c.unwrap_or(false)))
+        .unwrap_or_default();
+        if !readable {
+            continue;
+        }
+        let scope = if owner { relid } else { pg_sys::InvalidOid };
         let mut agg: BTreeMap<(String, Option<String>, Option<String>), i64> = BTreeMap::new();
         for leaf in leaves(relid) {
             let sql = format!("SELECT {} FROM ONLY {leaf} t WHERE {} IS NOT NULL", value_expr(&d), value_expr(&d));
-            let values: Vec<String> = maintenance(|| {
+            let values: Vec<String> = maintenance(scope, || {
                 Spi::connect(|c| {
                     let rows = c.select(&sql, None, &[])?;
                     let mut v = Vec::new();
@@ -653,6 +678,10 @@ fn key_usage(
                     Source::Transit { key, version } => {
                         ("transit".into(), Some(format!("transit:{key}")), Some(version.to_string()))
                     }
+                    Source::Envelope { key, data_key } => match dek_versions.get(&data_key.to_hex()) {
+                        Some(v) => ("envelope".into(), Some(format!("envelope:{key}")), Some(v.clone())),
+                        None => ("unreadable".into(), Some(format!("envelope:{key}")), None),
+                    },
                     Source::BareVault(v) => ("vault".into(), None, Some(v.to_string())),
                     Source::LegacyNode => ("legacy".into(), None, None),
                     Source::Malformed => ("unreadable".into(), None, None),
@@ -664,10 +693,11 @@ fn key_usage(
         for ((source, key, version), n) in agg {
             let current = match (source.as_str(), &key, &version) {
                 ("local", _, Some(v)) => local_current.as_ref().map(|c| c == v),
-                ("transit", Some(k), Some(v)) => {
+                ("transit" | "envelope", Some(k), Some(v)) => {
+                    let transit = k.replacen("envelope:", "transit:", 1);
                     let l = latest
-                        .entry(k.clone())
-                        .or_insert_with(|| KeyRef::parse(k).ok().and_then(|kr| target_version(&kr).ok()));
+                        .entry(transit.clone())
+                        .or_insert_with(|| KeyRef::parse(&transit).ok().and_then(|kr| target_version(&kr).ok()));
                     l.as_ref().map(|l| l == v)
                 }
                 _ => None,

@@ -1,7 +1,7 @@
 //! The maintenance path through row-level security.
 //!
 //! Policies created by `credcrypt.enable_owner_rls` let a row through when
-//! `credcrypt._maintenance_active()` is true. That function reads a backend-local Rust variable
+//! `credcrypt._maintenance_active(<the table>)` is true. That function reads a backend-local Rust variable
 //! which only [`maintenance`] sets, around the extension's own statements (the empty-column
 //! check of `protect_column`, `unprotect_column … decrypt_existing`, the re-encryption
 //! procedure). It is not a GUC: no `SET`, `set_config`, `ALTER ROLE … SET` or connection
@@ -18,27 +18,32 @@ use crate::errors::fail;
 use crate::protect::admin::{as_catalog_owner, require_column, table};
 
 thread_local! {
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// The table under maintenance (its OID), or 0.
+    static ACTIVE: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Runs `f` with the maintenance path open for this backend; closes it afterwards, also when
-/// `f` raises an error.
-pub(crate) fn maintenance<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
+/// Runs `f` with the maintenance path open for table `relid` only, in this backend; closes it
+/// afterwards, also when `f` raises an error. The callers have checked that the current user
+/// owns the table.
+pub(crate) fn maintenance<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    struct Reset(u32);
     impl Drop for Reset {
         fn drop(&mut self) {
             ACTIVE.with(|a| a.set(self.0));
         }
     }
-    let _reset = Reset(ACTIVE.with(|a| a.replace(true)));
+    let _reset = Reset(ACTIVE.with(|a| a.replace(relid.to_u32())));
     f()
 }
 
-/// True only while one of credcrypt's maintenance routines runs in this backend. Used by the
-/// policies of `enable_owner_rls`; it cannot be switched on from SQL.
-#[pg_extern(volatile, parallel_unsafe, name = "_maintenance_active")]
-fn maintenance_active() -> bool {
-    ACTIVE.with(Cell::get)
+/// True only while one of credcrypt's maintenance routines works on table `tbl` in this
+/// backend. Used by the policies of `enable_owner_rls` (each passes its own table, so other
+/// tables stay closed even to code that runs during maintenance, such as a trigger); it cannot
+/// be switched on from SQL.
+#[pg_extern(volatile, parallel_unsafe, strict, name = "_maintenance_active")]
+fn maintenance_active(tbl: pg_sys::Oid) -> bool {
+    let active = ACTIVE.with(Cell::get);
+    active != 0 && active == tbl.to_u32()
 }
 
 /// Names of the four policies `enable_owner_rls` creates.
@@ -120,7 +125,8 @@ fn enable_owner_rls_impl(tbl: pg_sys::Oid, owner_column: &str, setting: &str) {
     run(&format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"));
     run(&format!("ALTER TABLE {name} FORCE ROW LEVEL SECURITY"));
     let owner_matches = format!(
-        "credcrypt._maintenance_active() OR {} = nullif(current_setting({}, true), '')::{typ}",
+        "credcrypt._maintenance_active({}::regclass) OR {} = nullif(current_setting({}, true), '')::{typ}",
+        ql(name),
         qi(owner_column),
         ql(setting)
     );

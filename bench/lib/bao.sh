@@ -18,7 +18,7 @@ bao_dev_start() {
     for _ in $(seq 100); do "$BAO" status >/dev/null 2>&1 && break; sleep 0.1; done
     "$BAO" secrets enable transit >/dev/null
     "$BAO" write -f transit/keys/app >/dev/null
-    printf 'path "transit/encrypt/app" { capabilities = ["update"] }\npath "transit/decrypt/app" { capabilities = ["update"] }\npath "transit/keys/app" { capabilities = ["read"] }\n' >"$dir/policy.hcl"
+    printf 'path "transit/encrypt/app" { capabilities = ["update"] }\npath "transit/decrypt/app" { capabilities = ["update"] }\npath "transit/keys/app" { capabilities = ["read"] }\npath "transit/datakey/plaintext/app" { capabilities = ["update"] }\npath "transit/rewrap/app" { capabilities = ["update"] }\n' >"$dir/policy.hcl"
     "$BAO" policy write credcrypt "$dir/policy.hcl" >/dev/null
     "$BAO" token create -policy=credcrypt -ttl=2h -field=token >"$dir/keys/bao.token"
     chown postgres:postgres "$dir/keys/bao.token"

@@ -12,6 +12,7 @@ path "transit/decrypt/app"    { capabilities = ["update"] }
 path "transit/rewrap/app"     { capabilities = ["update"] }
 path "transit/keys/app"       { capabilities = ["read"] }
 path "transit/keys/app/rotate" { capabilities = ["update"] }
+path "transit/datakey/plaintext/app" { capabilities = ["update"] }
 path "transit/encrypt/other"  { capabilities = ["update"] }
 path "transit/decrypt/other"  { capabilities = ["update"] }
 path "transit/keys/other"     { capabilities = ["read"] }

@@ -172,6 +172,23 @@ impl Cluster {
         ));
     }
 
+    /// Restarts the server (fast shutdown) and waits until it accepts connections.
+    pub fn restart(&self) {
+        let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let st = Command::new("sudo")
+            .args(["-u", "postgres", "-H", "--"])
+            .arg(format!("{bin}/pg_ctl"))
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-l"])
+            .arg(&self.log)
+            .arg("restart")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(st.success(), "pg_ctl restart failed");
+    }
+
     /// The server log so far.
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()

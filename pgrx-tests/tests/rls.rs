@@ -140,7 +140,7 @@ fn maintenance_path_reaches_every_row_without_bypassrls_and_cannot_be_forged() {
         if o.ok {
             assert_eq!(count(&o), "0", "{attempt} opened the table: {o:?}");
         }
-        let o = c.psql("rl_app", &format!("{attempt}; SELECT credcrypt._maintenance_active()"));
+        let o = c.psql("rl_app", &format!("{attempt}; SELECT credcrypt._maintenance_active('rl_maint'::regclass)"));
         if o.ok {
             assert_eq!(count(&o), "f", "{attempt}");
         }

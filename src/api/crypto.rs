@@ -68,6 +68,13 @@ pub(crate) fn encrypt_with(
     allow_fallback: bool,
 ) -> Result<Vec<String>, Error> {
     match key {
+        KeyRef::Envelope(name) => match crate::envelope::encrypt(name, plaintexts, contexts) {
+            Err(e) if allow_fallback && may_fall_back(&e) => {
+                let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+                fallback_local(plaintexts, &contexts, &e)
+            }
+            r => r,
+        },
         KeyRef::Local => keys::with_keyring(|ring| {
             plaintexts.iter().zip(contexts).map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes))).collect()
         }),
@@ -123,14 +130,21 @@ pub(crate) fn decrypt_each(
     let mut out: Vec<Decrypted> = ciphertexts.iter().map(|_| Err(Error::malformed("not processed"))).collect();
     // Transit values grouped by key: (index, payload, context).
     let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
+    let mut envelope = Vec::new();
     for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
         let ctx = ctx.filter(|c| !c.is_empty());
         match classify_for_decrypt(ct, ctx, key_name) {
             Ok(Route::Local(parsed)) => {
                 out[i] = keys::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)));
             }
+            Ok(Route::Envelope(parsed)) => envelope.push((i, parsed, ctx)),
             Ok(Route::Transit(name, payload)) => transit.entry(name).or_default().push((i, payload, ctx)),
             Err(e) => out[i] = Err(e),
+        }
+    }
+    if !envelope.is_empty() {
+        for (i, r) in crate::envelope::decrypt(&envelope)? {
+            out[i] = r;
         }
     }
     for (name, entries) in transit {
@@ -150,6 +164,7 @@ pub(crate) fn decrypt_each(
 /// Where a value is decrypted.
 enum Route<'a> {
     Local(Ciphertext<'a>),
+    Envelope(Ciphertext<'a>),
     /// Transit key name and `vault:vN:` payload.
     Transit(String, &'a str),
 }
@@ -166,6 +181,7 @@ fn classify_for_decrypt<'a>(ct: &'a str, ctx: Option<&str>, key_name: Option<&st
     let parsed = Ciphertext::parse(ct)?;
     match parsed.provider {
         Provider::Local => Ok(Route::Local(parsed)),
+        Provider::Envelope => Ok(Route::Envelope(parsed)),
         Provider::Transit => match (parsed.has_context, ctx.is_some()) {
             (true, false) => {
                 Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))

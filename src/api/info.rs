@@ -13,7 +13,8 @@ fn is_encrypted(value: &str) -> bool {
 }
 
 /// Describes a ciphertext without decrypting it. `key_version` is the Transit key version
-/// (NULL for the local provider); `key_id` is the local key's fingerprint (NULL for Transit).
+/// (NULL for the local and envelope providers); `key_id` is the local key's fingerprint or the
+/// envelope data key's id (NULL for Transit).
 #[pg_extern(immutable, parallel_safe, strict)]
 #[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
 fn ciphertext_info(
@@ -36,7 +37,7 @@ fn ciphertext_info(
         c.key_name.to_owned(),
         c.transit_version().map(|v| v as i32),
         c.has_context,
-        c.local_key_id().map(|id| id.to_hex()),
+        c.local_key_id().or(c.data_key_id()).map(|id| id.to_hex()),
     ))
 }
 

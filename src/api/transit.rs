@@ -12,7 +12,7 @@ use crate::transit::{backend, queue};
 fn transit_name(key_name: &str) -> String {
     match KeyRef::parse(key_name).or_raise() {
         KeyRef::Transit(n) => n,
-        KeyRef::Local => crate::errors::raise(
+        KeyRef::Local | KeyRef::Envelope(_) => crate::errors::raise(
             Error::new(ErrorKind::InvalidKeyRef, "a Transit key reference is required")
                 .with_detail("use 'transit:<key name>'"),
         ),
@@ -29,13 +29,23 @@ fn import_transit_ciphertext(ciphertext: &str, key_name: &str, has_context: defa
 
 /// Rotates a Transit key and returns its new latest version. New values use the new
 /// version; old values still decrypt until `min_decryption_version` is raised in OpenBao.
+/// For `envelope:<key>`, also rewraps every data key of that Transit key (table rows are not
+/// touched).
 #[pg_extern(volatile)]
 fn rotate_key(key_name: &str) -> i32 {
-    let name = transit_name(key_name);
+    let envelope = matches!(KeyRef::parse(key_name).or_raise(), KeyRef::Envelope(_));
+    let name = match KeyRef::parse(key_name).or_raise() {
+        KeyRef::Envelope(n) => n,
+        _ => transit_name(key_name),
+    };
     let answer = backend::call(Op::Rotate, &name, &[]).or_raise();
     let v = answer.into_iter().next().ok_or_else(|| Error::malformed("empty answer")).or_raise();
     let v = v.map_err(|f| backend::fail_to_error(&f)).or_raise();
-    std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    let version = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if envelope {
+        crate::envelope::rewrap_all(&name).or_raise();
+    }
+    version
 }
 
 /// The Transit provider's state: worker, OpenBao address, token, counters, last error.

@@ -158,7 +158,7 @@ fn bad_arg(msg: impl Into<String>, hint: &str) -> ! {
 fn has_values(t: &Table, col: &str, path: &[String]) -> bool {
     let expr = value_expr("t", col, path);
     let sql = format!("SELECT EXISTS (SELECT 1 FROM {} t WHERE {expr} IS NOT NULL)", t.sql_name);
-    crate::rls::maintenance(|| get::<bool>(&sql, &[])).unwrap_or(false)
+    crate::rls::maintenance(t.oid, || get::<bool>(&sql, &[])).unwrap_or(false)
 }
 
 /// SQL for a protected value: the column, or the text at `path` inside it.
@@ -451,7 +451,7 @@ fn unprotect_column_impl(tbl: pg_sys::Oid, col: &str, decrypt_existing: bool) {
     });
     if holds {
         let sql = format!("UPDATE {} t SET {} = {expr} WHERE t.{} IS NOT NULL", t.sql_name, qi(col), qi(col));
-        crate::rls::maintenance(|| super::trigger::with_bypass(|| run(&sql, &[])));
+        crate::rls::maintenance(t.oid, || super::trigger::with_bypass(|| run(&sql, &[])));
     }
     let remaining =
         get::<bool>("SELECT true FROM credcrypt.protected_columns WHERE relid = $1 LIMIT 1", &[t.oid.into()]);

@@ -266,6 +266,14 @@ impl Worker {
                 Ok(r) if matches!(r.op, Op::Encrypt | Op::Decrypt) => {
                     groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
                 }
+                Ok(r) if r.op == Op::Rewrap => {
+                    let items: Vec<transit::Item> = r
+                        .items
+                        .iter()
+                        .map(|it| transit::Item { data: Zeroizing::new(it.data.to_vec()), associated_data: None })
+                        .collect();
+                    answers[k] = self.rewrap(r.key, &items);
+                }
                 Ok(r) => answers[k] = self.admin(r.op, r.key),
                 Err(_) => answers[k] = Err(Fail { kind: FailKind::Other, message: "corrupt request".into() }),
             }
@@ -334,8 +342,19 @@ impl Worker {
         })
     }
 
+    fn rewrap(&mut self, key: &str, items: &[transit::Item]) -> Answer {
+        let client = self.client.as_mut().map_err(|f| f.clone())?;
+        self.q.stats.batches.fetch_add(1, SeqCst);
+        let v = client.rewrap(key, items).map_err(|e| fail_of(&e))?;
+        Ok(v.into_iter().map(|r| r.map(|s| Zeroizing::new(s.into_bytes())).map_err(|e| item_fail_of(&e))).collect())
+    }
+
     fn admin(&mut self, op: Op, key: &str) -> Answer {
         let client = self.client.as_mut().map_err(|f| f.clone())?;
+        if op == Op::DataKey {
+            let (plain, wrapped) = client.datakey(key).map_err(|e| fail_of(&e))?;
+            return Ok(vec![Ok(plain), Ok(Zeroizing::new(wrapped.into_bytes()))]);
+        }
         let version = match op {
             Op::Rotate => {
                 self.checked_keys.remove(key);

@@ -12,6 +12,10 @@
 //! | context flag  | `c` context bound, `n` none                     | same                                  |
 //! | payload       | base64url, no padding, of nonce(12) ‖ ct ‖ tag(16) | the Transit value `vault:v<N>:<base64>` unchanged, N = key version |
 //!
+//! The envelope provider (`cc1:envelope:<Transit key name>:<data key id>:<c|n>:<payload>`) has
+//! the local provider's payload and associated data; its key version field is the id (16
+//! lowercase hex digits, random) of the data key in `credcrypt.data_keys` that encrypted it.
+//!
 //! The header (everything up to and including the colon before the payload) is part of the
 //! associated data of the local provider, so no field can be changed without the value
 //! failing authentication. Parsing is strict: exactly one spelling is accepted for each value.
@@ -49,6 +53,8 @@ pub enum Provider {
     Local,
     /// OpenBao / Vault Transit.
     Transit,
+    /// A data key wrapped by a Transit key (envelope encryption).
+    Envelope,
 }
 
 impl Provider {
@@ -57,6 +63,7 @@ impl Provider {
         match self {
             Provider::Local => "local",
             Provider::Transit => "transit",
+            Provider::Envelope => "envelope",
         }
     }
 }
@@ -68,6 +75,8 @@ pub enum KeyVersion {
     LocalId(KeyId),
     /// Transit key version (1 or more).
     Transit(u32),
+    /// Id of the envelope data key.
+    DataKey(KeyId),
 }
 
 /// A parsed (not yet decrypted) ciphertext that borrows from its text.
@@ -87,7 +96,7 @@ pub struct Ciphertext<'a> {
     pub header: &'a str,
     /// The payload text.
     pub payload: &'a str,
-    /// Local provider: the decoded payload, nonce ‖ ciphertext ‖ tag. Empty for Transit.
+    /// Local and envelope providers: the decoded payload, nonce ‖ ciphertext ‖ tag. Empty for Transit.
     pub local_bytes: Vec<u8>,
 }
 
@@ -166,6 +175,15 @@ impl<'a> Ciphertext<'a> {
                 check_transit_payload(payload, v)?;
                 (Provider::Transit, KeyVersion::Transit(v))
             }
+            "envelope" => {
+                if !valid_key_name(key_name) {
+                    return Err(Error::malformed("invalid Transit key name"));
+                }
+                let id = KeyId::from_hex(version)
+                    .ok_or_else(|| Error::malformed("data key id must be 16 lowercase hex digits"))?;
+                local_bytes = decode_local_payload(payload)?;
+                (Provider::Envelope, KeyVersion::DataKey(id))
+            }
             _ => return Err(Error::malformed("unknown provider")),
         };
         Ok(Self {
@@ -184,7 +202,7 @@ impl<'a> Ciphertext<'a> {
     pub fn transit_version(&self) -> Option<u32> {
         match self.key_version {
             KeyVersion::Transit(v) => Some(v),
-            KeyVersion::LocalId(_) => None,
+            _ => None,
         }
     }
 
@@ -192,7 +210,15 @@ impl<'a> Ciphertext<'a> {
     pub fn local_key_id(&self) -> Option<KeyId> {
         match self.key_version {
             KeyVersion::LocalId(id) => Some(id),
-            KeyVersion::Transit(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The data key id (envelope provider only).
+    pub fn data_key_id(&self) -> Option<KeyId> {
+        match self.key_version {
+            KeyVersion::DataKey(id) => Some(id),
+            _ => None,
         }
     }
 }
@@ -225,6 +251,11 @@ pub fn check_transit_payload(payload: &str, version: u32) -> Result<()> {
 /// The header of a local ciphertext (also its associated-data prefix).
 pub fn local_header(id: KeyId, has_context: bool) -> String {
     format!("{PREFIX_V1}local:local:{}:{}:", id.to_hex(), if has_context { 'c' } else { 'n' })
+}
+
+/// The header of an envelope ciphertext (also its associated-data prefix).
+pub fn envelope_header(key_name: &str, data_key: KeyId, has_context: bool) -> String {
+    format!("{PREFIX_V1}envelope:{key_name}:{}:{}:", data_key.to_hex(), if has_context { 'c' } else { 'n' })
 }
 
 /// Appends the base64url payload to a local header.

@@ -29,6 +29,13 @@ pub enum Source {
         /// Key version.
         version: u32,
     },
+    /// A pg_credcrypt envelope value: Transit key name and data key id.
+    Envelope {
+        /// Transit key name wrapping the data key.
+        key: String,
+        /// Data key id.
+        data_key: KeyId,
+    },
     /// A bare Transit value (`vault:vN:…`) written by an application calling Transit itself.
     BareVault(u32),
     /// A Node.js `crypto` AES-256-GCM value (`iv:authTag:ciphertext`, hex or base64).
@@ -45,6 +52,7 @@ impl Source {
         match self {
             Source::Local(_) => "local",
             Source::Transit { .. } => "transit",
+            Source::Envelope { .. } => "envelope",
             Source::BareVault(_) => "vault",
             Source::LegacyNode => "legacy",
             Source::Malformed => "malformed",
@@ -62,6 +70,10 @@ pub fn classify(value: &str) -> Source {
                 Provider::Transit => {
                     Source::Transit { key: ct.key_name.to_owned(), version: ct.transit_version().unwrap_or(0) }
                 }
+                Provider::Envelope => match ct.data_key_id() {
+                    Some(data_key) => Source::Envelope { key: ct.key_name.to_owned(), data_key },
+                    None => Source::Malformed,
+                },
             },
             Err(_) => Source::Malformed,
         };

@@ -22,6 +22,14 @@ const KEY_ID_LABEL: &[u8] = b"pg_credcrypt/local-key-id/v1\0";
 pub struct KeyId(pub [u8; 8]);
 
 impl KeyId {
+    /// A random id (64 bits from the OS CSPRNG): the id of an envelope data key.
+    pub fn random() -> Result<Self> {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b)
+            .map_err(|_| Error::new(ErrorKind::RandomFailure, "the operating system's random source failed"))?;
+        Ok(KeyId(b))
+    }
+
     /// Computes the id of a 32-byte key.
     pub fn of(key: &[u8; 32]) -> Self {
         let mut h = Sha256::new();
@@ -142,6 +150,43 @@ impl LocalKey {
             .map_err(|_| Error::new(ErrorKind::TooLarge, "value is too large to encrypt"))?;
         buf.extend_from_slice(&tag);
         Ok(format::finish_local(header, &buf))
+    }
+
+    /// Encrypts under a caller-built header (the envelope provider's), with a fresh nonce. The
+    /// header is the first part of the associated data, as for local values.
+    pub fn seal(&self, header: String, plaintext: &[u8], context: Option<&[u8]>) -> Result<String> {
+        check_sizes(plaintext.len(), context)?;
+        let context = normalize_context(context);
+        let nonce = nonce::random_nonce()?;
+        let aad = format::associated_data(&header, context);
+        let mut buf = Zeroizing::new(Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN));
+        buf.extend_from_slice(&nonce);
+        buf.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut buf[NONCE_LEN..])
+            .map_err(|_| Error::new(ErrorKind::TooLarge, "value is too large to encrypt"))?;
+        buf.extend_from_slice(&tag);
+        Ok(format::finish_local(header, &buf))
+    }
+
+    /// Decrypts a parsed local or envelope ciphertext with this key, checking the context flag.
+    pub fn open(&self, ct: &Ciphertext<'_>, context: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> {
+        let context = normalize_context(context);
+        check_sizes(0, context)?;
+        match (ct.has_context, context.is_some()) {
+            (true, false) => {
+                return Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))
+            }
+            (false, true) => {
+                return Err(Error::auth_failed().with_detail("the value is bound to no context, and one was given"))
+            }
+            _ => {}
+        }
+        if ct.local_bytes.len() < NONCE_LEN + TAG_LEN {
+            return Err(Error::malformed("payload is shorter than nonce and tag"));
+        }
+        self.decrypt_parsed(ct, context)
     }
 
     fn decrypt_parsed(&self, ct: &Ciphertext<'_>, context: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> {

@@ -24,6 +24,11 @@ pub enum Op {
     Rotate = 3,
     /// Check the key; no items; answers one item with the latest version in decimal.
     KeyInfo = 4,
+    /// Generate a data key; no items; answers two items: the 32-byte plaintext key and its
+    /// wrapped form `vault:vN:…`.
+    DataKey = 5,
+    /// Rewrap each item's data (`vault:vN:…`, no associated data) to the latest version.
+    Rewrap = 6,
 }
 
 impl Op {
@@ -33,6 +38,8 @@ impl Op {
             2 => Op::Decrypt,
             3 => Op::Rotate,
             4 => Op::KeyInfo,
+            5 => Op::DataKey,
+            6 => Op::Rewrap,
             _ => return None,
         })
     }

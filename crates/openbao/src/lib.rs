@@ -665,6 +665,49 @@ impl Client {
         Ok(out)
     }
 
+    /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`).
+    pub fn datakey(&mut self, key: &str) -> Result<(Zeroizing<Vec<u8>>, String), Error> {
+        let path = self.transit_path("datakey/plaintext", key);
+        let (status, v) = self.request("POST", &path, Some(&json!({ "bits": 256 })), true, true)?;
+        match status {
+            200 => {
+                let pt = v.pointer("/data/plaintext").and_then(Value::as_str).unwrap_or("");
+                let ct = v.pointer("/data/ciphertext").and_then(Value::as_str).unwrap_or("");
+                let key_bytes = STANDARD
+                    .decode(pt)
+                    .map(Zeroizing::new)
+                    .map_err(|_| Error::new(ErrorKind::Protocol, "datakey answered a plaintext that is not base64"))?;
+                if key_bytes.len() != 32 || !ct.starts_with("vault:v") {
+                    return Err(Error::new(ErrorKind::Protocol, "datakey answered an unexpected key"));
+                }
+                Ok((key_bytes, ct.to_owned()))
+            }
+            403 => {
+                Err(Error::new(ErrorKind::PermissionDenied, format!("OpenBao denied datakey on key {key} (HTTP 403)")))
+            }
+            400 | 404 => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+            s => Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to datakey on key {key}: HTTP {s}"))),
+        }
+    }
+
+    /// Rewraps `vault:vN:…` items (no associated data) to the key's latest version.
+    pub fn rewrap(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
+        let mut out = Vec::with_capacity(items.len());
+        for range in Self::chunks(items) {
+            let entries =
+                items[range].iter().map(|it| json!({ "ciphertext": String::from_utf8_lossy(&it.data) })).collect();
+            for r in self.batch_call("rewrap", key, entries)? {
+                out.push(r.and_then(|v| {
+                    v.get("ciphertext").and_then(Value::as_str).map(str::to_owned).ok_or(ItemError {
+                        kind: ItemErrorKind::Other,
+                        message: "OpenBao answered without a ciphertext".into(),
+                    })
+                }));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a key's properties.
     pub fn key_info(&mut self, key: &str) -> Result<KeyInfo, Error> {
         let path = self.transit_path("keys", key);

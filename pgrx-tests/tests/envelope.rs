@@ -1,0 +1,185 @@
+//! Black-box tests of the envelope provider (`envelope:<Transit key>`): Transit-wrapped data
+//! keys in credcrypt.data_keys, against a real OpenBao dev server.
+
+use std::sync::{Mutex, MutexGuard};
+
+use credcrypt_blackbox::bao::{point_at, start_for, Bao};
+use credcrypt_blackbox::Cluster;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Env {
+    _guard: MutexGuard<'static, ()>,
+    c: Cluster,
+    bao: Bao,
+}
+
+/// OpenBao, and the worker configured with small data-key limits: 100 values per data key, an
+/// unwrapped key cached for 2 s.
+fn setup() -> Env {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::from_env();
+    c.ensure_login_role("ev_owner", "credcrypt_admin");
+    c.ensure_login_role("ev_app", "credcrypt_encryptor, credcrypt_decryptor");
+    c.sql("GRANT CREATE ON SCHEMA public TO ev_owner");
+    let bao = start_for(&c);
+    configure(&c, &bao);
+    Env { _guard: guard, c, bao }
+}
+
+fn configure(c: &Cluster, bao: &Bao) {
+    let token = c.keys.join("bao.token");
+    point_at(
+        c,
+        &bao.addr,
+        &format!(
+            "credcrypt.bao_token_file = '{}'\ncredcrypt.envelope_max_uses = 100\ncredcrypt.envelope_cache_ttl = 2\n",
+            token.display()
+        ),
+    );
+}
+
+fn table(c: &Cluster, name: &str, rows: i32) {
+    c.sql(&format!("DROP TABLE IF EXISTS {name} CASCADE; DELETE FROM credcrypt.data_keys"));
+    c.psql(
+        "ev_owner",
+        &format!(
+            "CREATE TABLE {name} (id int PRIMARY KEY, secret text);
+             SELECT credcrypt.protect_column('{name}', 'secret', key_name => 'envelope:app', bind_columns => ARRAY['id']);
+             SELECT credcrypt.create_decrypted_view('{name}', '{name}_plain');
+             GRANT SELECT, INSERT, UPDATE ON {name} TO ev_app;
+             GRANT SELECT ON {name}_plain TO ev_app;"
+        ),
+    )
+    .expect_ok();
+    c.psql("ev_app", &format!("INSERT INTO {name} SELECT g, 'sk-env-' || g FROM generate_series(1, {rows}) g"))
+        .expect_ok();
+}
+
+fn correct(c: &Cluster, db: &str, name: &str) -> String {
+    c.psql_in(db, "postgres", &format!("SELECT count(*) FROM {name}_plain WHERE secret = 'sk-env-' || id"))
+        .expect_ok()
+        .to_owned()
+}
+
+#[test]
+fn values_use_many_data_keys_and_rotation_rewraps_them_without_touching_rows() {
+    let e = setup();
+    let c = &e.c;
+    // Functions: round trip, context binding, info.
+    let ct = c
+        .psql("ev_app", "SELECT credcrypt.encrypt_credential('sk-ENVMARKER', 'envelope:app', 'ctx:1')")
+        .expect_ok()
+        .to_owned();
+    assert!(ct.starts_with("cc1:envelope:app:") && ct.contains(":c:"), "{ct}");
+    assert_eq!(
+        c.psql("ev_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'ctx:1')")).expect_ok(),
+        "sk-ENVMARKER"
+    );
+    c.psql("ev_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'ctx:2')"))
+        .expect_error("39000")
+        .expect_clean("ENVMARKER");
+    assert_eq!(
+        c.sql(&format!("SELECT provider || ' ' || key_name || ' ' || (key_version IS NULL) || ' ' || length(key_id) FROM credcrypt.ciphertext_info('{ct}')")),
+        "envelope app true 16"
+    );
+    // 3,000 rows through the trigger: at most 100 values per data key.
+    table(c, "ev_rot", 3000);
+    let keys: i64 = c.sql("SELECT count(*) FROM credcrypt.data_keys WHERE transit_key = 'app'").parse().unwrap();
+    assert!(keys >= 30, "{keys} data keys for 3000 values");
+    assert_eq!(
+        c.sql("SELECT max(n) FROM (SELECT count(*) n FROM ev_rot, credcrypt.ciphertext_info(secret) i GROUP BY i.key_id) x"),
+        "100"
+    );
+    assert!(!c.sql("SELECT string_agg(wrapped, '') FROM credcrypt.data_keys").contains("sk-env"));
+    assert_eq!(correct(c, "postgres", "ev_rot"), "3000");
+    // Rotation: rewraps the data keys; no table row is written.
+    let before = c.sql("SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM ev_rot");
+    c.sql("SELECT pg_stat_force_next_flush()");
+    let upd_before = c.sql("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'ev_rot'::regclass");
+    assert_eq!(c.sql("SELECT credcrypt.rotate_key('envelope:app')"), "2");
+    assert_eq!(c.sql("SELECT count(*) FILTER (WHERE wrapped NOT LIKE 'vault:v2:%') FROM credcrypt.data_keys"), "0");
+    c.sql("SELECT pg_stat_force_next_flush()");
+    assert_eq!(c.sql("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'ev_rot'::regclass"), upd_before);
+    assert_eq!(c.sql("SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM ev_rot"), before);
+    assert_eq!(correct(c, "postgres", "ev_rot"), "3000", "values decrypt through the rewrapped keys");
+    assert_eq!(
+        c.psql("ev_owner", "SELECT source || ' ' || key_name || ' v' || key_version || ' ' || current || ' ' || \"values\" FROM credcrypt.key_usage('ev_rot')")
+            .expect_ok(),
+        "envelope envelope:app v2 true 3000"
+    );
+    // Migrating local values to envelope is an ordinary re-encryption.
+    c.sql("DROP TABLE IF EXISTS ev_mig CASCADE");
+    c.psql(
+        "ev_owner",
+        "CREATE TABLE ev_mig (id int PRIMARY KEY, secret text);
+         INSERT INTO ev_mig SELECT g, 'sk-env-' || g FROM generate_series(1, 500) g;
+         SELECT credcrypt.protect_column('ev_mig', 'secret', key_name => 'local', bind_columns => ARRAY['id'], existing_values => 'migrate');
+         SELECT credcrypt.create_decrypted_view('ev_mig', 'ev_mig_plain');",
+    )
+    .expect_ok();
+    c.psql("ev_owner", "CALL credcrypt.reencrypt_column('ev_mig', 'secret', 'envelope:app')").expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM ev_mig WHERE secret LIKE 'cc1:envelope:app:%'"), "500");
+    assert_eq!(correct(c, "postgres", "ev_mig"), "500");
+}
+
+#[test]
+fn restart_dump_restore_and_tampered_wrapped_keys() {
+    let e = setup();
+    let c = &e.c;
+    table(c, "ev_dur", 1000);
+    // Restart PostgreSQL: every value still decrypts (keys unwrapped again).
+    c.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !c.psql("postgres", "SELECT credcrypt.encrypt_credential('warm-up', 'transit:app')").ok {
+        assert!(std::time::Instant::now() < deadline, "the worker did not come back after the restart");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(correct(c, "postgres", "ev_dur"), "1000");
+    // Dump and restore into another database (credcrypt.data_keys travels with pg_dump).
+    c.client("dropdb", &["--if-exists", "ev_restored"]);
+    let file = c.keys.join("ev_dur.pgdump").to_string_lossy().into_owned();
+    let (ok, out) = c.client("pg_dump", &["-d", "postgres", "-Fc", "-f", &file]);
+    assert!(ok, "{out}");
+    let (ok, out) = c.client("createdb", &["ev_restored"]);
+    assert!(ok, "{out}");
+    let (_, out) = c.client("pg_restore", &["-d", "ev_restored", &file]);
+    assert!(!out.contains("data_keys"), "data keys did not restore: {out}");
+    assert_eq!(correct(c, "ev_restored", "ev_dur"), "1000");
+    c.client("dropdb", &["ev_restored"]);
+    // A wrapped key replaced by another data key's: refused (authentication), never wrong data.
+    c.sql(
+        "WITH k AS (SELECT id, wrapped, lead(wrapped) OVER (ORDER BY id) AS other FROM credcrypt.data_keys WHERE transit_key = 'app')
+         UPDATE credcrypt.data_keys d SET wrapped = k.other FROM k WHERE d.id = k.id AND k.other IS NOT NULL
+           AND d.id = (SELECT min(id) FROM credcrypt.data_keys)",
+    );
+    let swapped = c.sql("SELECT id FROM ev_dur, credcrypt.ciphertext_info(secret) i WHERE i.key_id = (SELECT min(id) FROM credcrypt.data_keys) LIMIT 1");
+    assert!(!swapped.is_empty());
+    c.psql("ev_app", &format!("SELECT secret FROM ev_dur_plain WHERE id = {swapped}")).expect_error("39000");
+    // A wrapped key that does not unwrap at all: a clear error.
+    c.sql("UPDATE credcrypt.data_keys SET wrapped = 'vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' WHERE id = (SELECT max(id) FROM credcrypt.data_keys)");
+    let broken = c.sql("SELECT id FROM ev_dur, credcrypt.ciphertext_info(secret) i WHERE i.key_id = (SELECT max(id) FROM credcrypt.data_keys) LIMIT 1");
+    c.psql("ev_app", &format!("SELECT secret FROM ev_dur_plain WHERE id = {broken}")).expect_error("42704");
+}
+
+#[test]
+fn cached_keys_outlive_an_outage_only_for_the_cache_ttl() {
+    let mut e = setup();
+    table(&e.c, "ev_ttl", 10);
+    let listen = e.bao.addr.trim_start_matches("http://").to_owned();
+    // One session: decrypt (keys unwrapped and cached), OpenBao stopped, decrypt again from the
+    // cache, wait past credcrypt.envelope_cache_ttl (2 s), decrypt: now OpenBao is needed.
+    let o = e.c.psql(
+        "ev_app",
+        &format!(
+            "SELECT count(secret) FROM ev_ttl_plain;
+             \\! pkill -9 -f 'dev-listen-address={listen}'
+             SELECT 'cached:' || count(secret) FROM ev_ttl_plain;
+             SELECT pg_sleep(2.5);
+             SELECT count(secret) FROM ev_ttl_plain;"
+        ),
+    );
+    assert!(o.out.contains("cached:10"), "{o:?}");
+    assert_eq!(o.sqlstate(), Some("58030"), "{o:?}");
+    e.bao.kill();
+}
