@@ -54,7 +54,9 @@ cargo pgrx install --release --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 
 # shellcheck source=lib/cluster.sh
 source "$here/lib/cluster.sh"
 trap 'cluster_stop "$work/blackbox"' EXIT
-cluster_start "$work/blackbox"
+# The log-leak check (pgrx-tests/tests/zz_log_leak.rs) runs last, over a server log written at
+# debug1 with verbose error fields and the recommended statement-logging settings.
+CC_LOG_MIN_MESSAGES=debug1 CC_LOG_VERBOSITY=verbose cluster_start "$work/blackbox"
 run_suite blackbox cargo test -p credcrypt-blackbox -- --test-threads=1
 
 step "node-postgres example (examples/node) against the same cluster"

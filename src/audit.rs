@@ -28,6 +28,13 @@ thread_local! {
 }
 
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+
+thread_local! {
+    /// Executor nesting depth: counts are written when the outermost query ends, so the
+    /// queries the extension runs itself (SPI) do not split a statement's record.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 /// Records `contexts.len()` decryptions by the current role (no-op when auditing is off).
 pub(crate) fn record(contexts: &[Option<&str>]) {
@@ -64,7 +71,7 @@ fn role_name(oid: pg_sys::Oid) -> String {
 
 /// "schema.table.column" (and the json path) of a binding id, if it is a designation here.
 fn designation_name(binding: &str) -> Option<String> {
-    Spi::get_one_with_args::<String>(
+    crate::postgres::spi::one::<String>(
         "SELECT p.relid::regclass::text || '.' || quote_ident(p.column_name) \
                 || CASE WHEN p.json_path = '{}' THEN '' ELSE ' ' || p.json_path::text END \
            FROM credcrypt.protected_columns p WHERE p.binding_id = $1",
@@ -132,6 +139,18 @@ fn write(pending: Pending) {
 }
 
 #[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    DEPTH.with(|d| d.set(d.get() + 1));
+    // SAFETY: chaining to the previous hook or the standard implementation, as PostgreSQL expects.
+    unsafe {
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(query_desc, eflags),
+            None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+        }
+    }
+}
+
+#[pg_guard]
 unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     // SAFETY: chaining to the previous hook or the standard implementation, as PostgreSQL expects.
     unsafe {
@@ -140,13 +159,20 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
             None => pg_sys::standard_ExecutorEnd(query_desc),
         }
     }
-    flush();
+    let outermost = DEPTH.with(|d| {
+        d.set(d.get().saturating_sub(1));
+        d.get() == 0
+    });
+    if outermost {
+        flush();
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            DEPTH.with(|d| d.set(0));
             for line in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
                 pgrx::log!("{line} (audit row rolled back with its transaction)");
             }
@@ -170,6 +196,8 @@ pub fn init() {
     unsafe {
         PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
         pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
     }
 }

@@ -174,7 +174,7 @@ fn reencrypt_prepare(
                 v = value_expr(&d)
             );
             let n = maintenance(t.oid, || {
-                Spi::get_one_with_args::<i64>(&sql, &[target_text.as_str().into(), version.as_str().into()])
+                crate::postgres::spi::one::<i64>(&sql, &[target_text.as_str().into(), version.as_str().into()])
             })
             .unwrap_or_else(|e| spi_fail(e))
             .unwrap_or(0);
@@ -381,7 +381,7 @@ fn reencrypt_batch(
             "Use CALL credcrypt.reencrypt_column(...).",
         )
     };
-    let (nblocks, per_page) = Spi::get_two_with_args::<i64, f64>(
+    let (nblocks, per_page) = crate::postgres::spi::two::<i64, f64>(
         "SELECT pg_relation_size($1) / current_setting('block_size')::bigint, \
                 CASE WHEN relpages > 0 AND reltuples > 0 THEN reltuples / relpages ELSE 100 END::float8 \
            FROM pg_catalog.pg_class WHERE oid = $1",
@@ -565,7 +565,10 @@ fn reencrypt_remaining(run_id: i64, leaf: pg_sys::Oid, binding_id: &str) -> i64 
     );
     let failed = failed_ctids(run_id, leaf);
     maintenance(root.oid, || {
-        Spi::get_one_with_args::<i64>(&sql, &[run.target.as_str().into(), run.version.as_str().into(), failed.into()])
+        crate::postgres::spi::one::<i64>(
+            &sql,
+            &[run.target.as_str().into(), run.version.as_str().into(), failed.into()],
+        )
     })
     .unwrap_or_else(|e| spi_fail(e))
     .unwrap_or(0)
@@ -644,7 +647,7 @@ fn key_usage(
     for (relid, binding) in designations {
         let d = designation(&binding);
         // Tables the caller may read; all rows (the maintenance path) only of tables it owns.
-        let (table_name, readable, owner) = Spi::get_three_with_args::<String, bool, bool>(
+        let (table_name, readable, owner) = crate::postgres::spi::three::<String, bool, bool>(
             "SELECT c.oid::regclass::text, has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') \
                FROM pg_catalog.pg_class c WHERE c.oid = $1",
             &[relid.into()],

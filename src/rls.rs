@@ -84,7 +84,7 @@ fn run(sql: &str) {
 }
 
 fn drop_policy(t: &crate::protect::admin::Table, policy: &str) {
-    let exists = Spi::get_one_with_args::<bool>(
+    let exists = crate::postgres::spi::one::<bool>(
         "SELECT true FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = $2",
         &[t.oid.into(), policy.into()],
     );
@@ -99,14 +99,14 @@ fn enable_owner_rls_impl(tbl: pg_sys::Oid, owner_column: &str, setting: &str) {
     let t = table(tbl);
     require_column(&t, owner_column);
     check_setting(setting);
-    let typ: String = Spi::get_one_with_args(
+    let typ: String = crate::postgres::spi::one(
         "SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2",
         &[t.oid.into(), owner_column.into()],
     )
     .ok()
     .flatten()
     .unwrap_or_else(|| "text".into());
-    let (had_rls, had_force) = Spi::get_two_with_args::<bool, bool>(
+    let (had_rls, had_force) = crate::postgres::spi::two::<bool, bool>(
         "SELECT relrowsecurity, relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = $1",
         &[t.oid.into()],
     )
@@ -146,7 +146,7 @@ fn enable_owner_rls_impl(tbl: pg_sys::Oid, owner_column: &str, setting: &str) {
 #[pg_extern(volatile, name = "_disable_owner_rls")]
 fn disable_owner_rls_impl(tbl: pg_sys::Oid) {
     let t = table(tbl);
-    let flags = Spi::get_two_with_args::<bool, bool>(
+    let flags = crate::postgres::spi::two::<bool, bool>(
         "SELECT had_rls, had_force FROM credcrypt.owner_rls WHERE relid = $1",
         &[t.oid.into()],
     );
@@ -185,7 +185,7 @@ fn set_owner(value: Option<&str>, setting: default!(&str, "'app.current_user_id'
             "credcrypt.set_owner outside a transaction block only lasts for this statement; call it after BEGIN"
         );
     }
-    Spi::get_one_with_args::<String>(
+    crate::postgres::spi::one::<String>(
         "SELECT pg_catalog.set_config($1, coalesce($2, ''), true)",
         &[setting.into(), value.into()],
     )

@@ -148,7 +148,10 @@ fn compose_pieces_work_with_the_real_binaries() {
     let masked = sql("SET ROLE reporting; SELECT api_key_mask FROM app.integration_credentials_masked");
     assert!(masked.is_empty(), "reporting sees rows without an owner setting: {masked}");
     // 5. The compose file check.
-    let py = repo("target/tools/venv/bin/python");
+    // The venv's Python (scripts/setup.sh); CC_PYTHON elsewhere (the version matrix's chroots).
+    let py = std::env::var("CC_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo("target/tools/venv/bin/python"));
     let out = Command::new(py).arg(repo("docker/check_compose.py")).output().expect("python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     c.client("dropdb", &["dk_app"]);

@@ -47,7 +47,8 @@ cluster_start() {
 listen_addresses = '127.0.0.1'
 port = $CC_PGPORT
 unix_socket_directories = '$dir/sock'
-log_min_messages = info
+log_min_messages = ${CC_LOG_MIN_MESSAGES:-info}
+log_error_verbosity = ${CC_LOG_VERBOSITY:-default}
 log_min_error_statement = panic
 shared_preload_libraries = 'pg_credcrypt'
 include_if_exists = 'credcrypt.conf'

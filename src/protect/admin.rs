@@ -29,10 +29,8 @@ fn spi_fail(e: pgrx::spi::SpiError) -> ! {
 }
 
 fn get<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
-    Spi::get_one_with_args::<T>(sql, args).unwrap_or_else(|e| match e {
-        pgrx::spi::SpiError::InvalidPosition => None,
-        e => spi_fail(e),
-    })
+    // Read-only (also on a hot standby); every caller passes a SELECT.
+    crate::postgres::spi::one::<T>(sql, args).unwrap_or_else(|e| spi_fail(e))
 }
 
 fn run(sql: &str, args: &[DatumWithOid<'_>]) {
@@ -74,7 +72,7 @@ pub(crate) struct Table {
 }
 
 pub(crate) fn table(oid: pg_sys::Oid) -> Table {
-    let row = Spi::get_three_with_args::<String, String, bool>(
+    let row = crate::postgres::spi::three::<String, String, bool>(
         "SELECT c.relkind::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
                 pg_catalog.pg_has_role(c.relowner, 'USAGE') \
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
