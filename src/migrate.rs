@@ -415,9 +415,10 @@ fn reencrypt_batch(
     );
     let failed_before = failed_ctids(run_id, leaf);
     let nb = d.binds.len();
+    // A read-write client: the query locks rows (FOR UPDATE), which read-only SPI refuses.
     let picked: Vec<Picked> = maintenance(root.oid, || {
-        Spi::connect(|c| {
-            let rows = c.select(
+        Spi::connect_mut(|c| {
+            let rows = c.update(
                 &sql,
                 None,
                 &[run.target.as_str().into(), run.version.as_str().into(), failed_before.clone().into(), after.into()],

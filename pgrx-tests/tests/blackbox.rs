@@ -165,12 +165,16 @@ fn parallel_workers_decrypt() {
          CREATE TABLE bb_par AS SELECT g, credcrypt.encrypt_credential('tok-' || g, context => g::text) AS c FROM generate_series(1, 20000) g;
          ANALYZE bb_par;
          SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
-         SET max_parallel_workers_per_gather = 2; SET force_parallel_mode = on;
+         SET max_parallel_workers_per_gather = 2;
+         -- force_parallel_mode was renamed debug_parallel_query in PostgreSQL 16.
+         SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000
+                                THEN 'debug_parallel_query' ELSE 'force_parallel_mode' END, 'on', false);
          EXPLAIN (COSTS OFF) SELECT count(*) FROM bb_par WHERE credcrypt.decrypt_credential(c, g::text) = 'tok-' || g;
          SELECT count(*) FROM bb_par WHERE credcrypt.decrypt_credential(c, g::text) = 'tok-' || g;",
     );
     assert!(out.contains("Gather"), "no parallel plan: {out}");
     assert!(out.ends_with("20000"), "{out}");
+    assert!(out.contains("\non\n") || out.starts_with("on\n"), "parallel mode not forced: {out}");
     c.sql("DROP TABLE bb_par");
 }
 
