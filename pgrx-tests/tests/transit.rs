@@ -251,9 +251,28 @@ fn cancel_and_statement_timeout_while_waiting_and_worker_restart() {
     let pid = e.bao_pid();
     // Freeze OpenBao: the worker's HTTP call hangs; the backend's wait must still end.
     signal(pid, "STOP");
+    // The deadline is honoured within 100 ms: timed inside the server, around the statement.
     let o =
-        c.psql("tr_app", "SET statement_timeout = '700ms'; SELECT credcrypt.encrypt_credential('x', 'transit:app')");
+        c.psql("tr_app", "SET statement_timeout = '700ms'; SELECT credcrypt.encrypt_credential('x', 'transit:app');");
     assert_eq!(o.sqlstate(), Some("57014"), "{o:?}");
+    let o2 = c.psql(
+        "tr_app",
+        "SET statement_timeout = '700ms';
+         DO $$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+           BEGIN PERFORM credcrypt.encrypt_credential('x', 'transit:app');
+           EXCEPTION WHEN query_canceled THEN
+             RAISE NOTICE 'cancelled after % ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000);
+           END;
+         END $$;",
+    );
+    let ms: f64 = o2
+        .err
+        .split("cancelled after ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cancellation timing: {o2:?}"));
+    assert!((690.0..800.0).contains(&ms), "statement_timeout of 700 ms honoured after {ms} ms");
     let o = c.psql(
         "tr_app",
         "SET credcrypt.request_timeout_ms = 700; SELECT credcrypt.encrypt_credential('x', 'transit:app')",
