@@ -94,15 +94,14 @@ fn missing_column(name: &str) -> Error {
 /// # Safety
 /// `tupdesc` must be valid.
 pub(crate) unsafe fn find_attr(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<(i16, pg_sys::Oid)> {
-    // SAFETY: the caller guarantees a valid descriptor; attributes are read within natts.
-    unsafe {
-        let n = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(n);
-        attrs.iter().find_map(|a| {
-            let aname = std::ffi::CStr::from_ptr(a.attname.data.as_ptr());
-            (!a.attisdropped && aname.to_bytes() == name.as_bytes()).then_some((a.attnum, a.atttypid))
-        })
-    }
+    // SAFETY: the caller guarantees a valid descriptor; pgrx's accessor reads the attributes
+    // in a way that works for every PostgreSQL major (PG 18 changed the descriptor's layout).
+    let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(tupdesc) };
+    desc.iter().find_map(|a| {
+        // SAFETY: attname is a NUL-terminated NameData.
+        let aname = unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) };
+        (!a.attisdropped && aname.to_bytes() == name.as_bytes()).then_some((a.attnum, a.atttypid))
+    })
 }
 
 /// Reads the catalog rows of `relid` (or of the partitioned table it belongs to).
