@@ -22,7 +22,7 @@ use credcrypt_core::wire::Op;
 use credcrypt_core::{mask, Error, ErrorKind, KeyRef};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{quote_identifier as qi, quote_literal as ql, Spi};
+use pgrx::spi::{quote_identifier as qi, Spi};
 use pgrx::PgSqlErrorCode::*;
 use zeroize::Zeroizing;
 
@@ -104,17 +104,7 @@ fn designation(binding_id: &str) -> Designation {
 
 /// SQL for the value of a designation in row alias `t`.
 fn value_expr(d: &Designation) -> String {
-    if d.path.is_empty() {
-        format!("t.{}", qi(&d.column))
-    } else {
-        format!("(t.{} #>> {})", qi(&d.column), path_literal(&d.path))
-    }
-}
-
-fn path_literal(path: &[String]) -> String {
-    let elems: Vec<String> =
-        path.iter().map(|p| format!("\"{}\"", p.replace('\\', "\\\\").replace('"', "\\\""))).collect();
-    format!("{}::text[]", ql(format!("{{{}}}", elems.join(","))))
+    crate::protect::admin::value_expr("t", &d.column, &d.path)
 }
 
 /// `_reencrypt_prepare(tbl, col, target_key, dry_run)`: see the module documentation.
@@ -496,7 +486,11 @@ fn reencrypt_batch(
         let set_value = if d.path.is_empty() {
             format!("{} = v.n", qi(&d.column))
         } else {
-            format!("{c} = jsonb_set(t.{c}, {p}, to_jsonb(v.n))", c = qi(&d.column), p = path_literal(&d.path))
+            format!(
+                "{c} = jsonb_set(t.{c}, {p}, to_jsonb(v.n))",
+                c = qi(&d.column),
+                p = crate::protect::admin::path_literal(&d.path)
+            )
         };
         let set_mask = d.mask.as_ref().map(|(m, _, _)| format!(", {} = v.m", qi(m))).unwrap_or_default();
         let update = format!(

@@ -160,7 +160,7 @@ fn has_values(t: &Table, col: &str, path: &[String]) -> bool {
 }
 
 /// SQL for a protected value: the column, or the text at `path` inside it.
-fn value_expr(alias: &str, col: &str, path: &[String]) -> String {
+pub(crate) fn value_expr(alias: &str, col: &str, path: &[String]) -> String {
     if path.is_empty() {
         format!("{alias}.{}", qi(col))
     } else {
@@ -168,7 +168,8 @@ fn value_expr(alias: &str, col: &str, path: &[String]) -> String {
     }
 }
 
-fn path_literal(path: &[String]) -> String {
+/// A `text[]` literal of a json path.
+pub(crate) fn path_literal(path: &[String]) -> String {
     let elems: Vec<String> =
         path.iter().map(|p| format!("\"{}\"", p.replace('\\', "\\\\").replace('"', "\\\""))).collect();
     format!("{}::text[]", ql(format!("{{{}}}", elems.join(","))))

@@ -138,27 +138,26 @@ impl LocalKey {
     ) -> Result<String> {
         check_sizes(plaintext.len(), context)?;
         let context = normalize_context(context);
-        let header = format::local_header(self.id, context.is_some());
-        let aad = format::associated_data(&header, context);
-        // nonce ‖ plaintext, sealed in place, then the tag: no plaintext copy survives.
-        let mut buf = Zeroizing::new(Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN));
-        buf.extend_from_slice(&nonce);
-        buf.extend_from_slice(plaintext);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut buf[NONCE_LEN..])
-            .map_err(|_| Error::new(ErrorKind::TooLarge, "value is too large to encrypt"))?;
-        buf.extend_from_slice(&tag);
-        Ok(format::finish_local(header, &buf))
+        self.seal_with_nonce(format::local_header(self.id, context.is_some()), plaintext, context, nonce)
     }
 
     /// Encrypts under a caller-built header (the envelope provider's), with a fresh nonce. The
     /// header is the first part of the associated data, as for local values.
     pub fn seal(&self, header: String, plaintext: &[u8], context: Option<&[u8]>) -> Result<String> {
         check_sizes(plaintext.len(), context)?;
-        let context = normalize_context(context);
-        let nonce = nonce::random_nonce()?;
+        self.seal_with_nonce(header, plaintext, normalize_context(context), nonce::random_nonce()?)
+    }
+
+    /// AES-256-GCM of `plaintext` under `header` ‖ `context` as associated data.
+    fn seal_with_nonce(
+        &self,
+        header: String,
+        plaintext: &[u8],
+        context: Option<&[u8]>,
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<String> {
         let aad = format::associated_data(&header, context);
+        // nonce ‖ plaintext, sealed in place, then the tag: no plaintext copy survives.
         let mut buf = Zeroizing::new(Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN));
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(plaintext);
