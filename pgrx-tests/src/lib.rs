@@ -195,6 +195,16 @@ impl Cluster {
     }
 }
 
+/// Takes a test binary's lock (its tests share one cluster and its configuration), and resets
+/// the configuration to the baseline: the cluster's own `current.key`, nothing else.
+pub fn serial_baseline(lock: &'static std::sync::Mutex<()>) -> (std::sync::MutexGuard<'static, ()>, Cluster) {
+    let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Cluster::from_env();
+    let key = c.keys.join("current.key").to_string_lossy().into_owned();
+    c.configure(&format!("credcrypt.local_key_file = '{key}'\n"), &key);
+    (guard, c)
+}
+
 /// A deterministic 32-byte key, in base64, from a seed (test keys only).
 pub fn test_key(seed: u8) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

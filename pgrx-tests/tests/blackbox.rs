@@ -13,10 +13,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Serializes the tests (they share one cluster and its configuration) and resets the
 /// configuration to the baseline: the cluster's own `current.key`.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    let key = c.keys.join("current.key").to_string_lossy().into_owned();
-    c.configure(&format!("credcrypt.local_key_file = '{key}'\n"), &key);
+    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
     c.ensure_login_role("bb_app", "credcrypt_encryptor, credcrypt_decryptor");
     c.ensure_login_role("bb_reporter", "");
     (guard, c)

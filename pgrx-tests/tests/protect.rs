@@ -13,10 +13,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// - `pc_reader`: credcrypt_decryptor (reads the decrypted view);
 /// - `pc_report`: nothing but SELECT on the masked view.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    let key = c.keys.join("current.key").to_string_lossy().into_owned();
-    c.configure(&format!("credcrypt.local_key_file = '{key}'\n"), &key);
+    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
     c.ensure_login_role("pc_owner", "credcrypt_admin");
     c.ensure_login_role("pc_app", "credcrypt_encryptor");
     c.ensure_login_role("pc_reader", "credcrypt_decryptor");

@@ -10,10 +10,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Roles: `rl_owner` owns the tables and is credcrypt_admin; `rl_app` is the application
 /// (encryptor + decryptor); both NOSUPERUSER NOBYPASSRLS.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    let key = c.keys.join("current.key").to_string_lossy().into_owned();
-    c.configure(&format!("credcrypt.local_key_file = '{key}'\n"), &key);
+    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
     c.ensure_login_role("rl_owner", "credcrypt_admin");
     c.ensure_login_role("rl_app", "credcrypt_encryptor, credcrypt_decryptor");
     c.sql("GRANT CREATE ON SCHEMA public TO rl_owner");
