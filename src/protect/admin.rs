@@ -37,26 +37,50 @@ fn run(sql: &str, args: &[DatumWithOid<'_>]) {
     Spi::run_with_args(sql, args).unwrap_or_else(|e| spi_fail(e));
 }
 
-/// Runs `f` as the owner of `credcrypt.protected_columns`; restores the caller's identity
-/// afterwards (and PostgreSQL restores it on error).
+/// Runs `f` as the owner of `credcrypt.protected_columns` (the role that created the extension),
+/// the way PostgreSQL runs maintenance as a table owner: `search_path` pinned to
+/// `pg_catalog, pg_temp` and SECURITY_RESTRICTED_OPERATION set, so no function, operator or
+/// relation of the caller's choosing can run with the owner's rights. Restores the caller's
+/// identity and settings afterwards (and PostgreSQL restores them on error).
 pub(crate) fn as_catalog_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner: pg_sys::Oid =
-        get("SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'credcrypt.protected_columns'::regclass", &[])
-            .unwrap_or(pg_sys::InvalidOid);
-    struct Restore(pg_sys::Oid, std::ffi::c_int);
+    let owner: pg_sys::Oid = get(
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'credcrypt.protected_columns'::pg_catalog.regclass",
+        &[],
+    )
+    .unwrap_or(pg_sys::InvalidOid);
+    struct Restore(pg_sys::Oid, std::ffi::c_int, std::ffi::c_int);
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: restores the identity saved below, on the main thread.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+            // SAFETY: pops the GUC nest level and restores the identity saved below, on the
+            // main thread.
+            unsafe {
+                pg_sys::AtEOXact_GUC(true, self.2);
+                pg_sys::SetUserIdAndSecContext(self.0, self.1);
+            }
         }
     }
     let (mut user, mut ctx) = (pg_sys::InvalidOid, 0);
-    // SAFETY: reads/sets the backend's current user; the guard restores it.
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx) };
-    let _restore = Restore(user, ctx);
-    // SAFETY: as above.
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as std::ffi::c_int) };
-    f()
+    // SAFETY: reads/sets the backend's current user and a nested GUC level; the guard restores both.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx);
+        let level = pg_sys::NewGUCNestLevel();
+        let _restore = Restore(user, ctx, level);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as std::ffi::c_int,
+        );
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        f()
+    }
 }
 
 /// The table a designation function works on, checked: it exists, is a (partitioned) table

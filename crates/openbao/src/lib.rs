@@ -512,7 +512,17 @@ impl Client {
                 let Some(loc) = resp.headers().get("location").and_then(|v| v.to_str().ok()) else {
                     return Attempt::Retry(ErrorKind::Protocol, format!("{base}: redirect without Location"));
                 };
-                url = if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") };
+                // Follow only to one of the configured addresses (same scheme, host and port):
+                // the token and the body (plaintexts, a secret id) go nowhere else.
+                match self.redirect_target(base, loc) {
+                    Some(next) if !path.starts_with("auth/") => url = next,
+                    _ => {
+                        return Attempt::Retry(
+                            ErrorKind::Protocol,
+                            format!("{base}: refused a redirect to an address not in credcrypt.bao_addr"),
+                        )
+                    }
+                }
                 continue;
             }
             let text = resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string().map(Zeroizing::new);
@@ -544,6 +554,18 @@ impl Client {
             return Attempt::Answer(status, value);
         }
         Attempt::Retry(ErrorKind::Protocol, format!("{base}: too many redirects"))
+    }
+
+    /// The URL a `Location` header points to, if it is on one of the configured addresses.
+    /// A relative location must be an absolute path (`/v1/…`) on the current address.
+    fn redirect_target(&self, base: &str, loc: &str) -> Option<String> {
+        if let Some(path) = loc.strip_prefix('/') {
+            return (!path.starts_with('/')).then(|| format!("{base}/{path}"));
+        }
+        self.cfg.addrs.iter().find_map(|a| {
+            let rest = loc.strip_prefix(a.as_str())?;
+            rest.starts_with('/').then(|| loc.to_owned())
+        })
     }
 
     fn transit_path(&self, what: &str, key: &str) -> String {

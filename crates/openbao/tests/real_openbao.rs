@@ -111,9 +111,14 @@ fn failover_redirects_and_clean_errors() {
             let _ = write!(s, "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
-    let mut via_standby = client(vec![shim_addr], token.clone());
+    // Followed when the target is one of the configured addresses (an HA cluster's nodes) …
+    let mut via_standby = client(vec![shim_addr.clone(), bao.addr.clone()], token.clone());
     let ct = via_standby.encrypt("app", &[item(b"redirected", None)]).unwrap().remove(0).unwrap();
     assert_eq!(c.decrypt("app", &[item(ct.as_bytes(), None)]).unwrap()[0].as_ref().unwrap().as_slice(), b"redirected");
+    // … and refused otherwise: the token and the plaintexts are sent to configured hosts only.
+    let mut only_shim = client(vec![shim_addr], token.clone());
+    let e = only_shim.encrypt("app", &[item(b"not-forwarded", None)]).unwrap_err();
+    assert!(e.message.contains("refused a redirect"), "{e}");
 
     // A token file readable by other users is refused before it is used.
     let open = bao.dir.join("open");
