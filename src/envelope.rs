@@ -233,6 +233,27 @@ pub(crate) fn decrypt(
         .collect())
 }
 
+/// Which of `values` (Transit payloads) are wrapped data keys in `credcrypt.data_keys`.
+pub(crate) fn wrapped_among(values: &[String]) -> Result<std::collections::HashSet<String>, Error> {
+    as_catalog_owner(|| {
+        Spi::connect(|c| {
+            let rows = c.select(
+                "SELECT wrapped FROM credcrypt.data_keys WHERE wrapped OPERATOR(pg_catalog.=) ANY ($1)",
+                None,
+                &[values.to_vec().into()],
+            )?;
+            let mut set = std::collections::HashSet::new();
+            for r in rows {
+                if let Some(w) = r.get::<String>(1)? {
+                    set.insert(w);
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(set)
+        })
+    })
+    .map_err(spi_error)
+}
+
 /// Rewraps every data key of Transit key `name` to its latest version (after a rotation).
 /// Returns how many were rewrapped.
 pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {

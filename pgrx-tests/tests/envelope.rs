@@ -92,6 +92,15 @@ fn values_use_many_data_keys_and_rotation_rewraps_them_without_touching_rows() {
         "100"
     );
     assert!(!c.sql("SELECT string_agg(wrapped, '') FROM credcrypt.data_keys").contains("sk-env"));
+    // A decryptor cannot unwrap a data key through SQL (bare, or wrapped as a cc1 value).
+    let wrapped = c.sql("SELECT wrapped FROM credcrypt.data_keys LIMIT 1");
+    c.psql("ev_app", &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', NULL, 'transit:app')"))
+        .expect_error("22023");
+    c.psql(
+        "ev_app",
+        &format!("SELECT credcrypt.decrypt_credential_bytea(credcrypt.import_transit_ciphertext('{wrapped}', 'transit:app'))"),
+    )
+    .expect_error("22023");
     assert_eq!(correct(c, "postgres", "ev_rot"), "3000");
     // Rotation: rewraps the data keys; no table row is written.
     let before = c.sql("SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM ev_rot");

@@ -147,7 +147,22 @@ pub(crate) fn decrypt_each(
             out[i] = r;
         }
     }
-    for (name, entries) in transit {
+    for (name, mut entries) in transit {
+        // Envelope data keys are Transit values without associated data under the same key:
+        // never hand one out through the decrypt functions (it would decrypt values offline).
+        let bare: Vec<String> =
+            entries.iter().filter(|(_, _, c)| c.is_none()).map(|(_, p, _)| (*p).to_owned()).collect();
+        if !bare.is_empty() {
+            let wrapped = crate::envelope::wrapped_among(&bare)?;
+            entries.retain(|(i, p, c)| {
+                let refused = c.is_none() && wrapped.contains(*p);
+                if refused {
+                    out[*i] = Err(Error::new(ErrorKind::InvalidArgument, "the value is an envelope data key")
+                        .with_detail("wrapped data keys in credcrypt.data_keys cannot be decrypted through SQL"));
+                }
+                !refused
+            });
+        }
         let items: Vec<ReqItem<'_>> =
             entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
         let answers = backend::call(Op::Decrypt, &name, &items)?;
