@@ -427,3 +427,49 @@ fn protected_column_with_a_transit_key_fails_closed_during_an_outage() {
     assert!(!c.sql("SELECT string_agg(token, ',') FROM tr_protected").contains("TRANSITMARKER"));
     assert!(!c.log_text().contains("TRANSITMARKER"), "plaintext in the server log");
 }
+
+#[test]
+fn backends_terminated_while_waiting_do_not_leak_queue_slots() {
+    let e = setup();
+    let c = &e.c;
+    let pid = e.bao_pid();
+    signal(pid, "STOP");
+    // More waiting sessions than queue slots (64), each stuck behind the frozen OpenBao.
+    let children: Vec<std::process::Child> = (0..70)
+        .map(|i| {
+            std::process::Command::new("psql")
+                .args(["-X", "-q", "-h", &c.host, "-p", &c.port, "-U", "tr_app", "-d", "postgres"])
+                .args(["-c", &format!("SET credcrypt.request_timeout_ms = 120000; SELECT credcrypt.encrypt_credential('wait-{i}', 'transit:app')")])
+                .env("PGAPPNAME", "slot_leak")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("psql")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'slot_leak' AND state = 'active'")
+        != "70"
+    {
+        assert!(Instant::now() < deadline, "the sessions did not all start waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Terminate them all (FATAL: no Rust destructor runs), then let OpenBao go on.
+    assert_eq!(
+        c.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'slot_leak'"),
+        "70"
+    );
+    for mut ch in children {
+        let _ = ch.wait();
+    }
+    signal(pid, "CONT");
+    // Every slot came back: more requests than slots go through.
+    let o = c.psql(
+        "tr_app",
+        &(0..80)
+            .map(|i| format!("SELECT credcrypt.encrypt_credential('after-{i}', 'transit:app');\n"))
+            .collect::<String>(),
+    );
+    assert!(o.ok, "the queue lost its slots: {}", o.err);
+}

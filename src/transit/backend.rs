@@ -57,10 +57,34 @@ struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
+        HELD.with(|h| h.set(None));
         if self.armed {
             give_up(self.slot);
         }
     }
+}
+
+thread_local! {
+    /// The slot this backend holds, for the exit callback: a backend terminated while it waits
+    /// (FATAL, pg_terminate_backend) leaves through proc_exit, where Rust destructors do not run.
+    static HELD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    static EXIT_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn release_on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    if let (Some(i), Some(q)) = (HELD.with(|h| h.take()), queue::get()) {
+        give_up(q.slot(i));
+    }
+}
+
+/// Records that this backend holds slot `i` (and registers the exit callback once).
+fn hold(i: usize) {
+    if !EXIT_HOOK.with(|h| h.replace(true)) {
+        // SAFETY: registers a callback run by proc_exit in this backend, on the main thread.
+        unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), pg_sys::Datum::from(0)) };
+    }
+    HELD.with(|h| h.set(Some(i)));
 }
 
 fn give_up(slot: &Slot) {
@@ -120,9 +144,11 @@ fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error>
     let start = unsafe { pg_sys::MyProcPid } as usize;
     loop {
         for k in 0..q.nslots() {
-            let slot = q.slot((start + k) % q.nslots());
+            let i = (start + k) % q.nslots();
+            let slot = q.slot(i);
             if slot.state.compare_exchange(state::FREE, state::FILLING, SeqCst, SeqCst).is_ok() {
                 slot.generation.fetch_add(1, SeqCst);
+                hold(i);
                 return Ok(Claim { slot, armed: true });
             }
         }
