@@ -320,7 +320,11 @@ unsafe extern "C-unwind" fn on_subxact(
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => forget_created_in(None),
+        // A prepared transaction may still be rolled back (ROLLBACK PREPARED): its data keys
+        // must not stay current for the next transaction of this backend.
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => forget_created_in(None),
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => CURRENT.with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
                 for cur in c.values_mut() {

@@ -235,6 +235,20 @@ fn binding_stops_row_swap_and_column_swap_and_follows_bound_column_updates() {
         "sk-VICTIM-SECRETMARKER-1"
     );
 
+    // A writer's own operators on its search_path cannot hide the designation from the trigger
+    // (which would store plaintext): the trigger's catalog query names pg_catalog's operators.
+    c.sql("DROP SCHEMA IF EXISTS pc_evil CASCADE; CREATE SCHEMA pc_evil AUTHORIZATION pc_app");
+    c.psql(
+        "pc_app",
+        "CREATE FUNCTION pc_evil.never(regclass, oid) RETURNS boolean LANGUAGE sql AS 'SELECT false';
+         CREATE OPERATOR pc_evil.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = pc_evil.never);
+         SET search_path = pc_evil, pg_catalog, public;
+         INSERT INTO pc_bind (id, user_id, provider, api_key) VALUES (7, 'x', 'p', 'sk-EVIL-SECRETMARKER-7');",
+    )
+    .expect_ok();
+    assert!(c.sql("SELECT api_key FROM pc_bind WHERE id = 7").starts_with("cc1:"), "stored in plaintext");
+    c.sql("DROP SCHEMA pc_evil CASCADE");
+
     // Changing the bound column re-binds the value in the same UPDATE.
     c.psql("pc_app", "UPDATE pc_bind SET id = 10 WHERE id = 1").expect_ok();
     assert_eq!(
@@ -355,8 +369,12 @@ fn jsonb_keys_masks_and_non_string_values() {
     assert!(r[0][0].contains("\"apiKey\": \"cc1:local:") && r[0][0].contains("\"theme\": \"dark\""), "{s}");
     assert_eq!(r[0][1], "…9f3c");
     assert_eq!(r[1], vec!["{\"llm\": {\"apiKey\": null}}".to_owned(), "-".to_owned()]);
-    // Non-string values are refused (nothing stored).
+    // Non-string values are refused (nothing stored), and so is a path that crosses an array
+    // (SQL's #> would look inside it; the trigger refuses rather than leave it in plaintext).
     c.psql("pc_app", "INSERT INTO pc_json VALUES (4, '{\"llm\": {\"apiKey\": 12345}}')").expect_error("22023");
+    c.psql("pc_app", "INSERT INTO pc_json VALUES (5, '{\"llm\": [\"sk-in-an-array-SECRETMARKER\"]}')")
+        .expect_error("22023")
+        .expect_clean("SECRETMARKER");
     // Updating another key of the document keeps the ciphertext.
     let ct = c.sql("SELECT settings #>> '{llm,apiKey}' FROM pc_json WHERE id = 1");
     c.psql("pc_app", "UPDATE pc_json SET settings = jsonb_set(settings, '{theme}', '\"light\"') WHERE id = 1")
@@ -450,6 +468,18 @@ fn administration_rules_and_catalog_upkeep() {
         "0"
     );
     c.psql("pc_owner", "SELECT credcrypt.unprotect_column('pc_adm', 'config')").expect_error("42704");
+    // A protected column whose type was changed afterwards: a clear error, never a crash.
+    let start = c.sql("SELECT pg_postmaster_start_time()");
+    c.psql(
+        "pc_owner",
+        "ALTER TABLE pc_adm ADD COLUMN typed text;
+         SELECT credcrypt.protect_column('pc_adm', 'typed');
+         ALTER TABLE pc_adm ALTER COLUMN typed TYPE int USING NULL;",
+    )
+    .expect_ok();
+    c.psql("pc_app", "INSERT INTO pc_adm (id, user_id, provider, typed) VALUES (3, 'u', 'p', 42)")
+        .expect_error("55000");
+    assert_eq!(c.sql("SELECT pg_postmaster_start_time()"), start);
     accounts(&c, "pc_adm2");
     c.sql("DROP TABLE pc_adm2");
     assert_eq!(

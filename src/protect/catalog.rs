@@ -89,6 +89,13 @@ fn missing_column(name: &str) -> Error {
     )
 }
 
+fn wrong_type(name: &str) -> Error {
+    Error::new(
+        ErrorKind::CatalogMismatch,
+        format!("column \"{name}\" no longer has the type protect_column accepted (text, varchar or jsonb; text for a mask)"),
+    )
+}
+
 /// Attribute number and type of column `name` in `tupdesc`.
 ///
 /// # Safety
@@ -111,7 +118,8 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             "SELECT column_name::text, json_path, key_name, bind_columns::text[], mask_column::text, \
                     mask_prefix, mask_suffix, binding_id \
                FROM credcrypt.protected_columns \
-              WHERE relid = $1 OR relid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)) \
+              WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+                 OR relid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
               ORDER BY column_name, json_path",
             None,
             &[relid.into()],
@@ -136,7 +144,15 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
     let mut cfg = TableConfig::default();
     for (column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id) in rows {
         // SAFETY: valid descriptor (caller).
-        let (attnum, _) = unsafe { find_attr(tupdesc, &column) }.ok_or_else(|| missing_column(&column))?;
+        let (attnum, typ) = unsafe { find_attr(tupdesc, &column) }.ok_or_else(|| missing_column(&column))?;
+        // The column's type must still be what protect_column accepted (ALTER COLUMN … TYPE
+        // could have changed it): text/varchar for a whole column, jsonb for a json path.
+        let want: &[pg_sys::Oid] =
+            if json_path.is_empty() { &[pg_sys::TEXTOID, pg_sys::VARCHAROID] } else { &[pg_sys::JSONBOID] };
+        // SAFETY: catalog lookup of an existing type.
+        if !want.contains(&unsafe { pg_sys::getBaseType(typ) }) {
+            return Err(wrong_type(&column));
+        }
         let mut binds = Vec::with_capacity(bind_columns.len());
         for b in &bind_columns {
             // SAFETY: valid descriptor (caller).
@@ -150,7 +166,11 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
         let mask = match mask_column {
             Some(m) => {
                 // SAFETY: valid descriptor (caller).
-                let (n, _) = unsafe { find_attr(tupdesc, &m) }.ok_or_else(|| missing_column(&m))?;
+                let (n, mtyp) = unsafe { find_attr(tupdesc, &m) }.ok_or_else(|| missing_column(&m))?;
+                // SAFETY: catalog lookup of an existing type.
+                if ![pg_sys::TEXTOID, pg_sys::VARCHAROID].contains(&unsafe { pg_sys::getBaseType(mtyp) }) {
+                    return Err(wrong_type(&m));
+                }
                 Some((n, usize::try_from(prefix).unwrap_or(0), usize::try_from(suffix).unwrap_or(0)))
             }
             None => None,

@@ -227,12 +227,35 @@ fn json_get<'v>(doc: &'v serde_json::Value, path: &[String]) -> Option<&'v serde
     path.iter().try_fold(doc, |v, k| v.as_object()?.get(k))
 }
 
+/// Whether `path` crosses a value that is neither an object nor null (an array, say), where
+/// SQL's `#>` would look inside but the trigger cannot: refused rather than left in plaintext.
+fn json_path_blocked(doc: &serde_json::Value, path: &[String]) -> bool {
+    let mut v = doc;
+    for k in path {
+        match v {
+            serde_json::Value::Object(m) => match m.get(k) {
+                Some(next) => v = next,
+                None => return false,
+            },
+            serde_json::Value::Null => return false,
+            _ => return true,
+        }
+    }
+    false
+}
+
 fn json_get_mut<'v>(doc: &'v mut serde_json::Value, path: &[String]) -> Option<&'v mut serde_json::Value> {
     path.iter().try_fold(doc, |v, k| v.as_object_mut()?.get_mut(k))
 }
 
 /// The string at `path`: None when absent or null; an error when it is not a string.
 fn json_str<'v>(doc: Option<&'v serde_json::Value>, path: &[String]) -> Result<Option<&'v str>, Error> {
+    if doc.is_some_and(|d| json_path_blocked(d, path)) {
+        return Err(Error::new(
+            ErrorKind::NotAString,
+            "the protected jsonb path crosses a value that is not an object",
+        ));
+    }
     match doc.and_then(|d| json_get(d, path)) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),
