@@ -77,7 +77,7 @@ SELECT n.nspname   AS table_schema,
        p.mask_suffix,
        p.binding_id,
        EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                WHERE g.tgrelid = p.relid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled <> 'D')
+                WHERE g.tgrelid = p.relid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled IN ('O', 'A'))
                    AS trigger_enabled,
        p.created_at,
        p.created_by

@@ -74,7 +74,7 @@ BEGIN
                'the protection trigger zz_credcrypt_protect is disabled or missing: plaintext can be stored',
                format('ALTER TABLE %s ENABLE TRIGGER zz_credcrypt_protect;  -- or protect the columns again', c.oid::regclass::text)
           FROM (SELECT DISTINCT relid::oid AS relid FROM credcrypt.protected_columns) s JOIN pg_class c ON c.oid = s.relid
-         WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled <> 'D')
+         WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled IN ('O', 'A'))
         UNION ALL
         -- Roles that skip row-level security and can read sensitive tables.
         SELECT 'warning', format('role %I', r.rolname),

@@ -24,7 +24,11 @@ type Pending = Vec<(pg_sys::Oid, Option<String>, i64)>;
 thread_local! {
     static PENDING: RefCell<Pending> = const { RefCell::new(Vec::new()) };
     /// Audit rows written in the current transaction, as log lines to emit if it aborts.
-    static WRITTEN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// With the subtransaction each row was written in.
+    static WRITTEN: RefCell<Vec<(pg_sys::SubTransactionId, String)>> = const { RefCell::new(Vec::new()) };
+    /// Executor depth at the start of each open subtransaction (restored if it aborts: a caught
+    /// error skips ExecutorEnd).
+    static DEPTH_AT: RefCell<Vec<(pg_sys::SubTransactionId, u32)>> = const { RefCell::new(Vec::new()) };
 }
 
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
@@ -131,7 +135,9 @@ fn write(pending: Pending) {
                     "Check credcrypt.decrypt_audit, or set credcrypt.audit_decrypt = 'log'.",
                 )
             });
-            WRITTEN.with(|w| w.borrow_mut().push(line));
+            // SAFETY: reads the current subtransaction id.
+            let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+            WRITTEN.with(|w| w.borrow_mut().push((sub, line)));
         } else {
             pgrx::log!("{line}");
         }
@@ -173,7 +179,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     match event {
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             DEPTH.with(|d| d.set(0));
-            for line in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+            DEPTH_AT.with(|d| d.borrow_mut().clear());
+            for (_, line) in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
                 pgrx::log!("{line} (audit row rolled back with its transaction)");
             }
             for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
@@ -185,6 +192,52 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             WRITTEN.with(|w| w.borrow_mut().clear());
+            DEPTH_AT.with(|d| d.borrow_mut().clear());
+            DEPTH.with(|d| d.set(0));
+            // Anything not written yet (a statement whose end was never seen) goes to the log.
+            for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                pgrx::log!("pg_credcrypt audit: role \"{}\" decrypted {count} value(s)", role.to_u32());
+            }
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB => {
+            let depth = DEPTH.with(std::cell::Cell::get);
+            DEPTH_AT.with(|d| d.borrow_mut().push((my, depth)));
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => DEPTH_AT.with(|d| d.borrow_mut().retain(|(s, _)| *s != my)),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            // Restore the executor depth, and log the rows this subtransaction (or a child of
+            // it: ids only grow) wrote, which its rollback removed: a caught error must not
+            // hide a decryption.
+            if let Some(depth) = DEPTH_AT.with(|d| {
+                let mut d = d.borrow_mut();
+                let at = d.iter().position(|(s, _)| *s == my)?;
+                let depth = d[at].1;
+                d.truncate(at);
+                Some(depth)
+            }) {
+                DEPTH.with(|d| d.set(depth));
+            }
+            let gone: Vec<String> = WRITTEN.with(|w| {
+                let mut w = w.borrow_mut();
+                let (gone, kept): (Vec<_>, Vec<_>) = w.drain(..).partition(|(s, _)| *s >= my);
+                *w = kept;
+                gone.into_iter().map(|(_, l)| l).collect()
+            });
+            for line in gone {
+                pgrx::log!("{line} (audit row rolled back with its subtransaction)");
+            }
         }
         _ => {}
     }
@@ -199,5 +252,6 @@ pub fn init() {
         PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
 }

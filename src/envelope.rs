@@ -72,6 +72,19 @@ fn spi_error(e: pgrx::spi::SpiError) -> Error {
     Error::new(ErrorKind::CatalogMismatch, "credcrypt.data_keys could not be used").with_detail(e.to_string())
 }
 
+/// Caches an unwrapped data key, evicting the oldest beyond `credcrypt.envelope_cache_size`.
+fn cache_insert(id: KeyId, entry: Cached) {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let limit = usize::try_from(gucs::ENVELOPE_CACHE_SIZE.get()).unwrap_or(1).max(1);
+        while c.len() >= limit {
+            let Some(oldest) = c.iter().min_by_key(|(_, v)| v.loaded).map(|(k, _)| *k) else { break };
+            c.remove(&oldest);
+        }
+        c.insert(id, entry);
+    });
+}
+
 /// Asks the worker for a new data key of `name`, records it, and makes it current.
 fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
     let answer = backend::call(Op::DataKey, name, &[])?;
@@ -97,9 +110,7 @@ fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
             Current { id, key: key.clone(), uses: 0, born: Instant::now(), created_in: Some(sub) },
         )
     });
-    CACHE.with(|c| {
-        c.borrow_mut().insert(id, Cached { key: key.clone(), transit_key: name.to_owned(), loaded: Instant::now() })
-    });
+    cache_insert(id, Cached { key: key.clone(), transit_key: name.to_owned(), loaded: Instant::now() });
     Ok((id, key))
 }
 
@@ -188,15 +199,7 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
             let Ok(plain) = a else { continue }; // reported per value below (unknown data key)
             let Ok(bytes) = <&[u8; 32]>::try_from(plain.as_slice()) else { continue };
             let key = Rc::new(LocalKey::new(bytes));
-            CACHE.with(|c| {
-                let mut c = c.borrow_mut();
-                let limit = usize::try_from(gucs::ENVELOPE_CACHE_SIZE.get()).unwrap_or(1).max(1);
-                while c.len() >= limit {
-                    let Some(oldest) = c.iter().min_by_key(|(_, v)| v.loaded).map(|(k, _)| *k) else { break };
-                    c.remove(&oldest);
-                }
-                c.insert(*id, Cached { key, transit_key: transit_key.clone(), loaded: Instant::now() });
-            });
+            cache_insert(*id, Cached { key, transit_key: transit_key.clone(), loaded: Instant::now() });
         }
     }
     Ok(())

@@ -498,7 +498,7 @@ fn reencrypt_batch(
                FROM unnest($1::text[]::tid[], $2::text[], $3::text[]) AS v(c, n, m) WHERE t.ctid = v.c"
         );
         let args: [DatumWithOid<'_>; 3] = [ctid_w.clone().into(), new_w.into(), mask_w.into()];
-        maintenance(root.oid, || crate::protect::trigger::with_bypass(|| Spi::run_with_args(&update, &args)))
+        maintenance(root.oid, || crate::protect::trigger::with_bypass(root.oid, || Spi::run_with_args(&update, &args)))
             .unwrap_or_else(|e| spi_fail(e));
     }
     if !failures.is_empty() {

@@ -305,6 +305,25 @@ fn decrypt_audit_records_who_and_how_many_never_the_value() {
     );
     assert_eq!(rows, "rl_app|rl_audit.api_key|2");
     assert!(c.log_text().contains("role \"rl_app\" decrypted 1 value(s) of rl_audit.api_key (audit row rolled back"));
+    // Nor by catching an error in a subtransaction after decrypting (the value survives in v).
+    c.psql(
+        "rl_app",
+        "BEGIN; SELECT credcrypt.set_owner('alice');
+         DO $$ DECLARE v text; BEGIN
+           BEGIN
+             SELECT api_key INTO v FROM rl_audit_plain WHERE id = 1;
+             RAISE EXCEPTION 'hide it';
+           EXCEPTION WHEN OTHERS THEN NULL;
+           END;
+         END $$;
+         COMMIT;",
+    )
+    .expect_ok();
+    assert!(
+        c.log_text()
+            .contains("decrypted 1 value(s) of rl_audit.api_key (audit row rolled back with its subtransaction)"),
+        "a decryption hidden by a caught error was not recorded"
+    );
     // Log mode.
     c.sql("ALTER ROLE rl_app SET credcrypt.audit_decrypt = 'log'");
     c.psql("rl_app", "SELECT credcrypt.decrypt_credential(credcrypt.encrypt_credential('sk-AUDITMARKER'))").expect_ok();

@@ -474,7 +474,7 @@ fn unprotect_column_impl(tbl: pg_sys::Oid, col: &str, decrypt_existing: bool) {
     });
     if holds {
         let sql = format!("UPDATE {} t SET {} = {expr} WHERE t.{} IS NOT NULL", t.sql_name, qi(col), qi(col));
-        crate::rls::maintenance(t.oid, || super::trigger::with_bypass(|| run(&sql, &[])));
+        crate::rls::maintenance(t.oid, || super::trigger::with_bypass(t.oid, || run(&sql, &[])));
     }
     let remaining =
         get::<bool>("SELECT true FROM credcrypt.protected_columns WHERE relid = $1 LIMIT 1", &[t.oid.into()]);

@@ -38,6 +38,8 @@ pub(crate) struct Designation {
 pub(crate) struct TableConfig {
     /// In catalog order: by column, then json path.
     pub designations: Vec<Designation>,
+    /// OID of the protected table the designations name (the partitioned table for a partition).
+    pub root: u32,
 }
 
 thread_local! {
@@ -80,7 +82,7 @@ pub(crate) unsafe fn lookup(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> R
 }
 
 /// A catalog row as read by [`load`].
-type Row = (String, Vec<String>, String, Vec<String>, Option<String>, i32, i32, String);
+type Row = (String, Vec<String>, String, Vec<String>, Option<String>, i32, i32, String, u32);
 
 fn missing_column(name: &str) -> Error {
     Error::new(
@@ -116,7 +118,7 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
     let rows: Vec<Row> = Spi::connect(|client| {
         let tab = client.select(
             "SELECT column_name::text, json_path, key_name, bind_columns::text[], mask_column::text, \
-                    mask_prefix, mask_suffix, binding_id \
+                    mask_prefix, mask_suffix, binding_id, relid::pg_catalog.oid \
                FROM credcrypt.protected_columns \
               WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
                  OR relid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
@@ -135,6 +137,7 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
                 r.get::<i32>(6)?.unwrap_or(0),
                 r.get::<i32>(7)?.unwrap_or(4),
                 r.get::<String>(8)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(9)?.map_or(0, |o| o.to_u32()),
             ));
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -142,7 +145,8 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
     .map_err(|_| Error::new(ErrorKind::CatalogMismatch, "credcrypt.protected_columns could not be read"))?;
 
     let mut cfg = TableConfig::default();
-    for (column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id) in rows {
+    for (column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id, root) in rows {
+        cfg.root = root;
         // SAFETY: valid descriptor (caller).
         let (attnum, typ) = unsafe { find_attr(tupdesc, &column) }.ok_or_else(|| missing_column(&column))?;
         // The column's type must still be what protect_column accepted (ALTER COLUMN … TYPE

@@ -44,7 +44,9 @@ struct Recent {
 
 thread_local! {
     static RECENTLY_PRODUCED: RefCell<VecDeque<Recent>> = const { RefCell::new(VecDeque::new()) };
-    static BYPASS: Cell<bool> = const { Cell::new(false) };
+    /// The table (OID of the protected table, the root of a partition tree) whose writes the
+    /// extension is making itself, or 0.
+    static BYPASS: Cell<u32> = const { Cell::new(0) };
     /// Random SipHash keys, per backend: fingerprints cannot be predicted or forged.
     static HASH_KEYS: RandomState = RandomState::new();
 }
@@ -59,17 +61,18 @@ fn fingerprint(ciphertext: &str, context: &str) -> u64 {
     })
 }
 
-/// Runs `f` with the trigger switched off for this backend: for the extension's own
-/// maintenance writes, which have already encrypted and verified every value they write.
-/// The switch is a backend-local variable that no SQL statement can set.
-pub(crate) fn with_bypass<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
+/// Runs `f` with the trigger switched off for writes to `table` (and its partitions) in this
+/// backend: for the extension's own maintenance writes, which have already encrypted and
+/// verified every value they write. The switch is a backend-local variable that no SQL
+/// statement can set.
+pub(crate) fn with_bypass<R>(table: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    struct Reset(u32);
     impl Drop for Reset {
         fn drop(&mut self) {
             BYPASS.with(|b| b.set(self.0));
         }
     }
-    let _reset = Reset(BYPASS.with(|b| b.replace(true)));
+    let _reset = Reset(BYPASS.with(|b| b.replace(table.to_u32())));
     f()
 }
 
@@ -314,14 +317,14 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         // SAFETY: the tuple belongs to the firing relation, whose descriptor outlives the call.
         Ok(Some(unsafe { PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(desc), tuple) }))
     };
-    if BYPASS.with(Cell::get) {
-        return result(new_tuple);
-    }
     // SAFETY: valid relation (above).
     let relid = unsafe { (*rel).rd_id };
     // SAFETY: the descriptor is the relation's own.
     let cfg = unsafe { catalog::lookup(relid, desc) }.or_raise();
-    if cfg.designations.is_empty() {
+    // The extension's own maintenance writes to this table only: writes that other triggers
+    // make meanwhile to other tables are protected as usual.
+    let bypass = BYPASS.with(Cell::get);
+    if cfg.designations.is_empty() || (bypass != 0 && (bypass == relid.to_u32() || bypass == cfg.root)) {
         return result(new_tuple);
     }
     let table = || t.table_name().unwrap_or_default();
