@@ -10,7 +10,7 @@ CREATE TABLE credcrypt.reencrypt_runs (
     target_key     text     NOT NULL,
     target_version text     NOT NULL,
     dry_run        boolean  NOT NULL,
-    state          text     NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'finished', 'interrupted')),
+    state          text     NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'finished', 'interrupted', 'failed')),
     total          bigint   NOT NULL,
     done           bigint   NOT NULL DEFAULT 0,
     changed        bigint   NOT NULL DEFAULT 0,
@@ -19,7 +19,10 @@ CREATE TABLE credcrypt.reencrypt_runs (
     backend_pid    integer  NOT NULL DEFAULT pg_backend_pid(),
     run_by         name     NOT NULL,
     started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+    updated_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    error          text,
+    remaining      bigint,
+    complete       boolean
 );
 COMMENT ON TABLE credcrypt.reencrypt_runs IS 'pg_credcrypt: re-encryption runs (written by reencrypt_column)';
 
@@ -34,86 +37,123 @@ CREATE TABLE credcrypt.reencrypt_failures (
 );
 CREATE INDEX ON credcrypt.reencrypt_failures (run_id, relid);
 
+-- state: running (its backend is at work), finished (closed; complete tells whether every
+-- value is on the target), failed (a batch failed: error), interrupted (its backend is gone:
+-- terminated, crashed). A re-run continues where it stopped.
 CREATE VIEW credcrypt.reencrypt_progress AS
 SELECT run_id,
        relid::regclass AS table_name,
        column_name,
        CASE WHEN dry_run THEN 'dry run: ' ELSE '' END || source_key || ' -> ' || target_key
-           || CASE WHEN target_key = 'local' THEN ' (key id ' || target_version || ')' ELSE ' v' || target_version END AS migration,
-       state,
+           || CASE WHEN target_key = 'local' THEN ' (key id ' || target_version || ')'
+                   WHEN target_key LIKE 'envelope:%' THEN '' ELSE ' v' || target_version END AS migration,
+       CASE WHEN state = 'running' AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.backend_pid)
+            THEN 'interrupted' ELSE state END AS state,
        total, done, changed, failed,
        CASE WHEN total > 0 THEN round(100.0 * least(done, total) / total, 1) END AS percent,
        round((done / greatest(extract(epoch FROM updated_at - started_at), 0.001))::numeric, 0) AS rows_per_second,
        CASE WHEN state = 'running' AND done > 0 AND total > done
             THEN (updated_at - started_at) * ((total - done)::float8 / done) END AS eta,
+       remaining, complete, error,
        by_source, backend_pid, run_by, started_at, updated_at
-  FROM credcrypt.reencrypt_runs;
+  FROM credcrypt.reencrypt_runs r;
 
 -- The migration procedure: commits after every batch; a re-run continues where a cancelled or
--- crashed run stopped (values already on the target are skipped).
+-- crashed run stopped (values already on the target are skipped). A procedure that commits
+-- cannot carry a SET clause, so it pins search_path itself at the start of every transaction,
+-- and names only schema-qualified functions, operators and types besides.
 CREATE PROCEDURE credcrypt.reencrypt_column(
-    tbl regclass, col name, target_key text DEFAULT NULL, batch_size integer DEFAULT 500, dry_run boolean DEFAULT false)
+    tbl regclass, col name, target_key text DEFAULT NULL, batch_size integer DEFAULT 500, dry_run boolean DEFAULT false,
+    strict boolean DEFAULT false)
 LANGUAGE plpgsql AS $$
 DECLARE
-    run bigint;
-    total bigint;
+    run pg_catalog.int8;
+    total pg_catalog.int8;
     d record;
-    leaf oid;
-    cursor text;
+    leaf pg_catalog.oid;
+    cursor pg_catalog.text;
     r record;
-    pass integer;
-    changed_in_pass bigint;
-    seen bigint := 0;
-    t0 timestamptz := clock_timestamp();
-    elapsed float8;
+    c record;
+    pass pg_catalog.int4;
+    changed_in_pass pg_catalog.int8;
+    seen pg_catalog.int8 := 0;
+    t0 pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    last_notice pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    every pg_catalog.interval;
+    elapsed pg_catalog.float8;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 OR batch_size OPERATOR(pg_catalog.>) 10000 THEN
         RAISE EXCEPTION 'batch_size must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'The default, 500, keeps row locks short; up to a few thousand is faster for Transit.';
     END IF;
+    every := pg_catalog.current_setting('credcrypt.reencrypt_progress_interval')::pg_catalog.interval;
     SELECT p.run_id, p.total INTO run, total
-      FROM credcrypt._reencrypt_prepare(tbl::oid, col::text, target_key, coalesce(dry_run, false)) p;
+      FROM credcrypt._reencrypt_prepare(tbl::pg_catalog.oid, col::pg_catalog.text, target_key, coalesce(dry_run, false)) p;
     COMMIT;
-    FOR d IN SELECT binding_id FROM credcrypt.protected_columns
-              WHERE relid = tbl AND column_name = col ORDER BY json_path LOOP
-        FOR leaf IN SELECT l.leaf FROM credcrypt._reencrypt_leaves(tbl::oid) l LOOP
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    FOR d IN SELECT p.binding_id FROM credcrypt.protected_columns p
+              WHERE p.relid OPERATOR(pg_catalog.=) tbl AND p.column_name OPERATOR(pg_catalog.=) col ORDER BY p.json_path LOOP
+        FOR leaf IN SELECT l.leaf FROM credcrypt._reencrypt_leaves(tbl::pg_catalog.oid) l LOOP
             pass := 0;
             LOOP
-                pass := pass + 1;
+                pass := pass OPERATOR(pg_catalog.+) 1;
                 cursor := '(0,0)';
                 changed_in_pass := 0;
                 LOOP
-                    SELECT * INTO r FROM credcrypt._reencrypt_batch(run, leaf, d.binding_id, cursor, batch_size);
+                    SELECT * INTO r FROM credcrypt._reencrypt_step(run, leaf, d.binding_id, cursor, batch_size);
                     COMMIT;
-                    changed_in_pass := changed_in_pass + r.changed;
-                    seen := seen + r.rows_seen;
-                    IF r.rows_seen > 0 THEN
-                        elapsed := greatest(extract(epoch FROM clock_timestamp() - t0), 0.001);
-                        RAISE NOTICE 'pg_credcrypt: %/% values (% changed, % unreadable in this batch), % rows/s, ETA % s',
-                            least(seen, total), total, r.changed, r.failed, round((seen / elapsed)::numeric),
-                            CASE WHEN seen >= total THEN 0 ELSE round(((total - seen) * elapsed / seen)::numeric) END;
+                    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                    IF r.error_code IS NOT NULL THEN
+                        -- The run is marked failed (committed above); the batch's work was rolled back.
+                        r.error_hint := pg_catalog.concat_ws(' ', r.error_hint,
+                            'The run is marked failed in credcrypt.reencrypt_progress; CALL credcrypt.reencrypt_column again to continue it.');
+                        IF r.error_detail IS NULL THEN
+                            RAISE EXCEPTION USING ERRCODE = r.error_code, MESSAGE = r.error_message, HINT = r.error_hint;
+                        ELSE
+                            RAISE EXCEPTION USING ERRCODE = r.error_code, MESSAGE = r.error_message, HINT = r.error_hint,
+                                DETAIL = r.error_detail;
+                        END IF;
+                    END IF;
+                    changed_in_pass := changed_in_pass OPERATOR(pg_catalog.+) r.changed;
+                    seen := seen OPERATOR(pg_catalog.+) r.rows_seen;
+                    IF r.rows_seen OPERATOR(pg_catalog.>) 0 AND every OPERATOR(pg_catalog.>=) '0'::pg_catalog.interval
+                       AND pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) last_notice OPERATOR(pg_catalog.>=) every THEN
+                        last_notice := pg_catalog.clock_timestamp();
+                        elapsed := GREATEST(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) t0), 0.001);
+                        RAISE NOTICE 'pg_credcrypt: %/% values, % rows/s (SELECT * FROM credcrypt.reencrypt_progress WHERE run_id = %)',
+                            LEAST(seen, total), total, pg_catalog.round((seen::pg_catalog.float8 OPERATOR(pg_catalog./) elapsed)::pg_catalog.numeric), run;
                     END IF;
                     EXIT WHEN r.finished;
                     cursor := r.next_after;
                 END LOOP;
                 -- Rows locked by the application were skipped (SKIP LOCKED): another pass.
-                EXIT WHEN dry_run OR changed_in_pass = 0 OR pass >= 10
-                       OR credcrypt._reencrypt_remaining(run, leaf, d.binding_id) = 0;
-                PERFORM pg_sleep(0.05);
+                EXIT WHEN dry_run OR changed_in_pass OPERATOR(pg_catalog.=) 0 OR pass OPERATOR(pg_catalog.>=) 10
+                       OR credcrypt._reencrypt_remaining(run, leaf, d.binding_id) OPERATOR(pg_catalog.=) 0;
+                PERFORM pg_catalog.pg_sleep(0.05);
             END LOOP;
         END LOOP;
     END LOOP;
-    RAISE NOTICE '%', credcrypt._reencrypt_finish(run);
+    SELECT * INTO c FROM credcrypt._reencrypt_close(run);
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF c.complete THEN
+        RAISE NOTICE '%', c.summary;
+    ELSIF strict THEN
+        RAISE EXCEPTION '%', c.summary USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT * FROM credcrypt.reencrypt_failures WHERE run_id = ' OPERATOR(pg_catalog.||) run OPERATOR(pg_catalog.||) ' lists the values that could not be read; CALL again for values written during the run.';
+    ELSE
+        RAISE WARNING '%', c.summary;
+    END IF;
 END
 $$;
-COMMENT ON PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean) IS
+COMMENT ON PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean, boolean) IS
     'pg_credcrypt: re-encrypt a protected column in committed batches (plaintext, local, old versions, other keys, vault:, legacy Node values)';
 
 CREATE FUNCTION credcrypt.key_usage(tbl regclass DEFAULT NULL)
 RETURNS TABLE (table_name text, column_name text, json_path text[], source text, key_name text, key_version text,
                current boolean, "values" bigint)
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM credcrypt._key_usage(tbl::oid);
 END;

@@ -22,16 +22,25 @@ CREATE TABLE credcrypt.protected_columns (
     mask_attnum   smallint,
     created_at    timestamptz NOT NULL DEFAULT now(),
     created_by    name     NOT NULL DEFAULT current_user,
+    bind_types    text[],
     PRIMARY KEY (relid, column_name, json_path)
 );
 COMMENT ON TABLE credcrypt.protected_columns IS
     'pg_credcrypt: protected columns (written by protect_column/unprotect_column; carried by pg_dump)';
 SELECT pg_catalog.pg_extension_config_dump('credcrypt.protected_columns', '');
 
--- Attribute numbers from names (new rows, restored rows, renamed designations).
+-- Attribute numbers from names (new rows, restored rows, renamed designations), and the type
+-- classes of the bind columns when they are first recorded (credcrypt._type_class: the text
+-- form every stored value's context is built from; a later change is refused).
 CREATE FUNCTION credcrypt._protected_columns_resolve() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF NEW.bind_types IS NULL THEN
+        NEW.bind_types := ARRAY(SELECT credcrypt._type_class(a.atttypid, a.atttypmod)
+                                  FROM unnest(NEW.bind_columns) WITH ORDINALITY AS b(name, i)
+                                  JOIN pg_attribute a ON a.attrelid = NEW.relid AND a.attname = b.name AND NOT a.attisdropped
+                                 ORDER BY b.i);
+    END IF;
     NEW.column_attnum := (SELECT attnum FROM pg_attribute
                            WHERE attrelid = NEW.relid AND attname = NEW.column_name AND NOT attisdropped);
     NEW.bind_attnums := ARRAY(SELECT a.attnum FROM unnest(NEW.bind_columns) WITH ORDINALITY AS b(name, i)
@@ -64,6 +73,86 @@ $$;
 CREATE TRIGGER invalidate AFTER INSERT OR UPDATE OR DELETE ON credcrypt.protected_columns
     FOR EACH ROW EXECUTE FUNCTION credcrypt._protected_columns_changed();
 
+-- Whether a table and every partition of it has the protection trigger as protect_column made
+-- it: credcrypt.protect_trigger(), BEFORE INSERT OR UPDATE FOR EACH ROW (tgtype 23), no column
+-- list, no WHEN condition, enabled (O or A).
+CREATE FUNCTION credcrypt._protection_trigger_ok(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT EXISTS (
+        SELECT FROM (SELECT tbl::oid AS rel UNION SELECT relid::oid FROM pg_partition_tree(tbl)) r
+         WHERE NOT EXISTS (
+             SELECT FROM pg_trigger g
+              WHERE g.tgrelid = r.rel AND g.tgname = 'zz_credcrypt_protect'
+                AND g.tgfoid = 'credcrypt.protect_trigger()'::regprocedure
+                AND g.tgtype = 23 AND g.tgqual IS NULL AND cardinality(g.tgattr::int2[]) = 0
+                AND g.tgenabled IN ('O', 'A')))
+$$;
+
+-- Everything that would let plaintext past the protection of table tbl (and its partitions):
+-- one row per problem, with how to fix it. protect_column refuses a table with a problem, DDL
+-- that would create one is refused (credcrypt_on_ddl_end), and security_report() lists them.
+-- kind: missing (no protection trigger at all: it is created last by pg_restore, so only the
+-- report flags it; DROP TRIGGER is refused on its own), altered (disabled, renamed, replaced,
+-- restricted to some columns or a condition), later_trigger, rule, inheritance, bind_type,
+-- column_type.
+CREATE FUNCTION credcrypt._protection_problems(tbl regclass)
+RETURNS TABLE (kind text, object text, finding text, fix text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH tree AS (SELECT tbl::oid AS rel UNION SELECT relid::oid FROM pg_partition_tree(tbl))
+    SELECT CASE WHEN EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = r.rel
+                               AND (g.tgname = 'zz_credcrypt_protect' OR g.tgfoid = 'credcrypt.protect_trigger()'::regprocedure))
+                THEN 'altered' ELSE 'missing' END,
+           format('table %s', r.rel::regclass),
+           'the protection trigger zz_credcrypt_protect is missing, disabled or altered: plaintext can be stored',
+           format('Protect the columns again (credcrypt.unprotect_column, then credcrypt.protect_column), or ALTER TABLE %s ENABLE TRIGGER zz_credcrypt_protect.', r.rel::regclass)
+      FROM tree r
+     WHERE NOT EXISTS (
+             SELECT FROM pg_trigger g
+              WHERE g.tgrelid = r.rel AND g.tgname = 'zz_credcrypt_protect'
+                AND g.tgfoid = 'credcrypt.protect_trigger()'::regprocedure
+                AND g.tgtype = 23 AND g.tgqual IS NULL AND cardinality(g.tgattr::int2[]) = 0
+                AND g.tgenabled IN ('O', 'A'))
+    UNION ALL
+    SELECT 'later_trigger', format('trigger %I on %s', g.tgname, r.rel::regclass),
+           'a BEFORE ROW trigger fires after zz_credcrypt_protect (triggers fire in name order): it could store plaintext',
+           format('ALTER TRIGGER %I ON %s RENAME TO <a name that sorts before zz_credcrypt_protect>;', g.tgname, r.rel::regclass)
+      FROM tree r JOIN pg_trigger g ON g.tgrelid = r.rel
+     WHERE g.tgname > 'zz_credcrypt_protect' AND NOT g.tgisinternal AND g.tgenabled <> 'D'
+       AND (g.tgtype & 3) = 3 AND (g.tgtype & 20) <> 0
+    UNION ALL
+    SELECT 'rule', format('rule %I on %s', w.rulename, r.rel::regclass),
+           'a rule on a table with protected columns can copy the plaintext of new rows elsewhere',
+           format('DROP RULE %I ON %s;', w.rulename, r.rel::regclass)
+      FROM tree r JOIN pg_rewrite w ON w.ev_class = r.rel
+     WHERE w.ev_type <> '1'
+    UNION ALL
+    SELECT 'inheritance', format('table %s', c.oid::regclass),
+           format('inherits from %s without being a partition: its rows are not encrypted, and show through %s', r.rel::regclass, r.rel::regclass),
+           format('ALTER TABLE %s NO INHERIT %s;  -- or make it a partition', c.oid::regclass, r.rel::regclass)
+      FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE NOT c.relispartition
+    UNION ALL
+    SELECT 'bind_type', format('column %I of %s', b.name, tbl),
+           format('bind column of protected column %I changed type (from %s to %s): every stored value is bound to its old text form',
+                  p.column_name, b.recorded, coalesce(credcrypt._type_class(a.atttypid, a.atttypmod), 'nothing')),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE <its previous type>;', tbl, b.name)
+      FROM credcrypt.protected_columns p
+     CROSS JOIN LATERAL unnest(p.bind_columns, p.bind_types) AS b(name, recorded)
+      LEFT JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = b.name AND NOT a.attisdropped
+     WHERE p.relid = tbl AND credcrypt._type_class(a.atttypid, a.atttypmod) IS DISTINCT FROM b.recorded
+    UNION ALL
+    SELECT 'column_type', format('column %I of %s', p.column_name, tbl),
+           format('protected column changed type to %s: the protection trigger refuses to write it', format_type(a.atttypid, a.atttypmod)),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE %s;', tbl, p.column_name, CASE WHEN p.json_path = '{}' THEN 'text' ELSE 'jsonb' END)
+      FROM credcrypt.protected_columns p
+      JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.column_name AND NOT a.attisdropped
+      JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE p.relid = tbl
+       AND CASE WHEN p.json_path = '{}'
+                THEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) NOT IN ('text'::regtype, 'varchar'::regtype)
+                ELSE (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'jsonb'::regtype END
+$$;
+
 -- A readable view of the designations.
 CREATE VIEW credcrypt.protected_columns_info AS
 SELECT n.nspname   AS table_schema,
@@ -76,9 +165,7 @@ SELECT n.nspname   AS table_schema,
        p.mask_prefix,
        p.mask_suffix,
        p.binding_id,
-       EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                WHERE g.tgrelid = p.relid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled IN ('O', 'A'))
-                   AS trigger_enabled,
+       credcrypt._protection_trigger_ok(p.relid) AS trigger_enabled,
        p.created_at,
        p.created_by
   FROM credcrypt.protected_columns p
@@ -91,32 +178,41 @@ CREATE FUNCTION credcrypt.protect_column(
     tbl regclass, col name, key_name text DEFAULT NULL, bind_columns name[] DEFAULT NULL,
     mask_column name DEFAULT NULL, mask_prefix integer DEFAULT 0, mask_suffix integer DEFAULT 4,
     json_path text[] DEFAULT NULL, existing_values text DEFAULT 'refuse')
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS TABLE (binding_id text, key_name text, trigger_created boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._protect_column(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
+    SELECT * FROM credcrypt._protect(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
                                      mask_prefix, mask_suffix, json_path, existing_values);
 END;
 COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text) IS
     'pg_credcrypt: encrypt a column (or a jsonb key) transparently from now on';
 
 CREATE FUNCTION credcrypt.unprotect_column(tbl regclass, col name, decrypt_existing boolean DEFAULT false)
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS TABLE (designations_removed integer, values_decrypted bigint, trigger_dropped boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._unprotect_column(tbl::oid, col::text, decrypt_existing);
+    SELECT * FROM credcrypt._unprotect(tbl::oid, col::text, decrypt_existing);
 END;
 COMMENT ON FUNCTION credcrypt.unprotect_column(regclass, name, boolean) IS
     'pg_credcrypt: stop protecting a column; decrypt_existing => true writes plaintext back (dangerous)';
 
 CREATE FUNCTION credcrypt.create_decrypted_view(tbl regclass, view_name name)
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS regclass LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._create_decrypted_view(tbl::oid, view_name::text);
+    SELECT credcrypt._decrypted_view(tbl::oid, view_name::text)::regclass;
 END;
 CREATE FUNCTION credcrypt.create_masked_view(tbl regclass, view_name name)
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS regclass LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._create_masked_view(tbl::oid, view_name::text);
+    SELECT credcrypt._masked_view(tbl::oid, view_name::text)::regclass;
 END;
+CREATE FUNCTION credcrypt.drop_masked_view(view regclass)
+RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT credcrypt._drop_masked_view(view::oid);
+END;
+COMMENT ON FUNCTION credcrypt.drop_masked_view(regclass) IS
+    'pg_credcrypt: drop a view made by create_masked_view (owned by credcrypt_masker); the caller must own its table';
 
 -- DROP: forget dropped tables and columns; refuse to drop a bind column still in use.
 CREATE FUNCTION credcrypt._on_sql_drop() RETURNS event_trigger
@@ -124,6 +220,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o record;
     p record;
+    r regclass;
 BEGIN
     FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
         IF o.object_type = 'table' THEN
@@ -133,6 +230,23 @@ BEGIN
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid AND column_attnum = o.objsubid;
             UPDATE credcrypt.protected_columns SET mask_column = NULL
              WHERE relid::oid = o.objid AND mask_attnum = o.objsubid;
+            -- The last protected column is gone: so goes the trigger (it would refuse every write).
+            IF NOT EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid::oid = o.objid)
+               AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = o.objid AND tgname = 'zz_credcrypt_protect') THEN
+                EXECUTE format('DROP TRIGGER zz_credcrypt_protect ON %s', o.objid::regclass);
+            END IF;
+        END IF;
+    END LOOP;
+    -- The protection trigger of a table that still has protected columns cannot be dropped.
+    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects()
+              WHERE object_type = 'trigger' AND address_names[3] = 'zz_credcrypt_protect' LOOP
+        r := to_regclass(format('%I.%I', o.address_names[1], o.address_names[2]));
+        IF r IS NOT NULL AND EXISTS (SELECT FROM credcrypt.protected_columns
+                                      WHERE relid = r OR relid = pg_partition_root(r)) THEN
+            RAISE EXCEPTION 'the protection trigger of % cannot be dropped while it has protected columns', r
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'without it, new values would be stored in plaintext',
+                      HINT = 'Use credcrypt.unprotect_column() for each protected column; it drops the trigger with the last one.';
         END IF;
     END LOOP;
     FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table column' LOOP
@@ -177,3 +291,64 @@ END
 $$;
 CREATE EVENT TRIGGER credcrypt_on_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION credcrypt._on_alter_table();
+
+-- DDL that would let plaintext past the protection is refused at the end of the command: a
+-- BEFORE ROW trigger sorting after zz_credcrypt_protect, the protection trigger disabled,
+-- renamed or replaced (on the table or on a partition), a rule, an inheritance child that is
+-- not a partition, a bind or protected column changing type, and a partition attached with
+-- values that are not encrypted.
+CREATE FUNCTION credcrypt._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t oid;
+    prob record;
+    part record;
+    d record;
+    bad boolean;
+BEGIN
+    FOR t IN
+        SELECT DISTINCT p.relid::oid
+          FROM (SELECT CASE c.classid
+                         WHEN 'pg_class'::regclass THEN c.objid
+                         WHEN 'pg_trigger'::regclass THEN (SELECT g.tgrelid FROM pg_trigger g WHERE g.oid = c.objid)
+                         WHEN 'pg_rewrite'::regclass THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = c.objid)
+                       END AS rel
+                  FROM pg_event_trigger_ddl_commands() c) x
+          JOIN pg_class rc ON rc.oid = x.rel
+          JOIN credcrypt.protected_columns p
+            ON p.relid::oid = x.rel
+            OR p.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(x.rel) a)
+            OR p.relid::oid IN (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = x.rel)
+    LOOP
+        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass) WHERE kind <> 'missing' LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION '% would weaken the protection of %: %', prob.object, t::regclass, prob.finding
+                USING ERRCODE = 'object_not_in_prerequisite_state', HINT = prob.fix;
+        END IF;
+        -- Partitions attached (or created) by this command: their values must be ciphertexts.
+        FOR part IN
+            SELECT g.tgrelid AS rel FROM pg_partition_tree(t::regclass) pt
+              JOIN pg_trigger g ON g.tgrelid = pt.relid AND g.tgname = 'zz_credcrypt_protect'
+             WHERE pt.relid <> t AND pt.isleaf AND credcrypt._xact_is_current(g.xmin)
+        LOOP
+            FOR d IN SELECT column_name, json_path FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
+                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND NOT starts_with(%s, ''cc1:''))',
+                               part.rel::regclass,
+                               CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
+                                    ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END,
+                               CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
+                                    ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END)
+                   INTO bad;
+                IF bad THEN
+                    RAISE EXCEPTION 'partition % holds values of protected column % that are not encrypted', part.rel::regclass, d.column_name
+                        USING ERRCODE = 'object_not_in_prerequisite_state',
+                              HINT = 'Attach an empty partition and copy the rows in with INSERT … SELECT (the protection trigger encrypts them).';
+                END IF;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE')
+    EXECUTE FUNCTION credcrypt._on_ddl_end();

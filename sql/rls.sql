@@ -15,17 +15,19 @@ COMMENT ON TABLE credcrypt.owner_rls IS 'pg_credcrypt: tables under enable_owner
 SELECT pg_catalog.pg_extension_config_dump('credcrypt.owner_rls', '');
 
 CREATE FUNCTION credcrypt.enable_owner_rls(tbl regclass, owner_column name, setting text DEFAULT 'app.current_user_id')
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS TABLE (policies text[], was_enabled boolean, was_forced boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._enable_owner_rls(tbl::oid, owner_column::text, setting);
+    SELECT * FROM credcrypt._owner_rls_on(tbl::oid, owner_column::text, setting);
 END;
 COMMENT ON FUNCTION credcrypt.enable_owner_rls(regclass, name, text) IS
     'pg_credcrypt: ENABLE + FORCE row level security; rows visible and writable only when owner_column = current_setting(setting)';
 
 CREATE FUNCTION credcrypt.disable_owner_rls(tbl regclass)
-RETURNS void LANGUAGE sql VOLATILE
+RETURNS TABLE (policies_dropped integer, row_security boolean, forced boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT credcrypt._disable_owner_rls(tbl::oid);
+    SELECT * FROM credcrypt._owner_rls_off(tbl::oid);
 END;
 
 -- Decrypt audit (credcrypt.audit_decrypt = 'table'): written by the extension, never a value.
@@ -70,11 +72,35 @@ BEGIN
                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', c.oid::regclass::text)
           FROM sensitive s JOIN pg_class c ON c.oid = s.relid WHERE c.relrowsecurity AND NOT c.relforcerowsecurity
         UNION ALL
-        SELECT 'critical', c.oid::regclass::text,
-               'the protection trigger zz_credcrypt_protect is disabled or missing: plaintext can be stored',
-               format('ALTER TABLE %s ENABLE TRIGGER zz_credcrypt_protect;  -- or protect the columns again', c.oid::regclass::text)
-          FROM (SELECT DISTINCT relid::oid AS relid FROM credcrypt.protected_columns) s JOIN pg_class c ON c.oid = s.relid
-         WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'zz_credcrypt_protect' AND g.tgenabled IN ('O', 'A'))
+        -- Anything that lets plaintext past the protection: the trigger missing, disabled or
+        -- altered (also on a partition), a BEFORE ROW trigger after it, a rule, an inheritance
+        -- child, a bind or protected column whose type changed.
+        SELECT 'critical', pr.object, pr.finding, pr.fix
+          FROM (SELECT DISTINCT relid FROM credcrypt.protected_columns) s
+         CROSS JOIN LATERAL credcrypt._protection_problems(s.relid) pr
+        UNION ALL
+        -- Views and policies over sensitive tables that call functions or operators outside
+        -- pg_catalog and credcrypt: what an administrator's search_path could have baked in.
+        SELECT CASE WHEN d.classid = 'pg_rewrite'::regclass AND EXISTS (
+                        SELECT FROM pg_depend dd JOIN pg_proc dp ON dp.oid = dd.refobjid
+                         WHERE dd.classid = 'pg_rewrite'::regclass AND dd.objid = w.oid AND dd.refclassid = 'pg_proc'::regclass
+                           AND dp.pronamespace = 'credcrypt'::regnamespace AND dp.proname LIKE 'decrypt_credential%')
+                    THEN 'critical' ELSE 'warning' END,
+               format('%s on %s', CASE WHEN d.classid = 'pg_rewrite'::regclass THEN 'view ' || w.ev_class::regclass::text
+                                                  ELSE 'policy ' || quote_ident(pol.polname) END, s.relid::regclass),
+               format('it calls %s %s, which is outside pg_catalog and credcrypt', CASE WHEN d.refclassid = 'pg_proc'::regclass THEN 'function' ELSE 'operator' END,
+                      CASE WHEN d.refclassid = 'pg_proc'::regclass THEN d.refobjid::regprocedure::text ELSE d.refobjid::regoperator::text END),
+               'Drop it and create it again (credcrypt.create_decrypted_view / create_masked_view / enable_owner_rls now qualify every name).'
+          FROM sensitive s
+          JOIN pg_depend d ON d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
+          LEFT JOIN pg_rewrite w ON d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid
+          LEFT JOIN pg_policy pol ON d.classid = 'pg_policy'::regclass AND pol.oid = d.objid
+          LEFT JOIN pg_proc pp ON d.refclassid = 'pg_proc'::regclass AND pp.oid = d.refobjid
+          LEFT JOIN pg_operator po ON d.refclassid = 'pg_operator'::regclass AND po.oid = d.refobjid
+         WHERE (pol.polrelid = s.relid
+                OR w.oid IN (SELECT dv.objid FROM pg_depend dv WHERE dv.classid = 'pg_rewrite'::regclass
+                                AND dv.refclassid = 'pg_class'::regclass AND dv.refobjid = s.relid))
+           AND coalesce(pp.pronamespace, po.oprnamespace) NOT IN ('pg_catalog'::regnamespace, 'credcrypt'::regnamespace)
         UNION ALL
         -- Roles that skip row-level security and can read sensitive tables.
         SELECT 'warning', format('role %I', r.rolname),

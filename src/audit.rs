@@ -14,18 +14,21 @@ use std::cell::RefCell;
 
 use credcrypt_core::column::{BINDING_ID_LEN, CONTEXT_PREFIX};
 use pgrx::prelude::*;
-use pgrx::spi::Spi;
 
 use crate::gucs::{AuditDecrypt, AUDIT_DECRYPT};
 
-/// Decryptions not yet written: (role oid, binding id or None, count).
-type Pending = Vec<(pg_sys::Oid, Option<String>, i64)>;
+/// Decryptions not yet written: (role name, binding id or None, count).
+type Pending = Vec<(String, Option<String>, i64)>;
 
 thread_local! {
     static PENDING: RefCell<Pending> = const { RefCell::new(Vec::new()) };
     /// Audit rows written in the current transaction, as log lines to emit if it aborts.
     /// With the subtransaction each row was written in.
     static WRITTEN: RefCell<Vec<(pg_sys::SubTransactionId, String)>> = const { RefCell::new(Vec::new()) };
+    /// Records taken from PENDING whose row or log line is not written yet: logged at abort,
+    /// so that an audit write that fails (after the plaintext was returned) still leaves a
+    /// record.
+    static UNWRITTEN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// Executor depth at the start of each open subtransaction (restored if it aborts: a caught
     /// error skips ExecutorEnd).
     static DEPTH_AT: RefCell<Vec<(pg_sys::SubTransactionId, u32)>> = const { RefCell::new(Vec::new()) };
@@ -46,7 +49,7 @@ pub(crate) fn record(contexts: &[Option<&str>]) {
         return;
     }
     // SAFETY: reads the backend's current user id.
-    let role = unsafe { pg_sys::GetUserId() };
+    let role = role_name(unsafe { pg_sys::GetUserId() });
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         for c in contexts {
@@ -56,13 +59,26 @@ pub(crate) fn record(contexts: &[Option<&str>]) {
                 .map(str::to_owned);
             match p.iter_mut().find(|e| e.0 == role && e.1 == binding) {
                 Some(e) => e.2 += 1,
-                None => p.push((role, binding, 1)),
+                None => p.push((role.clone(), binding, 1)),
             }
         }
     });
 }
 
 fn role_name(oid: pg_sys::Oid) -> String {
+    thread_local! {
+        /// The last role looked up (decryptions come in runs by one role).
+        static LAST: RefCell<Option<(pg_sys::Oid, String)>> = const { RefCell::new(None) };
+    }
+    if let Some(name) = LAST.with(|l| l.borrow().as_ref().filter(|(o, _)| *o == oid).map(|(_, n)| n.clone())) {
+        return name;
+    }
+    let name = lookup_role_name(oid);
+    LAST.with(|l| *l.borrow_mut() = Some((oid, name.clone())));
+    name
+}
+
+fn lookup_role_name(oid: pg_sys::Oid) -> String {
     // SAFETY: catalog lookup; missing_ok = true returns NULL for a dropped role.
     let p = unsafe { pg_sys::GetUserNameFromId(oid, true) };
     if p.is_null() {
@@ -74,15 +90,27 @@ fn role_name(oid: pg_sys::Oid) -> String {
 }
 
 /// "schema.table.column" (and the json path) of a binding id, if it is a designation here.
-fn designation_name(binding: &str) -> Option<String> {
-    crate::postgres::spi::one::<String>(
-        "SELECT p.relid::regclass::text || '.' || quote_ident(p.column_name) \
-                || CASE WHEN p.json_path = '{}' THEN '' ELSE ' ' || p.json_path::text END \
-           FROM credcrypt.protected_columns p WHERE p.binding_id = $1",
-        &[binding.into()],
-    )
-    .ok()
-    .flatten()
+/// Read as the catalog's owner with the search path pinned, and formatted here: nothing of the
+/// caller's can change the name recorded.
+pub(crate) fn designation_name(binding: &str) -> Option<String> {
+    let row = crate::postgres::guard::as_catalog_owner(|| {
+        crate::postgres::spi::three::<String, String, Vec<String>>(
+            "SELECT p.relid::pg_catalog.regclass::pg_catalog.text, p.column_name::pg_catalog.text, p.json_path \
+               FROM credcrypt.protected_columns p WHERE p.binding_id OPERATOR(pg_catalog.=) $1",
+            &[binding.into()],
+        )
+    });
+    match row {
+        Ok((Some(table), Some(column), path)) => {
+            let path = path.unwrap_or_default();
+            let mut name = format!("{table}.{}", pgrx::spi::quote_identifier(column));
+            if !path.is_empty() {
+                name.push_str(&format!(" {{{}}}", path.join(",")));
+            }
+            Some(name)
+        }
+        _ => None,
+    }
 }
 
 fn can_write_table() -> bool {
@@ -113,16 +141,30 @@ fn flush() {
     }
 }
 
+fn line(role: &str, count: i64, object: &str) -> String {
+    format!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s) of {object}")
+}
+
 fn write(pending: Pending) {
     let mode = AUDIT_DECRYPT.get();
+    // First a record of everything, before any lookup or write that could fail.
+    UNWRITTEN.with(|u| {
+        let mut u = u.borrow_mut();
+        for (role, binding, count) in &pending {
+            let object = match binding {
+                Some(b) => format!("the protected column with binding id {b}"),
+                None => "values outside protected columns".into(),
+            };
+            u.push(line(role, *count, &object));
+        }
+    });
     for (role, binding, count) in pending {
-        let role = role_name(role);
         let what = binding.as_deref().and_then(designation_name);
         let object = what.clone().unwrap_or_else(|| "values outside protected columns".into());
-        let line = format!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s) of {object}");
+        let line = line(&role, count, &object);
         if mode == AuditDecrypt::Table && can_write_table() {
-            crate::protect::admin::as_catalog_owner(|| {
-                Spi::run_with_args(
+            crate::postgres::guard::as_catalog_owner(|| {
+                crate::postgres::spi::run(
                     "INSERT INTO credcrypt.decrypt_audit (role_name, object, values_decrypted) VALUES ($1, $2, $3)",
                     &[role.as_str().into(), what.as_deref().into(), count.into()],
                 )
@@ -141,6 +183,12 @@ fn write(pending: Pending) {
         } else {
             pgrx::log!("{line}");
         }
+        UNWRITTEN.with(|u| {
+            let mut u = u.borrow_mut();
+            if !u.is_empty() {
+                u.remove(0);
+            }
+        });
     }
 }
 
@@ -176,6 +224,16 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if matches!(
+        event,
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+            | pg_sys::XactEvent::XACT_EVENT_COMMIT
+            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+            | pg_sys::XactEvent::XACT_EVENT_PREPARE
+    ) {
+        crate::protect::trigger::forget_produced();
+    }
     match event {
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             DEPTH.with(|d| d.set(0));
@@ -183,11 +241,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             for (_, line) in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
                 pgrx::log!("{line} (audit row rolled back with its transaction)");
             }
+            for line in UNWRITTEN.with(|u| std::mem::take(&mut *u.borrow_mut())) {
+                pgrx::log!("{line} (the audit record could not be written)");
+            }
             for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
-                pgrx::log!(
-                    "pg_credcrypt audit: role \"{}\" decrypted {count} value(s) in a statement that failed",
-                    role.to_u32()
-                );
+                pgrx::log!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s) in a statement that failed");
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
@@ -195,8 +253,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             DEPTH_AT.with(|d| d.borrow_mut().clear());
             DEPTH.with(|d| d.set(0));
             // Anything not written yet (a statement whose end was never seen) goes to the log.
+            for line in UNWRITTEN.with(|u| std::mem::take(&mut *u.borrow_mut())) {
+                pgrx::log!("{line}");
+            }
             for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
-                pgrx::log!("pg_credcrypt audit: role \"{}\" decrypted {count} value(s)", role.to_u32());
+                pgrx::log!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s)");
             }
         }
         _ => {}

@@ -28,10 +28,9 @@ use credcrypt_core::format::{self, Ciphertext};
 use credcrypt_core::wire::{Op, ReqItem};
 use credcrypt_core::{Error, ErrorKind, KeyId, LocalKey};
 use pgrx::prelude::*;
-use pgrx::spi::Spi;
 
 use crate::gucs;
-use crate::protect::admin::as_catalog_owner;
+use crate::postgres::guard::as_catalog_owner;
 use crate::transit::backend;
 
 /// The current data key of one Transit key in this backend.
@@ -96,7 +95,7 @@ fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
     let key = Rc::new(LocalKey::new(bytes));
     let id = KeyId::random()?;
     as_catalog_owner(|| {
-        Spi::run_with_args(
+        crate::postgres::spi::run(
             "INSERT INTO credcrypt.data_keys (id, transit_key, wrapped) VALUES ($1, $2, $3)",
             &[id.to_hex().as_str().into(), name.into(), wrapped.as_str().into()],
         )
@@ -166,23 +165,21 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
         return Ok(());
     }
     let hex: Vec<String> = missing.iter().map(|(id, _)| id.to_hex()).collect();
+    // With the latest snapshot: a data key committed after this transaction's snapshot (by a
+    // concurrent writer) is found, never reported missing.
+    let hex_datum = hex.clone().into_datum();
     let rows: Vec<(String, String, String)> = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT id, transit_key, wrapped FROM credcrypt.data_keys WHERE id = ANY ($1)",
-                None,
-                &[hex.clone().into()],
-            )?;
-            let mut v = Vec::new();
-            for r in rows {
-                v.push((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                ));
-            }
-            Ok::<_, pgrx::spi::SpiError>(v)
-        })
+        crate::postgres::spi::rows_latest(
+            c"SELECT id, transit_key, wrapped FROM credcrypt.data_keys WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+            &[(pg_sys::TEXTARRAYOID, hex_datum)],
+            |r| {
+                (
+                    r.get::<String>(1).unwrap_or_default(),
+                    r.get::<String>(2).unwrap_or_default(),
+                    r.get::<String>(3).unwrap_or_default(),
+                )
+            },
+        )
     })
     .map_err(spi_error)?;
     // Unwrap per Transit key, one batch each.
@@ -238,22 +235,15 @@ pub(crate) fn decrypt(
 
 /// Which of `values` (Transit payloads) are wrapped data keys in `credcrypt.data_keys`.
 pub(crate) fn wrapped_among(values: &[String]) -> Result<std::collections::HashSet<String>, Error> {
+    let values_datum = values.to_vec().into_datum();
     as_catalog_owner(|| {
-        Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT wrapped FROM credcrypt.data_keys WHERE wrapped OPERATOR(pg_catalog.=) ANY ($1)",
-                None,
-                &[values.to_vec().into()],
-            )?;
-            let mut set = std::collections::HashSet::new();
-            for r in rows {
-                if let Some(w) = r.get::<String>(1)? {
-                    set.insert(w);
-                }
-            }
-            Ok::<_, pgrx::spi::SpiError>(set)
-        })
+        crate::postgres::spi::rows_latest(
+            c"SELECT wrapped FROM credcrypt.data_keys WHERE wrapped OPERATOR(pg_catalog.=) ANY ($1)",
+            &[(pg_sys::TEXTARRAYOID, values_datum)],
+            |r| r.get::<String>(1),
+        )
     })
+    .map(|v| v.into_iter().flatten().collect())
     .map_err(spi_error)
 }
 
@@ -261,18 +251,11 @@ pub(crate) fn wrapped_among(values: &[String]) -> Result<std::collections::HashS
 /// Returns how many were rewrapped.
 pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
     let rows: Vec<(String, String)> = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT id, wrapped FROM credcrypt.data_keys WHERE transit_key = $1 ORDER BY id",
-                None,
-                &[name.into()],
-            )?;
-            let mut v = Vec::new();
-            for r in rows {
-                v.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()));
-            }
-            Ok::<_, pgrx::spi::SpiError>(v)
-        })
+        crate::postgres::spi::rows(
+            "SELECT id, wrapped FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 ORDER BY id",
+            &[name.into()],
+            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())),
+        )
     })
     .map_err(spi_error)?;
     let mut done = 0i64;
@@ -288,9 +271,10 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
             wrapped.push(String::from_utf8_lossy(&w).into_owned());
         }
         as_catalog_owner(|| {
-            Spi::run_with_args(
-                "UPDATE credcrypt.data_keys d SET wrapped = v.w, rewrapped_at = now() \
-                   FROM unnest($1::text[], $2::text[]) AS v(id, w) WHERE d.id = v.id",
+            crate::postgres::spi::run(
+                "UPDATE credcrypt.data_keys d SET wrapped = v.w, rewrapped_at = pg_catalog.now() \
+                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS v(id, w) \
+                  WHERE d.id OPERATOR(pg_catalog.=) v.id",
                 &[ids.into(), wrapped.into()],
             )
         })

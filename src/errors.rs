@@ -88,6 +88,19 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
             ERRCODE_INVALID_PARAMETER_VALUE,
             "A protected jsonb key must hold a JSON string (or be absent or null); store the credential as a string.",
         ),
+        ErrorKind::ProviderRejected => (
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "OpenBao refused the request itself (not an outage, so no fallback applies): check the key name and credcrypt.transit_mount.",
+        ),
+        ErrorKind::ProviderProtocol => (
+            ERRCODE_PROTOCOL_VIOLATION,
+            "OpenBao's answer was not understood (not an outage, so no fallback applies): check that credcrypt.bao_addr points at OpenBao or Vault, and see the server log.",
+        ),
+        ErrorKind::KeyVersionRetired => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "The Transit key's min_decryption_version was raised above this value's version before the value was re-encrypted: lower it again (bao write transit/keys/<key>/config min_decryption_version=<N>), then CALL credcrypt.reencrypt_column and check credcrypt.safe_to_retire() before raising it.",
+        ),
+        ErrorKind::Internal => (ERRCODE_INTERNAL_ERROR, "This is a bug in pg_credcrypt; please report it with the server log."),
     }
 }
 

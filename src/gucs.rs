@@ -63,6 +63,10 @@ pub static BAO_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000
 /// `credcrypt.request_timeout_ms`: how long a backend waits for the worker's answer.
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
 
+/// `credcrypt.reencrypt_progress_interval`: seconds between the progress NOTICEs of
+/// `reencrypt_column` (0: every batch, -1: none; the progress view is always current).
+pub static REENCRYPT_PROGRESS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 /// `credcrypt.queue_slots`: number of shared-memory request slots (128 KiB each).
 pub static QUEUE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(64);
 
@@ -110,6 +114,16 @@ pub enum AuditDecrypt {
 /// `credcrypt.audit_decrypt`: `off` (default), `log` or `table`. Superuser only.
 pub static AUDIT_DECRYPT: GucSetting<AuditDecrypt> = GucSetting::<AuditDecrypt>::new(AuditDecrypt::Off);
 
+/// What `SHOW`, `current_setting()` and `pg_settings` report for `credcrypt.local_key`: never
+/// the key — also not to members of `pg_read_all_settings`, whom `SUPERUSER_ONLY` does not stop.
+unsafe extern "C-unwind" fn show_hidden_key() -> *const std::ffi::c_char {
+    if raw(&LOCAL_KEY).is_empty() {
+        c"".as_ptr()
+    } else {
+        c"(hidden by pg_credcrypt)".as_ptr()
+    }
+}
+
 /// Registers every setting and reserves the `credcrypt.` prefix.
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -136,14 +150,20 @@ pub fn init() {
         GucContext::Sighup,
         secret_flags(),
     );
-    GucRegistry::define_string_guc(
-        c"credcrypt.local_key",
-        c"The local AES-256 key itself, in base64. Prefer credcrypt.local_key_file.",
-        c"Set in postgresql.conf; superuser only; hidden from SHOW ALL; refused by ALTER SYSTEM.",
-        &LOCAL_KEY,
-        GucContext::Sighup,
-        secret_flags(),
-    );
+    // SAFETY: the show hook is a plain function returning static strings.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"credcrypt.local_key",
+            c"The local AES-256 key itself, in base64. Prefer credcrypt.local_key_file.",
+            c"Set in postgresql.conf; superuser only; hidden from SHOW ALL; refused by ALTER SYSTEM; never shown.",
+            &LOCAL_KEY,
+            GucContext::Sighup,
+            secret_flags(),
+            None,
+            None,
+            Some(show_hidden_key),
+        );
+    }
     GucRegistry::define_string_guc(
         c"credcrypt.local_previous_key_files",
         c"Comma-separated key files of earlier local keys, used for decryption only.",
@@ -162,6 +182,16 @@ pub fn init() {
         3_600_000,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"credcrypt.reencrypt_progress_interval",
+        c"Seconds between the progress NOTICEs of credcrypt.reencrypt_column (0: every batch, -1: none).",
+        c"credcrypt.reencrypt_progress always shows the current progress.",
+        &REENCRYPT_PROGRESS_INTERVAL,
+        -1,
+        86_400,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
     );
     // A PGC_POSTMASTER setting may only be defined while preloading (PostgreSQL raises FATAL
     // otherwise); it only matters then anyway, when the queue is sized.

@@ -35,11 +35,14 @@ extension_sql_file!(
     "../sql/protect.sql",
     name = "protect",
     requires = [
-        protect::admin::protect_column_impl,
-        protect::admin::unprotect_column_impl,
-        protect::admin::create_decrypted_view_impl,
-        protect::admin::create_masked_view_impl,
+        protect::admin::protect_column_v2,
+        protect::admin::unprotect_column_v2,
+        protect::admin::create_decrypted_view_v2,
+        protect::admin::create_masked_view_v2,
+        protect::admin::drop_masked_view,
         protect::admin::invalidate_table,
+        protect::admin::xact_is_current,
+        protect::catalog::type_class_sql,
         protect::trigger::protect_trigger,
         api::crypto::decrypt_credential,
     ]
@@ -47,7 +50,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
-    requires = ["protect", rls::enable_owner_rls_impl, rls::disable_owner_rls_impl, api::report::environment_findings]
+    requires = ["protect", rls::enable_owner_rls_v2, rls::disable_owner_rls_v2, api::report::environment_findings]
 );
 extension_sql_file!(
     "../sql/migrate.sql",
@@ -56,8 +59,10 @@ extension_sql_file!(
         "rls",
         migrate::reencrypt_prepare,
         migrate::reencrypt_batch,
+        migrate::reencrypt_step,
         migrate::reencrypt_remaining,
         migrate::reencrypt_finish,
+        migrate::reencrypt_close,
         migrate::reencrypt_leaves,
         migrate::reencrypt_needed,
         migrate::key_usage

@@ -1,20 +1,27 @@
-//! Re-encryption migrations (`CALL credcrypt.reencrypt_column`, sql/migrate.sql) and
-//! `credcrypt.key_usage`.
+//! Re-encryption migrations (`CALL credcrypt.reencrypt_column`, sql/migrate.sql),
+//! `credcrypt.key_usage` and `credcrypt.safe_to_retire`.
 //!
 //! The procedure (PL/pgSQL, so it can COMMIT after every batch) calls:
 //! - [`reencrypt_prepare`]: checks, resolves the target key and version, counts the work,
 //!   records a run in `credcrypt.reencrypt_runs`;
-//! - [`reencrypt_batch`]: one batch of one designation in one (leaf) table: a range of heap
+//! - [`reencrypt_step`]: one batch of one designation in one (leaf) table: a range of heap
 //!   blocks, rows locked `FOR UPDATE SKIP LOCKED`, values classified, decrypted (Transit in
 //!   batches), encrypted for the target, **verified by decrypting** before they are written, and
 //!   written with the protection trigger bypassed (the values are already final). Values that
-//!   cannot be read are left untouched and recorded in `credcrypt.reencrypt_failures`;
-//! - [`reencrypt_finish`]: closes the run.
+//!   cannot be read are left untouched and recorded in `credcrypt.reencrypt_failures`. The
+//!   batch runs in a subtransaction: when it fails (OpenBao down, cancelled), the run is marked
+//!   `failed` with the error, the procedure commits that and raises the error;
+//! - [`reencrypt_close`]: counts what is still not on the target (the verification) and closes
+//!   the run.
 //!
-//! Runs through the maintenance path, so tables under `enable_owner_rls` are fully covered
-//! without BYPASSRLS.
+//! Every statement on the table runs as the table's owner in a security-restricted operation,
+//! through the maintenance path ([`crate::postgres::scope::maintain`]): tables under
+//! `enable_owner_rls` are fully covered without BYPASSRLS, and whatever the table's own
+//! triggers or rules run, runs with the owner's rights, never the administrator's. Every SQL
+//! text here names schema-qualified functions and operators and runs with the search path
+//! pinned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use credcrypt_core::column::column_context;
 use credcrypt_core::legacy::{self, Source};
@@ -22,14 +29,16 @@ use credcrypt_core::wire::Op;
 use credcrypt_core::{mask, Error, ErrorKind, KeyRef};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{quote_identifier as qi, Spi};
+use pgrx::spi::quote_identifier as qi;
 use pgrx::PgSqlErrorCode::*;
 use zeroize::Zeroizing;
 
 use crate::api::crypto::{decrypt_each, encrypt_with, Decrypted};
 use crate::errors::{fail, raise, OrRaise as _};
-use crate::protect::admin::{as_catalog_owner, table};
-use crate::rls::maintenance;
+use crate::postgres::guard::as_catalog_owner;
+use crate::postgres::relation::{leaves, lock_against_writers, table, Table};
+use crate::postgres::scope::{maintain, with_bypass};
+use crate::postgres::spi;
 
 fn spi_fail(e: pgrx::spi::SpiError) -> ! {
     fail(ERRCODE_INTERNAL_ERROR, format!("pg_credcrypt: migration query failed: {e}"), None, "Report this as a bug.")
@@ -43,16 +52,23 @@ fn target_version(key: &KeyRef) -> Result<String, Error> {
         // (rotate_key), not by rewriting rows: any data key of the key is on target.
         KeyRef::Envelope(_) => Ok("any".into()),
         KeyRef::Local => crate::keys::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())),
-        KeyRef::Transit(name) => {
-            let answer = crate::transit::backend::call(Op::KeyInfo, name, &[])?;
-            let v = answer
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::malformed("empty answer"))?
-                .map_err(|f| crate::transit::backend::fail_to_error(&f))?;
-            Ok(String::from_utf8_lossy(&v).into_owned())
-        }
+        KeyRef::Transit(name) => latest_transit_version(name).map(|v| v.to_string()),
     }
+}
+
+/// The latest version of Transit key `name`, asked of OpenBao through the worker.
+fn latest_transit_version(name: &str) -> Result<u32, Error> {
+    let answer = crate::transit::backend::call(Op::KeyInfo, name, &[])?;
+    let v = answer
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::internal("the worker sent no answer for a key lookup"))?
+        .map_err(|f| crate::transit::backend::fail_to_error(&f))?;
+    std::str::from_utf8(&v)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::internal("the worker's key lookup answer is not a version number"))
 }
 
 /// Whether `value` still needs work to be on `target` (a key reference) at `version`.
@@ -68,6 +84,23 @@ fn reencrypt_needed(value: &str, target: &str, version: &str) -> bool {
     }
 }
 
+/// Where a stored value comes from, as one short text: `local:<key id>`,
+/// `transit:<key>:<version>`, `envelope:<key>:<data key id>`, `vault:<version>`, `legacy`,
+/// `malformed` or `plaintext`. No secret (a key id is a fingerprint). For `key_usage`, which
+/// groups by it in SQL so that no table is read into memory.
+#[pg_extern(immutable, parallel_safe, strict, name = "_value_source")]
+fn value_source(value: &str) -> String {
+    match legacy::classify(value) {
+        Source::Local(kid) => format!("local:{}", kid.to_hex()),
+        Source::Transit { key, version } => format!("transit:{key}:{version}"),
+        Source::Envelope { key, data_key } => format!("envelope:{key}:{}", data_key.to_hex()),
+        Source::BareVault(v) => format!("vault:{v}"),
+        Source::LegacyNode => "legacy".into(),
+        Source::Malformed => "malformed".into(),
+        Source::Plaintext => "plaintext".into(),
+    }
+}
+
 /// A designation as the migration needs it.
 struct Designation {
     root: pg_sys::Oid,
@@ -75,31 +108,57 @@ struct Designation {
     path: Vec<String>,
     binds: Vec<String>,
     mask: Option<(String, usize, usize)>,
+    key: String,
 }
 
 fn designation(binding_id: &str) -> Designation {
-    Spi::connect(|c| {
-        let mut rows = c.select(
-            "SELECT relid::oid, column_name::text, json_path, bind_columns::text[], mask_column::text, mask_prefix, mask_suffix \
-               FROM credcrypt.protected_columns WHERE binding_id = $1",
-            None,
-            &[binding_id.into()],
-        )?;
-        let Some(r) = rows.next() else { return Ok(None) };
-        Ok::<_, pgrx::spi::SpiError>(Some(Designation {
-            root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-            column: r.get::<String>(2)?.unwrap_or_default(),
-            path: r.get::<Vec<String>>(3)?.unwrap_or_default(),
-            binds: r.get::<Vec<String>>(4)?.unwrap_or_default(),
-            mask: r.get::<String>(5)?.map(|m| {
-                (m, r.get::<i32>(6).ok().flatten().unwrap_or(0) as usize, r.get::<i32>(7).ok().flatten().unwrap_or(4) as usize)
-            }),
-        }))
-    })
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, column_name::pg_catalog.text, json_path, bind_columns::pg_catalog.text[], \
+                mask_column::pg_catalog.text, mask_prefix, mask_suffix, key_name \
+           FROM credcrypt.protected_columns WHERE binding_id OPERATOR(pg_catalog.=) $1",
+        &[binding_id.into()],
+        |r| {
+            let mask = match r.get::<String>(5)? {
+                Some(m) => Some((
+                    m,
+                    r.get::<i32>(6)?.unwrap_or(0).max(0) as usize,
+                    r.get::<i32>(7)?.unwrap_or(4).max(0) as usize,
+                )),
+                None => None,
+            };
+            Ok(Designation {
+                root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                column: r.get::<String>(2)?.unwrap_or_default(),
+                path: r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                binds: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+                mask,
+                key: r.get::<String>(8)?.unwrap_or_default(),
+            })
+        },
+    )
     .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
     .unwrap_or_else(|| {
-        fail(ERRCODE_UNDEFINED_OBJECT, "the designation was removed during the migration", None, "Run the migration again.")
+        fail(
+            ERRCODE_UNDEFINED_OBJECT,
+            "the designation was removed during the migration",
+            None,
+            "Run the migration again.",
+        )
     })
+}
+
+/// The binding ids of a table's designations (of one column, or all), in catalog order.
+fn bindings_of(relid: pg_sys::Oid, col: Option<&str>) -> Vec<String> {
+    spi::rows(
+        "SELECT binding_id FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
+            AND ($2::pg_catalog.text IS NULL OR column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name) \
+          ORDER BY column_name, json_path",
+        &[relid.into(), col.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
 }
 
 /// SQL for the value of a designation in row alias `t`.
@@ -107,37 +166,53 @@ fn value_expr(d: &Designation) -> String {
     crate::protect::admin::value_expr("t", &d.column, &d.path)
 }
 
+/// SQL for the bind values of a designation in row alias `t`, each `, t.x::text`.
+fn bind_exprs(d: &Designation) -> String {
+    d.binds.iter().map(|b| format!(", (t.{})::pg_catalog.text", qi(b))).collect()
+}
+
+/// Values of designation `d` in `leaf` that still need work to be on `target` at `version`,
+/// leaving out the tuple ids in `skip` (read as the table's owner).
+fn count_needed(t: &Table, leaf: &str, d: &Designation, target: &str, version: &str, skip: &[String]) -> i64 {
+    let v = value_expr(d);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL \
+            AND credcrypt._reencrypt_needed({v}, $1, $2) AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[]))"
+    );
+    maintain(t.oid, || spi::one::<i64>(&sql, &[target.into(), version.into(), skip.to_vec().into()]))
+        .unwrap_or_else(|e| spi_fail(e))
+        .unwrap_or(0)
+}
+
 /// `_reencrypt_prepare(tbl, col, target_key, dry_run)`: see the module documentation.
 #[pg_extern(volatile, name = "_reencrypt_prepare")]
+#[search_path(pg_catalog, pg_temp)]
 fn reencrypt_prepare(
     tbl: pg_sys::Oid,
     col: &str,
     target_key: Option<&str>,
     dry_run: bool,
 ) -> TableIterator<'static, (name!(run_id, i64), name!(total, i64))> {
+    // SAFETY: reads the transaction block state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "credcrypt.reencrypt_column cannot run inside a transaction block",
+            Some("it commits after every batch, so that a long migration holds no lock for long and can be resumed".into()),
+            "Run CALL credcrypt.reencrypt_column(…) on its own, not after BEGIN (in psql, not with \\set AUTOCOMMIT off).",
+        );
+    }
     let t = table(tbl);
-    let bindings: Vec<(String, String)> = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT binding_id, key_name FROM credcrypt.protected_columns WHERE relid = $1 AND column_name = $2 ORDER BY json_path",
-            None,
-            &[t.oid.into(), col.into()],
-        )?;
-        let mut v = Vec::new();
-        for r in rows {
-            v.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()));
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    })
-    .unwrap_or_else(|e| spi_fail(e));
+    let bindings = bindings_of(t.oid, Some(col));
     if bindings.is_empty() {
         fail(
             ERRCODE_UNDEFINED_OBJECT,
-            format!("column \"{col}\" of table {} is not protected", t.display),
+            format!("column \"{col}\" of table {} is not protected", t.sql_name),
             None,
             "Protect it first: SELECT credcrypt.protect_column(tbl, col, …, existing_values => 'migrate'); then CALL credcrypt.reencrypt_column(tbl, col).",
         );
     }
-    let source_key = bindings[0].1.clone();
+    let source_key = designation(&bindings[0]).key;
     let target = match target_key {
         Some(k) => KeyRef::parse(k).or_raise(),
         None => KeyRef::parse(&source_key).or_raise(),
@@ -145,10 +220,12 @@ fn reencrypt_prepare(
     let version = target_version(&target).or_raise();
     let target_text = target.to_string();
     if !dry_run && target_text != source_key {
-        // New writes go to the target key from now on.
+        // New writes go to the target key from now on: keep writers out while it changes.
+        lock_against_writers(&t);
         as_catalog_owner(|| {
-            Spi::run_with_args(
-                "UPDATE credcrypt.protected_columns SET key_name = $3 WHERE relid = $1 AND column_name = $2",
+            spi::run(
+                "UPDATE credcrypt.protected_columns SET key_name = $3 WHERE relid OPERATOR(pg_catalog.=) $1 \
+                    AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
                 &[t.oid.into(), col.into(), target_text.as_str().into()],
             )
         })
@@ -156,29 +233,21 @@ fn reencrypt_prepare(
     }
     // Count the work (all leaf tables, all designations of the column).
     let mut total = 0i64;
-    for (binding, _) in &bindings {
+    for binding in &bindings {
         let d = designation(binding);
-        for leaf in leaves(t.oid) {
-            let sql = format!(
-                "SELECT count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL AND credcrypt._reencrypt_needed({v}, $1, $2)",
-                v = value_expr(&d)
-            );
-            let n = maintenance(t.oid, || {
-                crate::postgres::spi::one::<i64>(&sql, &[target_text.as_str().into(), version.as_str().into()])
-            })
-            .unwrap_or_else(|e| spi_fail(e))
-            .unwrap_or(0);
-            total += n;
+        for (_, leaf) in leaves(t.oid) {
+            total += count_needed(&t, &leaf, &d, &target_text, &version, &[]);
         }
     }
     let run_id = as_catalog_owner(|| {
-        Spi::run_with_args(
+        spi::run(
             "UPDATE credcrypt.reencrypt_runs SET state = 'interrupted' \
-              WHERE relid = $1 AND column_name = $2 AND state = 'running' \
-                AND NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = reencrypt_runs.backend_pid)",
+              WHERE relid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                AND state OPERATOR(pg_catalog.=) 'running' \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) reencrypt_runs.backend_pid)",
             &[t.oid.into(), col.into()],
         )?;
-        Spi::get_one_with_args::<i64>(
+        spi::rows_mut(
             "INSERT INTO credcrypt.reencrypt_runs (relid, column_name, source_key, target_key, target_version, dry_run, total, run_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, session_user) RETURNING run_id",
             &[
@@ -190,45 +259,25 @@ fn reencrypt_prepare(
                 dry_run.into(),
                 total.into(),
             ],
+            |r| r.get::<i64>(1),
         )
     })
     .unwrap_or_else(|e| spi_fail(e))
-    .unwrap_or(0);
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or_else(|| fail(ERRCODE_INTERNAL_ERROR, "pg_credcrypt: the run could not be recorded", None, "Report this as a bug."));
     TableIterator::once((run_id, total))
-}
-
-/// The leaf tables of `root` (itself when it is not partitioned), as quoted SQL names.
-fn leaves(root: pg_sys::Oid) -> Vec<String> {
-    leaf_oids(root).into_iter().map(|(_, name)| name).collect()
-}
-
-fn leaf_oids(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
-    Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              WHERE c.oid = $1 AND c.relkind = 'r' \
-                 OR c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf) \
-              ORDER BY 1",
-            None,
-            &[root.into()],
-        )?;
-        let mut v = Vec::new();
-        for r in rows {
-            v.push((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default()));
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    })
-    .unwrap_or_else(|e| spi_fail(e))
 }
 
 /// The leaf tables of a protected table, for the procedure's loop.
 #[pg_extern(stable, name = "_reencrypt_leaves")]
+#[search_path(pg_catalog, pg_temp)]
 fn reencrypt_leaves(tbl: pg_sys::Oid) -> TableIterator<'static, (name!(leaf, pg_sys::Oid),)> {
-    TableIterator::new(leaf_oids(tbl).into_iter().map(|(o, _)| (o,)))
+    TableIterator::new(leaves(tbl).into_iter().map(|(o, _)| (o,)))
 }
 
-/// The state of a run, as `_reencrypt_batch` needs it.
+/// The state of a run, as a batch needs it.
 struct Run {
     root: pg_sys::Oid,
     source_key: String,
@@ -238,23 +287,31 @@ struct Run {
 }
 
 fn run(run_id: i64) -> Run {
-    Spi::connect(|c| {
-        let mut rows = c.select(
-            "SELECT relid::oid, source_key, target_key, target_version, dry_run FROM credcrypt.reencrypt_runs WHERE run_id = $1",
-            None,
-            &[run_id.into()],
-        )?;
-        let Some(r) = rows.next() else { return Ok(None) };
-        Ok::<_, pgrx::spi::SpiError>(Some(Run {
-            root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-            source_key: r.get::<String>(2)?.unwrap_or_default(),
-            target: r.get::<String>(3)?.unwrap_or_default(),
-            version: r.get::<String>(4)?.unwrap_or_default(),
-            dry_run: r.get::<bool>(5)?.unwrap_or(true),
-        }))
-    })
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, source_key, target_key, target_version, dry_run \
+           FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+        |r| {
+            Ok(Run {
+                root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                source_key: r.get::<String>(2)?.unwrap_or_default(),
+                target: r.get::<String>(3)?.unwrap_or_default(),
+                version: r.get::<String>(4)?.unwrap_or_default(),
+                dry_run: r.get::<bool>(5)?.unwrap_or(true),
+            })
+        },
+    )
     .unwrap_or_else(|e| spi_fail(e))
-    .unwrap_or_else(|| fail(ERRCODE_UNDEFINED_OBJECT, format!("no re-encryption run {run_id}"), None, "Start it with CALL credcrypt.reencrypt_column(...)."))
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| {
+        fail(
+            ERRCODE_UNDEFINED_OBJECT,
+            format!("no re-encryption run {run_id}"),
+            None,
+            "Start it with CALL credcrypt.reencrypt_column(...).",
+        )
+    })
 }
 
 /// One row picked for work: ctid, value, bind values.
@@ -271,18 +328,12 @@ struct Counts {
 }
 
 fn failed_ctids(run_id: i64, leaf: pg_sys::Oid) -> Vec<String> {
-    Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT row_ctid::text FROM credcrypt.reencrypt_failures WHERE run_id = $1 AND relid = $2",
-            None,
-            &[run_id.into(), leaf.into()],
-        )?;
-        let mut v = Vec::new();
-        for r in rows {
-            v.push(r.get::<String>(1)?.unwrap_or_default());
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    })
+    spi::rows(
+        "SELECT row_ctid::pg_catalog.text FROM credcrypt.reencrypt_failures \
+          WHERE run_id OPERATOR(pg_catalog.=) $1 AND relid OPERATOR(pg_catalog.=) $2",
+        &[run_id.into(), leaf.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
     .unwrap_or_else(|e| spi_fail(e))
 }
 
@@ -337,21 +388,34 @@ fn plaintexts(picked: &[Picked], sources: &[Source], contexts: &[String], run: &
     Ok(out)
 }
 
-/// `_reencrypt_batch(run_id, leaf, binding_id, after, batch_size)`: see the module
-/// documentation. Works on up to `batch_size` rows after the tuple id `after`, within a window
-/// of heap blocks; returns the tuple id the next batch starts after, and what this one did.
-#[pg_extern(volatile, name = "_reencrypt_batch")]
-#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
-fn reencrypt_batch(
-    run_id: i64,
-    leaf: pg_sys::Oid,
-    binding_id: &str,
-    after: &str,
-    batch_size: i32,
-) -> TableIterator<
-    'static,
-    (name!(next_after, String), name!(rows_seen, i32), name!(changed, i32), name!(failed, i32), name!(finished, bool)),
-> {
+/// What one batch did.
+struct Batch {
+    next: String,
+    seen: i32,
+    changed: i32,
+    failed: i32,
+    finished: bool,
+}
+
+/// The number of heap blocks of `leaf` and the estimated rows per block.
+fn blocks(leaf: pg_sys::Oid) -> (i64, f64) {
+    spi::two::<i64, f64>(
+        "SELECT pg_catalog.pg_relation_size($1) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8, \
+                (CASE WHEN relpages OPERATOR(pg_catalog.>) 0 AND reltuples OPERATOR(pg_catalog.>) 0 \
+                      THEN reltuples OPERATOR(pg_catalog./) relpages ELSE 100 END)::pg_catalog.float8 \
+           FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
+        &[leaf.into()],
+    )
+    .map(|(a, b)| (a.unwrap_or(0), b.unwrap_or(100.0)))
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+/// The block a tuple-id cursor `(b,o)` points into.
+fn cursor_block(after: &str) -> i64 {
+    after.trim_start_matches('(').split(',').next().and_then(|b| b.trim().parse().ok()).unwrap_or_else(|| bad_cursor())
+}
+
+fn batch_impl(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &str, batch_size: i32) -> Batch {
     let run = run(run_id);
     let root = table(run.root);
     let d = designation(binding_id);
@@ -363,7 +427,7 @@ fn reencrypt_batch(
             "Use CALL credcrypt.reencrypt_column(...).",
         );
     }
-    let Some((_, leaf_name)) = leaf_oids(root.oid).into_iter().find(|(o, _)| *o == leaf) else {
+    let Some((_, leaf_name)) = leaves(root.oid).into_iter().find(|(o, _)| *o == leaf) else {
         fail(
             ERRCODE_INVALID_PARAMETER_VALUE,
             "not a leaf table of the protected table",
@@ -371,64 +435,54 @@ fn reencrypt_batch(
             "Use CALL credcrypt.reencrypt_column(...).",
         )
     };
-    let (nblocks, per_page) = crate::postgres::spi::two::<i64, f64>(
-        "SELECT pg_relation_size($1) / current_setting('block_size')::bigint, \
-                CASE WHEN relpages > 0 AND reltuples > 0 THEN reltuples / relpages ELSE 100 END::float8 \
-           FROM pg_catalog.pg_class WHERE oid = $1",
-        &[leaf.into()],
-    )
-    .map(|(a, b)| (a.unwrap_or(0), b.unwrap_or(100.0)))
-    .unwrap_or_else(|e| spi_fail(e));
-    let start_block: i64 = after
-        .trim_start_matches('(')
-        .split(',')
-        .next()
-        .and_then(|b| b.trim().parse().ok())
-        .unwrap_or_else(|| bad_cursor());
+    let (nblocks, per_page) = blocks(leaf);
+    let start_block = cursor_block(after);
     if start_block >= nblocks {
-        return TableIterator::once((after.to_owned(), 0, 0, 0, true));
+        return Batch { next: after.to_owned(), seen: 0, changed: 0, failed: 0, finished: true };
     }
     // A window of blocks expected to hold a few batches; LIMIT keeps the batch exact.
     let step = ((4.0 * f64::from(batch_size.max(1)) / per_page.max(1.0)).ceil() as i64).clamp(1, 1 << 20);
     let end = start_block + step;
 
     let v = value_expr(&d);
-    let binds: Vec<String> = d.binds.iter().map(|b| format!(", t.{}::text", qi(b))).collect();
     let lock = if run.dry_run { "" } else { " FOR UPDATE OF t SKIP LOCKED" };
     let sql = format!(
-        "SELECT t.ctid::text, {v}{binds} FROM ONLY {leaf_name} t \
-          WHERE t.ctid > $4::tid AND t.ctid < '({end},0)'::tid AND {v} IS NOT NULL \
-            AND credcrypt._reencrypt_needed({v}, $1, $2) AND NOT (t.ctid = ANY ($3::text[]::tid[])) \
+        "SELECT t.ctid::pg_catalog.text, {v}{binds} FROM ONLY {leaf_name} t \
+          WHERE t.ctid OPERATOR(pg_catalog.>) $4::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid \
+            AND {v} IS NOT NULL AND credcrypt._reencrypt_needed({v}, $1, $2) \
+            AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[])) \
           ORDER BY t.ctid LIMIT {limit}{lock}",
-        binds = binds.concat(),
+        binds = bind_exprs(&d),
         limit = batch_size.max(1)
     );
     let failed_before = failed_ctids(run_id, leaf);
     let nb = d.binds.len();
-    // A read-write client: the query locks rows (FOR UPDATE), which read-only SPI refuses.
-    let picked: Vec<Picked> = maintenance(root.oid, || {
-        Spi::connect_mut(|c| {
-            let rows = c.update(
-                &sql,
-                None,
-                &[run.target.as_str().into(), run.version.as_str().into(), failed_before.clone().into(), after.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                let mut binds = Vec::with_capacity(nb);
-                for k in 0..nb {
-                    binds.push(r.get::<String>(3 + k)?);
-                }
-                out.push(Picked {
-                    ctid: r.get::<String>(1)?.unwrap_or_default(),
-                    value: r.get::<String>(2)?.unwrap_or_default(),
-                    binds,
-                });
-            }
-            Ok::<_, pgrx::spi::SpiError>(out)
+    let args: [DatumWithOid<'_>; 4] =
+        [run.target.as_str().into(), run.version.as_str().into(), failed_before.clone().into(), after.into()];
+    let read = |r: &pgrx::spi::SpiHeapTupleData<'_>| {
+        let mut binds = Vec::with_capacity(nb);
+        for k in 0..nb {
+            binds.push(r.get::<String>(3 + k)?);
+        }
+        Ok(Picked {
+            ctid: r.get::<String>(1)?.unwrap_or_default(),
+            value: r.get::<String>(2)?.unwrap_or_default(),
+            binds,
         })
-    })
-    .unwrap_or_else(|e| spi_fail(e));
+    };
+    // Rows are locked (FOR UPDATE), which needs a read-write statement.
+    let picked: Vec<Picked> =
+        maintain(
+            root.oid,
+            || {
+                if run.dry_run {
+                    spi::rows(&sql, &args, read)
+                } else {
+                    spi::rows_mut(&sql, &args, read)
+                }
+            },
+        )
+        .unwrap_or_else(|e| spi_fail(e));
 
     let sources: Vec<Source> = picked.iter().map(|p| legacy::classify(&p.value)).collect();
     let mut counts = Counts::default();
@@ -440,11 +494,11 @@ fn reencrypt_batch(
     let (next, finished) = if picked.len() == batch_size.max(1) as usize {
         (picked.last().map(|p| p.ctid.clone()).unwrap_or_default(), false)
     } else {
-        (format!("({},0)", end), end >= nblocks)
+        (format!("({end},0)"), end >= nblocks)
     };
     if run.dry_run || picked.is_empty() {
         record_progress(run_id, seen, 0, 0, &counts);
-        return TableIterator::once((next, seen, 0, 0, finished));
+        return Batch { next, seen, changed: 0, failed: 0, finished };
     }
 
     let contexts: Vec<String> = picked
@@ -483,40 +537,113 @@ fn reencrypt_batch(
         }
     }
     if !ctid_w.is_empty() {
-        let set_value = if d.path.is_empty() {
-            format!("{} = v.n", qi(&d.column))
-        } else {
-            format!(
-                "{c} = jsonb_set(t.{c}, {p}, to_jsonb(v.n))",
-                c = qi(&d.column),
-                p = crate::protect::admin::path_literal(&d.path)
-            )
-        };
-        let set_mask = d.mask.as_ref().map(|(m, _, _)| format!(", {} = v.m", qi(m))).unwrap_or_default();
-        let update = format!(
-            "UPDATE ONLY {leaf_name} t SET {set_value}{set_mask} \
-               FROM unnest($1::text[]::tid[], $2::text[], $3::text[]) AS v(c, n, m) WHERE t.ctid = v.c"
-        );
-        let args: [DatumWithOid<'_>; 3] = [ctid_w.clone().into(), new_w.into(), mask_w.into()];
-        maintenance(root.oid, || crate::protect::trigger::with_bypass(root.oid, || Spi::run_with_args(&update, &args)))
-            .unwrap_or_else(|e| spi_fail(e));
+        write_values(&root, &leaf_name, &d, &ctid_w, new_w, Some(mask_w));
     }
-    if !failures.is_empty() {
-        for (i, reason) in &failures {
-            let kind = sources[*i].kind();
-            as_catalog_owner(|| {
-                Spi::run_with_args(
-                    "INSERT INTO credcrypt.reencrypt_failures (run_id, relid, row_ctid, source, reason) VALUES ($1, $2, $3::tid, $4, $5)",
-                    &[run_id.into(), leaf.into(), picked[*i].ctid.as_str().into(), kind.into(), reason.as_str().into()],
-                )
-            })
-            .unwrap_or_else(|e| spi_fail(e));
-        }
+    for (i, reason) in &failures {
+        let kind = sources[*i].kind();
+        as_catalog_owner(|| {
+            spi::run(
+                "INSERT INTO credcrypt.reencrypt_failures (run_id, relid, row_ctid, source, reason) VALUES ($1, $2, $3::pg_catalog.tid, $4, $5)",
+                &[run_id.into(), leaf.into(), picked[*i].ctid.as_str().into(), kind.into(), reason.as_str().into()],
+            )
+        })
+        .unwrap_or_else(|e| spi_fail(e));
     }
     let changed = ctid_w.len() as i32;
     let failed = failures.len() as i32;
     record_progress(run_id, seen, changed, failed, &counts);
-    TableIterator::once((next, seen, changed, failed, finished))
+    Batch { next, seen, changed, failed, finished }
+}
+
+/// Writes `values` (and masks) into the rows `ctids` of `leaf`, as the table's owner, with the
+/// protection trigger bypassed for this table: the values are final (verified ciphertexts, or
+/// the plaintext of `unprotect_column … decrypt_existing`).
+fn write_values(
+    root: &Table,
+    leaf_name: &str,
+    d: &Designation,
+    ctids: &[String],
+    values: Vec<String>,
+    masks: Option<Vec<Option<String>>>,
+) {
+    let set_value = if d.path.is_empty() {
+        format!("{} = v.n", qi(&d.column))
+    } else {
+        format!("{} = {}", qi(&d.column), crate::protect::admin::json_set_expr("t", &d.column, &d.path, "v.n"))
+    };
+    let (set_mask, masks) = match (&d.mask, masks) {
+        (Some((m, _, _)), Some(masks)) => (format!(", {} = v.m", qi(m)), masks),
+        (_, masks) => (String::new(), masks.unwrap_or_else(|| vec![None; ctids.len()])),
+    };
+    let update = format!(
+        "UPDATE ONLY {leaf_name} t SET {set_value}{set_mask} \
+           FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]::pg_catalog.tid[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                           pg_catalog.unnest($3::pg_catalog.text[])) AS v(c, n, m) \
+          WHERE t.ctid OPERATOR(pg_catalog.=) v.c"
+    );
+    let args: [DatumWithOid<'_>; 3] = [ctids.to_vec().into(), values.into(), masks.into()];
+    maintain(root.oid, || with_bypass(root.oid, || spi::run(&update, &args))).unwrap_or_else(|e| spi_fail(e));
+}
+
+/// `_reencrypt_batch(run_id, leaf, binding_id, after, batch_size)` (the procedure of 0.1.0):
+/// one batch, errors raised as they happen.
+#[pg_extern(volatile, name = "_reencrypt_batch")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+fn reencrypt_batch(
+    run_id: i64,
+    leaf: pg_sys::Oid,
+    binding_id: &str,
+    after: &str,
+    batch_size: i32,
+) -> TableIterator<
+    'static,
+    (name!(next_after, String), name!(rows_seen, i32), name!(changed, i32), name!(failed, i32), name!(finished, bool)),
+> {
+    let b = batch_impl(run_id, leaf, binding_id, after, batch_size);
+    TableIterator::once((b.next, b.seen, b.changed, b.failed, b.finished))
+}
+
+/// `_reencrypt_step(run_id, leaf, binding_id, after, batch_size)`: one batch in a
+/// subtransaction. When it fails, its work is rolled back, the run is marked `failed` with the
+/// error, and the error comes back as columns: the procedure commits the state and raises it.
+#[pg_extern(volatile, name = "_reencrypt_step")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+fn reencrypt_step(
+    run_id: i64,
+    leaf: pg_sys::Oid,
+    binding_id: &str,
+    after: &str,
+    batch_size: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(next_after, String),
+        name!(rows_seen, i32),
+        name!(changed, i32),
+        name!(failed, i32),
+        name!(finished, bool),
+        name!(error_code, Option<String>),
+        name!(error_message, Option<String>),
+        name!(error_detail, Option<String>),
+        name!(error_hint, Option<String>),
+    ),
+> {
+    match crate::postgres::subxact::in_subtransaction(|| batch_impl(run_id, leaf, binding_id, after, batch_size)) {
+        Ok(b) => TableIterator::once((b.next, b.seen, b.changed, b.failed, b.finished, None, None, None, None)),
+        Err(e) => {
+            as_catalog_owner(|| {
+                spi::run(
+                    "UPDATE credcrypt.reencrypt_runs SET state = 'failed', error = $2, updated_at = pg_catalog.clock_timestamp() \
+                      WHERE run_id OPERATOR(pg_catalog.=) $1",
+                    &[run_id.into(), format!("{}: {}", e.sqlstate, e.message).as_str().into()],
+                )
+            })
+            .unwrap_or_else(|e| spi_fail(e));
+            TableIterator::once((after.to_owned(), 0, 0, 0, true, Some(e.sqlstate), Some(e.message), e.detail, e.hint))
+        }
+    }
 }
 
 fn bad_cursor() -> ! {
@@ -532,15 +659,29 @@ fn describe(e: &Error) -> String {
 }
 
 fn record_progress(run_id: i64, seen: i32, changed: i32, failed: i32, counts: &Counts) {
-    let by_source = serde_json::to_string(&counts.by_source).unwrap_or_else(|_| "{}".into());
     as_catalog_owner(|| {
-        Spi::run_with_args(
-            "UPDATE credcrypt.reencrypt_runs r SET done = done + $2, changed = changed + $3, failed = failed + $4, \
-                    by_source = (SELECT coalesce(jsonb_object_agg(k, coalesce((r.by_source->>k)::bigint, 0) + coalesce((n.j->>k)::bigint, 0)), '{}') \
-                                   FROM (SELECT $5::jsonb AS j) n, LATERAL (SELECT jsonb_object_keys(r.by_source) UNION SELECT jsonb_object_keys(n.j)) AS keys(k)), \
-                    updated_at = clock_timestamp() \
-              WHERE run_id = $1",
-            &[run_id.into(), i64::from(seen).into(), i64::from(changed).into(), i64::from(failed).into(), by_source.as_str().into()],
+        let current = spi::one::<String>(
+            "SELECT by_source::pg_catalog.text FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[run_id.into()],
+        )?
+        .unwrap_or_default();
+        let mut merged: BTreeMap<String, i64> = serde_json::from_str(&current).unwrap_or_default();
+        for (k, n) in &counts.by_source {
+            *merged.entry((*k).to_owned()).or_default() += n;
+        }
+        let by_source = serde_json::to_string(&merged).unwrap_or_else(|_| "{}".into());
+        spi::run(
+            "UPDATE credcrypt.reencrypt_runs SET done = done OPERATOR(pg_catalog.+) $2, \
+                    changed = changed OPERATOR(pg_catalog.+) $3, failed = failed OPERATOR(pg_catalog.+) $4, \
+                    by_source = $5::pg_catalog.jsonb, updated_at = pg_catalog.clock_timestamp() \
+              WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[
+                run_id.into(),
+                i64::from(seen).into(),
+                i64::from(changed).into(),
+                i64::from(failed).into(),
+                by_source.as_str().into(),
+            ],
         )
     })
     .unwrap_or_else(|e| spi_fail(e));
@@ -548,49 +689,262 @@ fn record_progress(run_id: i64, seen: i32, changed: i32, failed: i32, counts: &C
 
 /// Values of the designation in `leaf` that still need work (failures of this run excluded).
 #[pg_extern(volatile, name = "_reencrypt_remaining")]
+#[search_path(pg_catalog, pg_temp)]
 fn reencrypt_remaining(run_id: i64, leaf: pg_sys::Oid, binding_id: &str) -> i64 {
     let run = run(run_id);
     let root = table(run.root);
     let d = designation(binding_id);
-    let Some((_, leaf_name)) = leaf_oids(root.oid).into_iter().find(|(o, _)| *o == leaf) else { return 0 };
-    let v = value_expr(&d);
-    let sql = format!(
-        "SELECT count(*) FROM ONLY {leaf_name} t WHERE {v} IS NOT NULL AND credcrypt._reencrypt_needed({v}, $1, $2) \
-            AND NOT (t.ctid = ANY ($3::text[]::tid[]))"
-    );
-    let failed = failed_ctids(run_id, leaf);
-    maintenance(root.oid, || {
-        crate::postgres::spi::one::<i64>(
-            &sql,
-            &[run.target.as_str().into(), run.version.as_str().into(), failed.into()],
-        )
-    })
-    .unwrap_or_else(|e| spi_fail(e))
-    .unwrap_or(0)
+    let Some((_, leaf_name)) = leaves(root.oid).into_iter().find(|(o, _)| *o == leaf) else { return 0 };
+    count_needed(&root, &leaf_name, &d, &run.target, &run.version, &failed_ctids(run_id, leaf))
 }
 
-/// Closes a run and returns its summary line.
-#[pg_extern(volatile, name = "_reencrypt_finish")]
-fn reencrypt_finish(run_id: i64) -> String {
+/// How a run ended: the final verification count.
+struct Closed {
+    summary: String,
+    complete: bool,
+    unreadable: i64,
+    remaining: i64,
+}
+
+fn close(run_id: i64) -> Closed {
+    let run = run(run_id);
+    let root = table(run.root);
+    let (column, changed, done, total) = spi::rows(
+        "SELECT column_name::pg_catalog.text, changed, done, total FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0), r.get::<i64>(4)?.unwrap_or(0))),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    // The verification: every value of the column, now, that is not on the target.
+    let mut remaining = 0i64;
+    for binding in bindings_of(root.oid, Some(&column)) {
+        let d = designation(&binding);
+        for (_, leaf) in leaves(root.oid) {
+            remaining += count_needed(&root, &leaf, &d, &run.target, &run.version, &[]);
+        }
+    }
+    let unreadable = spi::one::<i64>(
+        "SELECT pg_catalog.count(*) FROM credcrypt.reencrypt_failures WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .unwrap_or(0);
+    let complete = remaining == 0;
+    let place = format!("{}.{}", root.sql_name, qi(&column));
+    let target = if run.target == "local" || run.target.starts_with("envelope:") {
+        run.target.clone()
+    } else {
+        format!("{} v{}", run.target, run.version)
+    };
+    let summary = if run.dry_run {
+        format!("pg_credcrypt: dry run of {place}: {done} of {total} value(s) would change to {target}; nothing was written")
+    } else if complete {
+        format!("pg_credcrypt: {place}: complete — every value is on {target} ({changed} re-encrypted by this run, run {run_id})")
+    } else {
+        let others = (remaining - unreadable).max(0);
+        format!(
+            "pg_credcrypt: {place}: NOT complete — {remaining} value(s) are not on {target}: {unreadable} could not be read \
+             (see credcrypt.reencrypt_failures, run {run_id}), {others} were written during the run with another key or \
+             not reached yet (CALL credcrypt.reencrypt_column again); {changed} re-encrypted by this run"
+        )
+    };
     as_catalog_owner(|| {
-        Spi::get_one_with_args::<String>(
-            "UPDATE credcrypt.reencrypt_runs SET state = 'finished', updated_at = clock_timestamp() WHERE run_id = $1 \
-             RETURNING format('pg_credcrypt: %s %s.%s: %s of %s values %s, %s unreadable (see credcrypt.reencrypt_failures, run %s); by source: %s', \
-                              CASE WHEN dry_run THEN 'dry run of' ELSE 'migrated' END, relid::regclass, quote_ident(column_name), \
-                              CASE WHEN dry_run THEN done ELSE changed END, total, \
-                              CASE WHEN dry_run THEN 'would change' ELSE 'now on ' || target_key END, failed, run_id, by_source::text)",
-            &[run_id.into()],
+        spi::run(
+            "UPDATE credcrypt.reencrypt_runs SET state = 'finished', remaining = $2, complete = $3, \
+                    updated_at = pg_catalog.clock_timestamp() WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[run_id.into(), remaining.into(), (complete && !run.dry_run).into()],
         )
     })
+    .unwrap_or_else(|e| spi_fail(e));
+    Closed { summary, complete: complete || run.dry_run, unreadable, remaining }
+}
+
+/// Closes a run and returns its summary line (the procedure of 0.1.0).
+#[pg_extern(volatile, name = "_reencrypt_finish")]
+#[search_path(pg_catalog, pg_temp)]
+fn reencrypt_finish(run_id: i64) -> String {
+    close(run_id).summary
+}
+
+/// Closes a run: the final verification count, the summary, and whether every value is now on
+/// the target (always true for a dry run).
+#[pg_extern(volatile, name = "_reencrypt_close")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+fn reencrypt_close(
+    run_id: i64,
+) -> TableIterator<
+    'static,
+    (name!(summary, String), name!(complete, bool), name!(unreadable, i64), name!(remaining, i64)),
+> {
+    let c = close(run_id);
+    TableIterator::once((c.summary, c.complete, c.unreadable, c.remaining))
+}
+
+/// Decrypts every pg_credcrypt value of a designation in place (`unprotect_column …
+/// decrypt_existing => true`), in windows of heap blocks; plaintext values are left as they
+/// are. A value that cannot be decrypted raises an error (and nothing is changed).
+pub(crate) fn decrypt_in_place(t: &Table, binding_id: &str) -> i64 {
+    let d = designation(binding_id);
+    let mut done = 0i64;
+    let v = value_expr(&d);
+    for (leaf, leaf_name) in leaves(t.oid) {
+        let (nblocks, per_page) = blocks(leaf);
+        let step = ((2000.0 / per_page.max(1.0)).ceil() as i64).clamp(1, 1 << 20);
+        let mut start = 0i64;
+        while start < nblocks {
+            let end = start + step;
+            let sql = format!(
+                "SELECT t.ctid::pg_catalog.text, {v}{binds} FROM ONLY {leaf_name} t \
+                  WHERE t.ctid OPERATOR(pg_catalog.>=) '({start},0)'::pg_catalog.tid \
+                    AND t.ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid \
+                    AND pg_catalog.starts_with({v}, 'cc1:')",
+                binds = bind_exprs(&d)
+            );
+            let nb = d.binds.len();
+            let picked: Vec<Picked> = maintain(t.oid, || {
+                spi::rows(&sql, &[], |r| {
+                    let mut binds = Vec::with_capacity(nb);
+                    for k in 0..nb {
+                        binds.push(r.get::<String>(3 + k)?);
+                    }
+                    Ok(Picked {
+                        ctid: r.get::<String>(1)?.unwrap_or_default(),
+                        value: r.get::<String>(2)?.unwrap_or_default(),
+                        binds,
+                    })
+                })
+            })
+            .unwrap_or_else(|e| spi_fail(e));
+            start = end;
+            if picked.is_empty() {
+                continue;
+            }
+            let contexts: Vec<String> = picked
+                .iter()
+                .map(|p| {
+                    let refs: Vec<Option<&str>> = p.binds.iter().map(|b| b.as_deref()).collect();
+                    column_context(binding_id, &refs).or_raise()
+                })
+                .collect();
+            let values: Vec<&str> = picked.iter().map(|p| p.value.as_str()).collect();
+            let ctxs: Vec<Option<&str>> = contexts.iter().map(|c| Some(c.as_str())).collect();
+            let mut plain = Vec::with_capacity(picked.len());
+            for r in decrypt_each(&values, &ctxs, None).or_raise() {
+                let p = r.map_err(|e| {
+                    let detail = format!(
+                        "column \"{}\" of table {}: {}",
+                        d.column,
+                        t.sql_name,
+                        e.detail.clone().unwrap_or_default()
+                    );
+                    Error { detail: Some(detail), ..e }
+                });
+                let p = p.or_raise();
+                match String::from_utf8(p.to_vec()) {
+                    Ok(s) => plain.push(s),
+                    Err(_) => raise(Error::new(ErrorKind::NotUtf8, "a decrypted value is not valid text")),
+                }
+            }
+            let ctids: Vec<String> = picked.iter().map(|p| p.ctid.clone()).collect();
+            done += ctids.len() as i64;
+            write_values(t, &leaf_name, &d, &ctids, plain, None);
+        }
+    }
+    done
+}
+
+/// A key name and version as `key_usage` shows them: (source, key reference, version).
+type UsageKey = (String, Option<String>, Option<String>);
+
+/// The usage of one designation: values per (source, key, version), read as the table's owner
+/// through the maintenance path (every row, whatever the caller may see), grouped in SQL.
+fn usage_of(relid: pg_sys::Oid, binding: &str, data_key_versions: &HashMap<String, String>) -> BTreeMap<UsageKey, i64> {
+    let d = designation(binding);
+    let v = value_expr(&d);
+    let mut agg: BTreeMap<UsageKey, i64> = BTreeMap::new();
+    let local_known = |kid: &str| match credcrypt_core::KeyId::from_hex(kid) {
+        Some(id) => crate::keys::with_keyring(|r| Ok(r.find(id).is_some())).unwrap_or(false),
+        None => false,
+    };
+    for (_, leaf) in leaves(relid) {
+        let sql = format!(
+            "SELECT credcrypt._value_source({v}), pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL GROUP BY 1"
+        );
+        let groups = maintain(relid, || {
+            spi::rows(&sql, &[], |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+        })
+        .unwrap_or_else(|e| spi_fail(e));
+        for (source, n) in groups {
+            let parts: Vec<&str> = source.splitn(3, ':').collect();
+            let key: UsageKey = match parts.as_slice() {
+                ["local", kid] if local_known(kid) => ("local".into(), Some("local".into()), Some((*kid).into())),
+                ["local", kid] => ("unreadable".into(), Some("local".into()), Some((*kid).into())),
+                ["transit", k, ver] => ("transit".into(), Some(format!("transit:{k}")), Some((*ver).into())),
+                ["envelope", k, dek] => match data_key_versions.get(*dek) {
+                    Some(ver) => ("envelope".into(), Some(format!("envelope:{k}")), Some(ver.clone())),
+                    None => ("unreadable".into(), Some(format!("envelope:{k}")), None),
+                },
+                ["vault", ver] => ("vault".into(), None, Some((*ver).into())),
+                ["legacy"] => ("legacy".into(), None, None),
+                ["plaintext"] => ("plaintext".into(), None, None),
+                _ => ("unreadable".into(), None, None),
+            };
+            *agg.entry(key).or_default() += n;
+        }
+    }
+    agg
+}
+
+/// The Transit version each envelope data key is wrapped with.
+fn data_key_versions() -> HashMap<String, String> {
+    as_catalog_owner(|| {
+        spi::rows("SELECT id, pg_catalog.substring(wrapped, '^vault:v([0-9]+):') FROM credcrypt.data_keys", &[], |r| {
+            Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()))
+        })
+    })
     .unwrap_or_else(|e| spi_fail(e))
-    .unwrap_or_default()
+    .into_iter()
+    .collect()
+}
+
+/// The designations to report on: (table OID, binding id), of `tbl` or all.
+fn designations_to_report(tbl: Option<pg_sys::Oid>) -> Vec<(pg_sys::Oid, String, String, Vec<String>)> {
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, binding_id, column_name::pg_catalog.text, json_path FROM credcrypt.protected_columns \
+          WHERE $1::pg_catalog.oid IS NULL OR relid OPERATOR(pg_catalog.=) $1 \
+          ORDER BY relid::pg_catalog.regclass::pg_catalog.text, column_name, json_path",
+        &[tbl.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+fn table_display(relid: pg_sys::Oid) -> String {
+    spi::one::<String>("SELECT $1::pg_catalog.regclass::pg_catalog.text", &[relid.into()])
+        .unwrap_or_else(|e| spi_fail(e))
+        .unwrap_or_default()
 }
 
 /// For each protected column (of `tbl`, or all): how many values are on which provider, key and
 /// version, how many are plaintext and how many cannot be read here. `current` tells whether
 /// that key version is what new values get (a Transit version below the latest can be retired
-/// with `min_decryption_version` once its count is zero).
+/// with `min_decryption_version` once its count is zero). Every row of every protected table is
+/// counted, whoever calls (an administrator need not own the tables, and row-level security
+/// does not hide rows from it); a table that cannot be read, or a Transit key whose latest
+/// version cannot be asked, is an error, never a partial answer.
 #[pg_extern(volatile, name = "_key_usage")]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
 fn key_usage(
     tbl: Option<pg_sys::Oid>,
@@ -607,101 +961,83 @@ fn key_usage(
         name!(values, i64),
     ),
 > {
-    let designations: Vec<(pg_sys::Oid, String)> = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT relid::oid, binding_id FROM credcrypt.protected_columns WHERE $1::oid IS NULL OR relid = $1 \
-              ORDER BY relid::regclass::text, column_name, json_path",
-            None,
-            &[tbl.into()],
-        )?;
-        let mut v = Vec::new();
-        for r in rows {
-            v.push((r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid), r.get::<String>(2)?.unwrap_or_default()));
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    })
-    .unwrap_or_else(|e| spi_fail(e));
-    let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
-    // Envelope data keys: the Transit version each is wrapped with.
-    let dek_versions: std::collections::HashMap<String, String> = as_catalog_owner(|| {
-        Spi::connect(|c| {
-            let rows =
-                c.select("SELECT id, substring(wrapped FROM '^vault:v([0-9]+):') FROM credcrypt.data_keys", None, &[])?;
-            let mut m = std::collections::HashMap::new();
-            for r in rows {
-                m.insert(r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default());
-            }
-            Ok::<_, pgrx::spi::SpiError>(m)
-        })
-    })
-    .unwrap_or_else(|e| spi_fail(e));
+    let dek = data_key_versions();
     let local_current = crate::keys::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
-    let local_known =
-        |kid: &credcrypt_core::KeyId| crate::keys::with_keyring(|r| Ok(r.find(*kid).is_some())).unwrap_or(false);
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::new();
-    for (relid, binding) in designations {
-        let d = designation(&binding);
-        // Tables the caller may read; all rows (the maintenance path) only of tables it owns.
-        let (table_name, readable, owner) = crate::postgres::spi::three::<String, bool, bool>(
-            "SELECT c.oid::regclass::text, has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') \
-               FROM pg_catalog.pg_class c WHERE c.oid = $1",
-            &[relid.into()],
-        )
-        .map(|(a, b, c)| (a.unwrap_or_default(), b.unwrap_or(false), c.unwrap_or(false)))
-        .unwrap_or_default();
-        if !readable {
-            continue;
-        }
-        let scope = if owner { relid } else { pg_sys::InvalidOid };
-        let mut agg: BTreeMap<(String, Option<String>, Option<String>), i64> = BTreeMap::new();
-        for leaf in leaves(relid) {
-            let sql = format!("SELECT {} FROM ONLY {leaf} t WHERE {} IS NOT NULL", value_expr(&d), value_expr(&d));
-            let values: Vec<String> = maintenance(scope, || {
-                Spi::connect(|c| {
-                    let rows = c.select(&sql, None, &[])?;
-                    let mut v = Vec::new();
-                    for r in rows {
-                        v.push(r.get::<String>(1)?.unwrap_or_default());
-                    }
-                    Ok::<_, pgrx::spi::SpiError>(v)
-                })
-            })
-            .unwrap_or_else(|e| spi_fail(e));
-            for value in values {
-                let key = match legacy::classify(&value) {
-                    Source::Local(kid) if local_known(&kid) => {
-                        ("local".into(), Some("local".into()), Some(kid.to_hex()))
-                    }
-                    Source::Local(kid) => ("unreadable".into(), Some("local".into()), Some(kid.to_hex())),
-                    Source::Transit { key, version } => {
-                        ("transit".into(), Some(format!("transit:{key}")), Some(version.to_string()))
-                    }
-                    Source::Envelope { key, data_key } => match dek_versions.get(&data_key.to_hex()) {
-                        Some(v) => ("envelope".into(), Some(format!("envelope:{key}")), Some(v.clone())),
-                        None => ("unreadable".into(), Some(format!("envelope:{key}")), None),
-                    },
-                    Source::BareVault(v) => ("vault".into(), None, Some(v.to_string())),
-                    Source::LegacyNode => ("legacy".into(), None, None),
-                    Source::Malformed => ("unreadable".into(), None, None),
-                    Source::Plaintext => ("plaintext".into(), None, None),
-                };
-                *agg.entry(key).or_default() += 1;
-            }
-        }
-        for ((source, key, version), n) in agg {
+    for (relid, binding, column, path) in designations_to_report(tbl) {
+        let table_name = table_display(relid);
+        for ((source, key, version), n) in usage_of(relid, &binding, &dek) {
             let current = match (source.as_str(), &key, &version) {
-                ("local", _, Some(v)) => local_current.as_ref().map(|c| c == v),
+                ("local", _, Some(v)) => Some(local_current.as_ref() == Some(v)),
                 ("transit" | "envelope", Some(k), Some(v)) => {
-                    let transit = k.replacen("envelope:", "transit:", 1);
-                    let l = latest
-                        .entry(transit.clone())
-                        .or_insert_with(|| KeyRef::parse(&transit).ok().and_then(|kr| target_version(&kr).ok()));
-                    l.as_ref().map(|l| l == v)
+                    let name = k.split_once(':').map(|x| x.1).unwrap_or_default().to_owned();
+                    if !latest.contains_key(&name) {
+                        let l = latest_transit_version(&name).or_raise();
+                        latest.insert(name.clone(), l.to_string());
+                    }
+                    Some(latest.get(&name) == Some(v))
                 }
                 _ => None,
             };
-            out.push((table_name.clone(), d.column.clone(), d.path.clone(), source, key, version, current, n));
+            out.push((table_name.clone(), column.clone(), path.clone(), source, key, version, current, n));
         }
     }
     TableIterator::new(out)
+}
+
+/// Whether version `version` of Transit key `key_name` (`transit:<k>`, `envelope:<k>` or a
+/// bare name) and every version below it can be retired — whether `min_decryption_version`
+/// may be raised above it — without making a protected value unreadable: no value of any
+/// protected column is on such a version (directly, or through an envelope data key wrapped
+/// with it), and no envelope data key is wrapped with it. Reads every row of every protected
+/// table (as `key_usage` does); an error, never a guess, when something cannot be read.
+#[pg_extern(volatile, name = "safe_to_retire")]
+#[search_path(pg_catalog, pg_temp)]
+fn safe_to_retire(key_name: &str, version: i32) -> bool {
+    let name = key_name.strip_prefix("transit:").or_else(|| key_name.strip_prefix("envelope:")).unwrap_or(key_name);
+    if !credcrypt_core::format::valid_key_name(name) || version < 1 {
+        raise(Error::new(
+            ErrorKind::InvalidArgument,
+            "safe_to_retire needs a Transit key name and a version of 1 or more",
+        ));
+    }
+    let below = |v: &str| v.parse::<i64>().map(|n| n <= i64::from(version)).unwrap_or(true);
+    let dek = data_key_versions();
+    // Data keys wrapped with the version: retiring it would make them (and their values) unreadable.
+    let blocked_keys = spi::one::<i64>(
+        "SELECT pg_catalog.count(*) FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 \
+            AND pg_catalog.substring(wrapped, '^vault:v([0-9]+):')::pg_catalog.int8 OPERATOR(pg_catalog.<=) $2::pg_catalog.int8",
+        &[name.into(), version.into()],
+    );
+    let blocked_keys = as_catalog_owner(|| blocked_keys).unwrap_or_else(|e| spi_fail(e)).unwrap_or(0);
+    let mut safe = blocked_keys == 0;
+    if !safe {
+        pgrx::notice!("pg_credcrypt: {blocked_keys} envelope data key(s) of {name} are wrapped with version {version} or older: SELECT credcrypt.rotate_key('envelope:{name}') rewraps them");
+    }
+    for (relid, binding, column, _) in designations_to_report(None) {
+        let d = designation(&binding);
+        let usage = usage_of(relid, &binding, &dek);
+        let on_it: i64 = usage
+            .iter()
+            .filter(|((source, key, v), _)| match (source.as_str(), key.as_deref(), v.as_deref()) {
+                ("transit", Some(k), Some(v)) => k == format!("transit:{name}") && below(v),
+                ("envelope", Some(k), Some(v)) => k == format!("envelope:{name}") && below(v),
+                // Bare vault: values carry no key name: those of a column on this key count.
+                ("vault", _, Some(v)) => d.key == format!("transit:{name}") && below(v),
+                _ => false,
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        if on_it > 0 {
+            safe = false;
+            pgrx::notice!(
+                "pg_credcrypt: {} value(s) of {}.{} are on {name} version {version} or older",
+                on_it,
+                table_display(relid),
+                qi(&column)
+            );
+        }
+    }
+    safe
 }

@@ -20,6 +20,9 @@ path "transit/encrypt/signing" { capabilities = ["update"] }
 path "transit/keys/signing"   { capabilities = ["read"] }
 path "transit/encrypt/missing" { capabilities = ["update"] }
 path "transit/keys/missing"   { capabilities = ["read"] }
+path "transit/encrypt/later"  { capabilities = ["update"] }
+path "transit/decrypt/later"  { capabilities = ["update"] }
+path "transit/keys/later"     { capabilities = ["read"] }
 "#;
 
 /// A running dev server (killed on drop).

@@ -223,3 +223,100 @@ pub fn test_key(seed: u8) -> String {
     }
     s
 }
+
+/// A long-lived `psql` session (one backend), driven statement by statement: for tests where
+/// sessions interleave (a pooled connection that stays open while an administrator changes
+/// something), or that need session state (prepared statements, open transactions).
+pub struct Session {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    n: u64,
+}
+
+impl Session {
+    /// Opens a session as `user` in database `postgres`.
+    pub fn open(c: &Cluster, user: &str) -> Session {
+        Self::open_in(c, "postgres", user)
+    }
+
+    /// Opens a session as `user` in database `db`.
+    pub fn open_in(c: &Cluster, db: &str, user: &str) -> Session {
+        use std::io::BufRead as _;
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=0", "-v", "VERBOSITY=verbose"])
+            .args(["-h", &c.host, "-p", &c.port, "-U", user, "-d", db, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql runs");
+        let stdin = child.stdin.take().expect("psql stdin");
+        let pipe = |r: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let out = pipe(Box::new(child.stdout.take().expect("psql stdout")));
+        let err = pipe(Box::new(child.stderr.take().expect("psql stderr")));
+        let mut s = Session { child, stdin, out, err, n: 0 };
+        s.run("\\set VERBOSITY verbose").expect_ok();
+        s
+    }
+
+    /// Runs `sql` (statements or meta-commands) and waits for it to finish; the outcome is
+    /// failed if any statement of it failed.
+    pub fn run(&mut self, sql: &str) -> Outcome {
+        self.send(sql);
+        self.wait()
+    }
+
+    /// Writes `sql` without waiting (the statement may block, e.g. on a lock); finish with
+    /// [`Session::wait`].
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        self.n += 1;
+        let marker = format!("__CC_SESSION_{}__", self.n);
+        writeln!(self.stdin, "{sql}\n;\n\\echo {marker}\n\\warn {marker}").expect("write to psql");
+        self.stdin.flush().expect("flush psql stdin");
+    }
+
+    /// Waits for what the last [`Session::send`] wrote to finish.
+    pub fn wait(&mut self) -> Outcome {
+        let marker = format!("__CC_SESSION_{}__", self.n);
+        let collect = |rx: &std::sync::mpsc::Receiver<String>| {
+            let mut lines = Vec::new();
+            loop {
+                match rx.recv_timeout(Duration::from_secs(120)) {
+                    Ok(l) if l == marker => break,
+                    Ok(l) => lines.push(l),
+                    Err(e) => panic!("psql session gave no answer within 120 s ({e:?}); so far: {lines:?}"),
+                }
+            }
+            lines.join("\n")
+        };
+        let out = collect(&self.out);
+        let err = collect(&self.err);
+        Outcome { ok: !err.contains("ERROR:") && !err.contains("FATAL:"), out: out.trim().to_owned(), err }
+    }
+
+    /// The backend's process id.
+    pub fn pid(&mut self) -> i32 {
+        self.run("SELECT pg_backend_pid()").expect_ok().trim().parse().expect("a pid")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

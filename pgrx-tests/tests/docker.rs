@@ -145,8 +145,11 @@ fn compose_pieces_work_with_the_real_binaries() {
         .unwrap_or_default(),
         "sk-DOCKERMARKER-0001 sk-DOCKERJSON-2"
     );
+    // Reporting reads the masks of every owner (the masked view's owner has a policy of its
+    // own), and nothing more.
     let masked = sql("SET ROLE reporting; SELECT api_key_mask FROM app.integration_credentials_masked");
-    assert!(masked.is_empty(), "reporting sees rows without an owner setting: {masked}");
+    assert_eq!(masked, "sk-…0001");
+    assert!(!c.psql_in("dk_app", "postgres", "SET ROLE reporting; SELECT api_key FROM app.integration_credentials").ok);
     // 5. The compose file check.
     // The venv's Python (scripts/setup.sh); CC_PYTHON elsewhere (the version matrix's chroots).
     let py = std::env::var("CC_PYTHON")

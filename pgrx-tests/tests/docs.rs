@@ -113,3 +113,74 @@ fn every_sql_example_in_the_docs_runs() {
         println!("{ran} SQL examples ran");
     }
 }
+
+/// Every SQLSTATE the code can raise — `ERRCODE_…` in the Rust sources, `ERRCODE = '…'` in the
+/// SQL files — is in docs/errors.md.
+#[test]
+fn every_raised_sqlstate_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pg_major = std::env::var("PG_MAJOR").unwrap_or_else(|_| "15".into());
+    let header = std::fs::read_to_string(format!("/usr/include/postgresql/{pg_major}/server/utils/errcodes.h"))
+        .or_else(|_| std::fs::read_to_string("/usr/include/postgresql/15/server/utils/errcodes.h"))
+        .expect("PostgreSQL's errcodes.h (postgresql-server-dev)");
+    // "#define ERRCODE_IO_ERROR MAKE_SQLSTATE('5','8','0','3','0')" -> ("IO_ERROR", "58030")
+    let mut codes = std::collections::HashMap::new();
+    for line in header.lines() {
+        let Some(rest) = line.strip_prefix("#define ERRCODE_") else { continue };
+        let Some((name, def)) = rest.split_once(char::is_whitespace) else { continue };
+        let state: String = def.chars().filter(|c| c.is_ascii_alphanumeric()).skip("MAKESQLSTATE".len()).collect();
+        if state.len() == 5 {
+            codes.insert(name.to_owned(), state);
+        }
+    }
+    let mut raised = std::collections::BTreeMap::new();
+    let mut scan = |dir: &Path, ext: &str| {
+        for entry in walk(dir) {
+            if entry.extension().and_then(|e| e.to_str()) != Some(ext) {
+                continue;
+            }
+            let file = entry.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if file == "tests.rs" || file.contains("--0.1.0.sql") && !file.contains("--0.1.0--") {
+                continue; // unit tests; the frozen 0.1.0 install script (historical)
+            }
+            let text = std::fs::read_to_string(&entry).expect("source");
+            for (i, _) in text.match_indices("ERRCODE_") {
+                let name: String = text[i + 8..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if let Some(code) = codes.get(&name) {
+                    raised.entry(code.clone()).or_insert_with(|| format!("{file}: ERRCODE_{name}"));
+                }
+            }
+            for (i, _) in text.match_indices("ERRCODE = '") {
+                let name: String = text[i + 11..].chars().take_while(|c| *c != '\'').collect();
+                let code = codes.get(&name.to_ascii_uppercase()).cloned().unwrap_or(name.clone());
+                raised.entry(code).or_insert_with(|| format!("{file}: {name}"));
+            }
+        }
+    };
+    scan(&root.join("src"), "rs");
+    scan(&root.join("sql"), "sql");
+    assert!(raised.len() > 10, "the scan found too few codes: {raised:?}");
+    let doc = std::fs::read_to_string(root.join("docs/errors.md")).expect("docs/errors.md");
+    let missing: Vec<String> = raised
+        .iter()
+        .filter(|(code, _)| !doc.contains(&format!("`{code}`")))
+        .map(|(c, w)| format!("{c} ({w})"))
+        .collect();
+    assert!(missing.is_empty(), "SQLSTATEs raised but not in docs/errors.md: {missing:#?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -159,7 +159,8 @@ fn enable_is_idempotent_and_disable_restores_exactly() {
          SELECT credcrypt.enable_owner_rls('rl_flags', 'owner_id', 'myapp.tenant');",
     )
     .expect_ok();
-    assert_eq!(c.sql("SELECT count(*) FROM pg_policy WHERE polrelid = 'rl_flags'::regclass"), "4");
+    // Four owner policies, and the masked views' read policy.
+    assert_eq!(c.sql("SELECT count(*) FROM pg_policy WHERE polrelid = 'rl_flags'::regclass"), "5");
     c.sql("GRANT ALL ON rl_flags TO rl_app; INSERT INTO rl_flags VALUES (1, 7), (2, 8)");
     // An integer owner column: the setting is cast; garbage never matches silently.
     assert_eq!(
@@ -225,8 +226,9 @@ fn security_report_finds_each_planted_problem_and_nothing_on_a_clean_setup() {
             "ALTER TABLE creds ENABLE ROW LEVEL SECURITY",
         ),
         (
-            "ALTER TABLE creds DISABLE TRIGGER zz_credcrypt_protect",
-            "critical|public.creds",
+            // (Refused by the DDL check even for a superuser, unless the check is switched off.)
+            "ALTER EVENT TRIGGER credcrypt_on_ddl_end DISABLE; ALTER TABLE creds DISABLE TRIGGER zz_credcrypt_protect; ALTER EVENT TRIGGER credcrypt_on_ddl_end ENABLE",
+            "critical|table public.creds",
             "ALTER TABLE creds ENABLE TRIGGER zz_credcrypt_protect",
         ),
         (
@@ -247,7 +249,11 @@ fn security_report_finds_each_planted_problem_and_nothing_on_a_clean_setup() {
         ),
     ];
     for (plant, expect, fix) in planted {
-        let as_user = if plant.contains("ROLE") || plant.contains("FUNCTION") { "postgres" } else { "rl_owner" };
+        let as_user = if plant.contains("ROLE") || plant.contains("FUNCTION") || plant.contains("EVENT") {
+            "postgres"
+        } else {
+            "rl_owner"
+        };
         db(as_user, plant);
         let r = report(&c, "rl_report");
         assert!(r.iter().any(|l| l == expect), "{plant}: expected {expect} in {r:?}");
@@ -303,8 +309,10 @@ fn decrypt_audit_records_who_and_how_many_never_the_value() {
     let rows = c.sql(
         "SELECT role_name || '|' || object || '|' || values_decrypted FROM credcrypt.decrypt_audit_log ORDER BY id",
     );
-    assert_eq!(rows, "rl_app|rl_audit.api_key|2");
-    assert!(c.log_text().contains("role \"rl_app\" decrypted 1 value(s) of rl_audit.api_key (audit row rolled back"));
+    assert_eq!(rows, "rl_app|public.rl_audit.api_key|2");
+    assert!(c
+        .log_text()
+        .contains("role \"rl_app\" decrypted 1 value(s) of public.rl_audit.api_key (audit row rolled back"));
     // Nor by catching an error in a subtransaction after decrypting (the value survives in v).
     c.psql(
         "rl_app",
@@ -320,8 +328,9 @@ fn decrypt_audit_records_who_and_how_many_never_the_value() {
     )
     .expect_ok();
     assert!(
-        c.log_text()
-            .contains("decrypted 1 value(s) of rl_audit.api_key (audit row rolled back with its subtransaction)"),
+        c.log_text().contains(
+            "decrypted 1 value(s) of public.rl_audit.api_key (audit row rolled back with its subtransaction)"
+        ),
         "a decryption hidden by a caught error was not recorded"
     );
     // Log mode.

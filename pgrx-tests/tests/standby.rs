@@ -111,7 +111,11 @@ fn hot_standby_decrypts_audits_to_its_log_and_takes_over_after_promotion() {
     }
     assert_eq!(standby.psql("postgres", "SELECT worker_pid IS NOT NULL FROM credcrypt.status()").expect_ok(), "t");
     // Auditing in table mode cannot write on a standby: the record goes to its log.
-    assert!(standby.log().contains("role \"sb_app\" decrypted 50 value(s) of sb_creds.local_key"), "{}", standby.log());
+    assert!(
+        standby.log().contains("role \"sb_app\" decrypted 50 value(s) of public.sb_creds.local_key"),
+        "{}",
+        standby.log()
+    );
     // A standby cannot encrypt into a table (read-only), with a clear PostgreSQL error.
     assert_eq!(
         standby.psql("sb_app", "INSERT INTO sb_creds (id, local_key) VALUES (99, 'x')").sqlstate(),

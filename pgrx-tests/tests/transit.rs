@@ -473,3 +473,82 @@ fn backends_terminated_while_waiting_do_not_leak_queue_slots() {
     );
     assert!(o.ok, "the queue lost its slots: {}", o.err);
 }
+
+#[test]
+fn answers_that_are_not_outages_never_fall_back_and_missing_keys_are_not_remembered() {
+    let e = setup();
+    let c = &e.c;
+    // Key names that would name another OpenBao path are refused before anything is sent, and
+    // the local fallback does not apply (it once encrypted these locally after HTTP 405).
+    for bad in ["transit:.", "transit:..", "envelope:.."] {
+        let o = c.psql(
+            "postgres",
+            &format!(
+                "SET credcrypt.fallback = 'local'; SELECT credcrypt.encrypt_credential('x-SECRETMARKER', '{bad}')"
+            ),
+        );
+        o.expect_error("22023").expect_clean("SECRETMARKER");
+    }
+    // A key probed before it exists is found once it is created (no negative answer is kept).
+    c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:later')").expect_error("42704");
+    e.bao.must(&["write", "-f", "transit/keys/later"]);
+    let ct =
+        c.psql("tr_app", "SELECT credcrypt.encrypt_credential('later-value', 'transit:later')").expect_ok().to_owned();
+    assert!(ct.starts_with("cc1:transit:later:1:"), "{ct}");
+    // Probing many names does not grow the worker (only positive answers are kept, bounded).
+    for i in 0..50 {
+        c.psql("tr_app", &format!("SELECT credcrypt.encrypt_credential('x', 'transit:probe-{i}')"))
+            .expect_error("28000");
+    }
+}
+
+#[test]
+fn a_protected_column_accepts_ciphertexts_of_its_own_key_only() {
+    let e = setup();
+    let c = &e.c;
+    c.sql(
+        "DROP TABLE IF EXISTS tr_keyed CASCADE;
+         CREATE TABLE tr_keyed (id int PRIMARY KEY, api_key text);
+         GRANT SELECT, INSERT, UPDATE ON tr_keyed TO tr_app;
+         SELECT credcrypt.protect_column('tr_keyed', 'api_key', 'transit:app', ARRAY['id']);",
+    );
+    // A value made with the local key for exactly this row and column: right context, wrong key.
+    let forged = c.psql(
+        "tr_app",
+        "INSERT INTO tr_keyed SELECT 1, credcrypt.encrypt_credential('weak-SECRETMARKER', 'local',
+             credcrypt.column_context((SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'tr_keyed'::regclass), ARRAY['1']))",
+    );
+    forged.expect_error("22023").expect_clean("SECRETMARKER");
+    assert_eq!(c.sql("SELECT count(*) FROM tr_keyed"), "0");
+    // The column's own key, bound to the row, is accepted; so is plaintext (encrypted with it).
+    c.psql(
+        "tr_app",
+        "INSERT INTO tr_keyed SELECT 2, credcrypt.encrypt_credential('own-key', 'transit:app',
+             credcrypt.column_context((SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'tr_keyed'::regclass), ARRAY['2']));
+         INSERT INTO tr_keyed VALUES (3, 'plain-in');",
+    )
+    .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM tr_keyed WHERE api_key LIKE 'cc1:transit:app:%'"), "2");
+    c.sql("DROP TABLE tr_keyed CASCADE");
+}
+
+#[test]
+fn a_value_below_min_decryption_version_has_its_own_error() {
+    let e = setup();
+    let c = &e.c;
+    let old = c
+        .psql("tr_app", "SELECT credcrypt.encrypt_credential('old-SECRETMARKER', 'transit:other')")
+        .expect_ok()
+        .to_owned();
+    let v: u32 = old.split(':').nth(3).unwrap_or("1").parse().unwrap_or(1);
+    e.bao.must(&["write", "-f", "transit/keys/other/rotate"]);
+    e.bao.must(&["write", "transit/keys/other/config", &format!("min_decryption_version={}", v + 1)]);
+    let o = c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{old}')"));
+    o.expect_error("55000").expect_clean("SECRETMARKER");
+    assert!(o.err.contains("min_decryption_version") && !o.err.contains("check that OpenBao"), "{}", o.err);
+    e.bao.must(&["write", "transit/keys/other/config", "min_decryption_version=1"]);
+    assert_eq!(
+        c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{old}')")).expect_ok(),
+        "old-SECRETMARKER"
+    );
+}

@@ -166,9 +166,18 @@ pub(crate) fn decrypt_each(
         let items: Vec<ReqItem<'_>> =
             entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
         let answers = backend::call(Op::Decrypt, &name, &items)?;
-        for ((i, _, _), a) in entries.iter().zip(answers) {
+        for ((i, payload, _), a) in entries.iter().zip(answers) {
             out[*i] = a.map_err(|f| match f.kind {
                 FailKind::AuthenticationFailed => Error::auth_failed(),
+                FailKind::VersionRetired => {
+                    let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
+                    Error::new(
+                        ErrorKind::KeyVersionRetired,
+                        format!(
+                            "version {version} of Transit key {name} is older than the key's min_decryption_version"
+                        ),
+                    )
+                }
                 _ => item_error(&f),
             });
         }
@@ -215,8 +224,26 @@ fn encrypt_one(plaintext: &[u8], key_name: Option<&str>, context: Option<&str>) 
     v.pop().unwrap_or_default()
 }
 
+/// Adds to a decryption error which protected column the value belongs to, when its context
+/// is a column context (a decrypted view, a migration): the table and column, never a value.
+fn name_the_column(e: Error, context: Option<&str>) -> Error {
+    let binding = context
+        .and_then(|c| c.strip_prefix(credcrypt_core::column::CONTEXT_PREFIX))
+        .and_then(|rest| rest.get(..credcrypt_core::column::BINDING_ID_LEN));
+    match binding.and_then(crate::audit::designation_name) {
+        Some(name) => {
+            let detail = match &e.detail {
+                Some(d) => format!("a value of {name}: {d}"),
+                None => format!("a value of {name}"),
+            };
+            Error { detail: Some(detail), ..e }
+        }
+        None => e,
+    }
+}
+
 fn decrypt_one(ciphertext: &str, context: Option<&str>, key_name: Option<&str>) -> Zeroizing<Vec<u8>> {
-    let mut v = decrypt_many(&[ciphertext], &[context], key_name).or_raise();
+    let mut v = decrypt_many(&[ciphertext], &[context], key_name).map_err(|e| name_the_column(e, context)).or_raise();
     crate::audit::record(&[context]);
     v.pop().unwrap_or_default()
 }

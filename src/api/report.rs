@@ -85,6 +85,25 @@ fn environment_findings(
             ));
         }
     }
+    for addr in setting(&gucs::BAO_ADDR).split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if let Some(rest) = addr.strip_prefix("http://") {
+            let host = rest.split('/').next().unwrap_or_default();
+            let host = if let Some(h) = host.strip_prefix('[') {
+                h.split(']').next().unwrap_or_default()
+            } else {
+                host.rsplit_once(':').map_or(host, |(h, _)| h)
+            };
+            let loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+            if !loopback {
+                out.push(finding(
+                    "critical",
+                    format!("credcrypt.bao_addr = {addr}"),
+                    "the worker talks to OpenBao over plain HTTP on the network: its token and every plaintext sent to Transit cross it unencrypted",
+                    "Use https:// (and credcrypt.bao_ca_file), or reach OpenBao on loopback only.",
+                ));
+            }
+        }
+    }
     if crate::transit::queue::get().is_none() {
         out.push(finding(
             "warning",

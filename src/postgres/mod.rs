@@ -1,4 +1,9 @@
-//! Thin glue to PostgreSQL internals that is not a SQL function.
+//! Glue to PostgreSQL internals that everything above uses: privilege and search-path guards,
+//! relation lookup, backend-local scopes, SPI helpers and the log hook.
 
+pub mod guard;
 pub mod log_redact;
+pub mod relation;
+pub mod scope;
 pub mod spi;
+pub mod subxact;

@@ -1,12 +1,22 @@
-//! Read-only SPI queries that also work on a hot standby.
+//! The extension's own SQL statements, through SPI.
 //!
+//! Every helper here runs its statement with `search_path = pg_catalog, pg_temp`
+//! ([`crate::postgres::guard::pinned_search_path`]): whoever calls the extension, and whatever
+//! schemas or temporary objects are on their path, the statement's unqualified names resolve
+//! to PostgreSQL's own objects. (The statements also qualify what they use; the pin is the
+//! second line.)
+//!
+//! Read-only helpers ([`one`], [`two`], [`three`], [`rows`]) also work on a hot standby:
 //! pgrx's `Spi::get_one_with_args` and friends first mark the transaction as writing, which
-//! assigns a transaction id — impossible during recovery ("cannot assign TransactionIds during
-//! recovery"). Every query of the extension that only reads goes through these helpers, which
-//! run it read-only; a query with no row answers `None`.
+//! assigns a transaction id — impossible during recovery. [`rows_latest`] reads with
+//! PostgreSQL's latest snapshot instead of the transaction's, for catalog rows that must be
+//! current even inside a REPEATABLE READ transaction. [`run`] and [`rows_mut`] write.
 
 use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
-use pgrx::spi::{Spi, SpiError, SpiResult};
+use pgrx::pg_sys;
+use pgrx::spi::{Spi, SpiError, SpiHeapTupleData, SpiResult};
+
+use crate::postgres::guard::pinned_search_path;
 
 fn none_if_empty<T>(r: SpiResult<T>, empty: T) -> SpiResult<T> {
     match r {
@@ -17,7 +27,9 @@ fn none_if_empty<T>(r: SpiResult<T>, empty: T) -> SpiResult<T> {
 
 /// The first column of the first row of a read-only query.
 pub(crate) fn one<A: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> SpiResult<Option<A>> {
-    Spi::connect(|c| none_if_empty(c.select(sql, Some(1), args).and_then(|t| t.first().get_one::<A>()), None))
+    pinned_search_path(|| {
+        Spi::connect(|c| none_if_empty(c.select(sql, Some(1), args).and_then(|t| t.first().get_one::<A>()), None))
+    })
 }
 
 /// The first two columns of the first row of a read-only query.
@@ -25,8 +37,10 @@ pub(crate) fn two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> SpiResult<(Option<A>, Option<B>)> {
-    Spi::connect(|c| {
-        none_if_empty(c.select(sql, Some(1), args).and_then(|t| t.first().get_two::<A, B>()), (None, None))
+    pinned_search_path(|| {
+        Spi::connect(|c| {
+            none_if_empty(c.select(sql, Some(1), args).and_then(|t| t.first().get_two::<A, B>()), (None, None))
+        })
     })
 }
 
@@ -35,7 +49,125 @@ pub(crate) fn three<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum, C: FromD
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> SpiResult<(Option<A>, Option<B>, Option<C>)> {
-    Spi::connect(|c| {
-        none_if_empty(c.select(sql, Some(1), args).and_then(|t| t.first().get_three::<A, B, C>()), (None, None, None))
+    pinned_search_path(|| {
+        Spi::connect(|c| {
+            none_if_empty(
+                c.select(sql, Some(1), args).and_then(|t| t.first().get_three::<A, B, C>()),
+                (None, None, None),
+            )
+        })
+    })
+}
+
+/// Every row of a read-only query, each turned into a `T` by `row`.
+pub(crate) fn rows<T>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    mut row: impl FnMut(&SpiHeapTupleData<'_>) -> SpiResult<T>,
+) -> SpiResult<Vec<T>> {
+    pinned_search_path(|| {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(sql, None, args)? {
+                out.push(row(&r)?);
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// Every row of a statement that writes or locks (`UPDATE … RETURNING`, `SELECT … FOR UPDATE`).
+pub(crate) fn rows_mut<T>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    mut row: impl FnMut(&SpiHeapTupleData<'_>) -> SpiResult<T>,
+) -> SpiResult<Vec<T>> {
+    pinned_search_path(|| {
+        Spi::connect_mut(|c| {
+            let mut out = Vec::new();
+            for r in c.update(sql, None, args)? {
+                out.push(row(&r)?);
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// Runs a statement that writes.
+pub(crate) fn run(sql: &str, args: &[DatumWithOid<'_>]) -> SpiResult<()> {
+    pinned_search_path(|| Spi::run_with_args(sql, args))
+}
+
+/// A row read by [`rows_latest`].
+pub(crate) struct LatestRow {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl LatestRow {
+    /// Column `n` (1-based) as a `T`.
+    pub(crate) fn get<T: FromDatum>(&self, n: i32) -> Option<T> {
+        let mut isnull = false;
+        // SAFETY: tuple and descriptor come from SPI_tuptable of the query just executed and
+        // stay valid until SPI_finish; `n` is within the query's column count (the callers'
+        // SQL is fixed).
+        unsafe {
+            let typ = pg_sys::SPI_gettypeid(self.desc, n);
+            let d = pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut isnull);
+            T::from_polymorphic_datum(d, isnull, typ)
+        }
+    }
+}
+
+/// Every row of a read-only query run with PostgreSQL's **latest** snapshot (the way
+/// referential-integrity checks read): rows committed after this transaction's snapshot was
+/// taken are seen, even in REPEATABLE READ or SERIALIZABLE. For the catalog of protected
+/// columns, where a stale answer would mean storing plaintext. `args` are (type, value) pairs;
+/// `None` is NULL.
+pub(crate) fn rows_latest<T>(
+    sql: &std::ffi::CStr,
+    args: &[(pg_sys::Oid, Option<pg_sys::Datum>)],
+    mut row: impl FnMut(&LatestRow) -> T,
+) -> SpiResult<Vec<T>> {
+    pinned_search_path(|| {
+        Spi::connect(|_client| {
+            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1.unwrap_or(pg_sys::Datum::from(0))).collect();
+            let nulls: Vec<std::ffi::c_char> = args
+                .iter()
+                .map(|a| if a.1.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char })
+                .collect();
+            // SAFETY: SPI is connected (Spi::connect); the plan is freed below; the snapshot is
+            // PostgreSQL's static latest snapshot, pushed and popped by SPI itself.
+            unsafe {
+                let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as std::ffi::c_int, types.as_mut_ptr());
+                if plan.is_null() {
+                    return Err(SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument));
+                }
+                let rc = pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    true,
+                    false,
+                    0,
+                );
+                if rc != pg_sys::SPI_OK_SELECT as std::ffi::c_int {
+                    pg_sys::SPI_freeplan(plan);
+                    return Err(SpiError::SpiError(pgrx::spi::SpiErrorCodes::OpUnknown));
+                }
+                let table = pg_sys::SPI_tuptable;
+                let n = pg_sys::SPI_processed as usize;
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    let r = LatestRow { tuple: *(*table).vals.add(i), desc: (*table).tupdesc };
+                    out.push(row(&r));
+                }
+                pg_sys::SPI_freeplan(plan);
+                Ok(out)
+            }
+        })
     })
 }

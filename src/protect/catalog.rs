@@ -5,6 +5,15 @@
 //! catalog rows change (the catalog's own trigger invalidates the table and all its
 //! partitions). Column names are resolved against the firing relation's tuple descriptor, so
 //! partitions with their own column order work.
+//!
+//! Two rules keep this cache from ever failing open:
+//! - the catalog is read with PostgreSQL's **latest** snapshot, not the transaction's: a
+//!   REPEATABLE READ transaction that began before `protect_column` committed still sees the
+//!   designation (the administrative functions lock the table against writers while they
+//!   change designations, so a backend that writes afterwards has processed the invalidation);
+//! - only positive answers are cached. A table whose trigger fires without designations makes
+//!   the trigger raise an error rather than store anything ([`lookup`] returns the empty
+//!   answer uncached).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,7 +21,6 @@ use std::rc::Rc;
 
 use credcrypt_core::{Error, ErrorKind, KeyRef};
 use pgrx::prelude::*;
-use pgrx::spi::Spi;
 
 /// One protected column, or one protected key of a jsonb column, resolved for one relation.
 #[derive(Debug)]
@@ -31,6 +39,32 @@ pub(crate) struct Designation {
     pub mask: Option<(i16, usize, usize)>,
     /// The designation's binding id.
     pub binding_id: String,
+}
+
+/// The class of a bind column's type whose text form a context is built from: integer types
+/// share one (their text forms agree), text and varchar share one; any other type is its own
+/// class (`format_type` with its modifier). A bind column may change type only within its
+/// class; anything else would change the context of every stored value.
+pub(crate) fn type_class(typ: pg_sys::Oid, typmod: i32) -> String {
+    let mut typmod = typmod;
+    // SAFETY: catalog lookups of an existing type (raise on a missing one).
+    let base = unsafe { pg_sys::getBaseTypeAndTypmod(typ, &mut typmod) };
+    match base {
+        pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => "integer".into(),
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => "text".into(),
+        _ => {
+            // SAFETY: returns a palloc'd NUL-terminated string.
+            let p = unsafe { pg_sys::format_type_with_typemod(base, typmod) };
+            // SAFETY: valid C string from format_type.
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// SQL form of [`type_class`], for the catalog's upkeep triggers and checks.
+#[pg_extern(immutable, strict, parallel_safe, name = "_type_class")]
+fn type_class_sql(typ: pg_sys::Oid, typmod: i32) -> String {
+    type_class(typ, typmod)
 }
 
 /// All designations of one relation.
@@ -67,7 +101,8 @@ pub fn init() {
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
 }
 
-/// The designations of the relation `relid` with tuple descriptor `tupdesc`.
+/// The designations of the relation `relid` with tuple descriptor `tupdesc`. An empty answer
+/// is never cached: the next call reads the catalog again.
 ///
 /// # Safety
 /// `tupdesc` must be the valid descriptor of relation `relid`.
@@ -77,17 +112,37 @@ pub(crate) unsafe fn lookup(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> R
     }
     // SAFETY: forwarded from the caller.
     let cfg = Rc::new(unsafe { load(relid, tupdesc) }?);
-    CACHE.with(|c| c.borrow_mut().insert(relid.to_u32(), cfg.clone()));
+    if !cfg.designations.is_empty() {
+        CACHE.with(|c| c.borrow_mut().insert(relid.to_u32(), cfg.clone()));
+    }
     Ok(cfg)
 }
 
 /// A catalog row as read by [`load`].
-type Row = (String, Vec<String>, String, Vec<String>, Option<String>, i32, i32, String, u32);
+struct Row {
+    column: String,
+    json_path: Vec<String>,
+    key: String,
+    bind_columns: Vec<String>,
+    mask_column: Option<String>,
+    prefix: i32,
+    suffix: i32,
+    binding_id: String,
+    root: u32,
+    bind_types: Option<Vec<String>>,
+}
 
 fn missing_column(name: &str) -> Error {
     Error::new(
         ErrorKind::CatalogMismatch,
         format!("column \"{name}\" named in credcrypt.protected_columns does not exist"),
+    )
+}
+
+fn bind_type_changed(name: &str) -> Error {
+    Error::new(
+        ErrorKind::CatalogMismatch,
+        format!("bind column \"{name}\" changed type since it was protected: the stored values are bound to its old text form"),
     )
 }
 
@@ -103,49 +158,56 @@ fn wrong_type(name: &str) -> Error {
 /// # Safety
 /// `tupdesc` must be valid.
 pub(crate) unsafe fn find_attr(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<(i16, pg_sys::Oid)> {
+    // SAFETY: forwarded.
+    unsafe { find_attr_mod(tupdesc, name) }.map(|(n, t, _)| (n, t))
+}
+
+/// Attribute number, type and type modifier of column `name` in `tupdesc`.
+///
+/// # Safety
+/// `tupdesc` must be valid.
+unsafe fn find_attr_mod(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<(i16, pg_sys::Oid, i32)> {
     // SAFETY: the caller guarantees a valid descriptor; pgrx's accessor reads the attributes
     // in a way that works for every PostgreSQL major (PG 18 changed the descriptor's layout).
     let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(tupdesc) };
     desc.iter().find_map(|a| {
         // SAFETY: attname is a NUL-terminated NameData.
         let aname = unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) };
-        (!a.attisdropped && aname.to_bytes() == name.as_bytes()).then_some((a.attnum, a.atttypid))
+        (!a.attisdropped && aname.to_bytes() == name.as_bytes()).then_some((a.attnum, a.atttypid, a.atttypmod))
     })
 }
 
-/// Reads the catalog rows of `relid` (or of the partitioned table it belongs to).
+/// Reads the catalog rows of `relid` (or of the partitioned table it belongs to), with the
+/// latest snapshot.
 unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableConfig, Error> {
-    let rows: Vec<Row> = Spi::connect(|client| {
-        let tab = client.select(
-            "SELECT column_name::text, json_path, key_name, bind_columns::text[], mask_column::text, \
-                    mask_prefix, mask_suffix, binding_id, relid::pg_catalog.oid \
-               FROM credcrypt.protected_columns \
-              WHERE relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-                 OR relid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
-              ORDER BY column_name, json_path",
-            None,
-            &[relid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in tab {
-            out.push((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<Vec<String>>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<Vec<String>>(4)?.unwrap_or_default(),
-                r.get::<String>(5)?,
-                r.get::<i32>(6)?.unwrap_or(0),
-                r.get::<i32>(7)?.unwrap_or(4),
-                r.get::<String>(8)?.unwrap_or_default(),
-                r.get::<pg_sys::Oid>(9)?.map_or(0, |o| o.to_u32()),
-            ));
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
-    })
+    let rows: Vec<Row> = crate::postgres::spi::rows_latest(
+        c"SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
+                 p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
+                 p.bind_types \
+            FROM credcrypt.protected_columns p \
+           WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+              OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
+                 ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
+           ORDER BY p.column_name, p.json_path",
+        &[(pg_sys::OIDOID, Some(pg_sys::Datum::from(relid)))],
+        |r| Row {
+            column: r.get::<String>(1).unwrap_or_default(),
+            json_path: r.get::<Vec<String>>(2).unwrap_or_default(),
+            key: r.get::<String>(3).unwrap_or_default(),
+            bind_columns: r.get::<Vec<String>>(4).unwrap_or_default(),
+            mask_column: r.get::<String>(5),
+            prefix: r.get::<i32>(6).unwrap_or(0),
+            suffix: r.get::<i32>(7).unwrap_or(4),
+            binding_id: r.get::<String>(8).unwrap_or_default(),
+            root: r.get::<pg_sys::Oid>(9).map_or(0, |o| o.to_u32()),
+            bind_types: r.get::<Vec<String>>(10),
+        },
+    )
     .map_err(|_| Error::new(ErrorKind::CatalogMismatch, "credcrypt.protected_columns could not be read"))?;
 
     let mut cfg = TableConfig::default();
-    for (column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id, root) in rows {
+    for Row { column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id, root, bind_types } in rows
+    {
         cfg.root = root;
         // SAFETY: valid descriptor (caller).
         let (attnum, typ) = unsafe { find_attr(tupdesc, &column) }.ok_or_else(|| missing_column(&column))?;
@@ -158,9 +220,14 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             return Err(wrong_type(&column));
         }
         let mut binds = Vec::with_capacity(bind_columns.len());
-        for b in &bind_columns {
+        for (i, b) in bind_columns.iter().enumerate() {
             // SAFETY: valid descriptor (caller).
-            let (n, typ) = unsafe { find_attr(tupdesc, b) }.ok_or_else(|| missing_column(b))?;
+            let (n, typ, typmod) = unsafe { find_attr_mod(tupdesc, b) }.ok_or_else(|| missing_column(b))?;
+            // The bind column's type class must be the one recorded when it was protected.
+            let recorded = bind_types.as_ref().and_then(|t| t.get(i));
+            if recorded.map(String::as_str) != Some(type_class(typ, typmod).as_str()) {
+                return Err(bind_type_changed(b));
+            }
             let mut out_fn = pg_sys::InvalidOid;
             let mut varlena = false;
             // SAFETY: plain catalog lookup of an existing type; raises on failure.

@@ -7,15 +7,25 @@
 //!   column kept as it was (a statement cannot forge a mask);
 //! - unchanged by an UPDATE that changed a bind value: decrypted with the old row's context and
 //!   encrypted again with the new one (re-binding);
-//! - a pg_credcrypt ciphertext (`cc1:`): kept if it decrypts with this row's context (checked by
-//!   decryption, or known because this backend has just produced it, as in `INSERT … ON
-//!   CONFLICT DO UPDATE SET col = EXCLUDED.col`); refused otherwise, so a ciphertext copied from
-//!   another row, column or table is caught when it is written;
+//! - a pg_credcrypt ciphertext (`cc1:`) that this backend produced in the current statement
+//!   (`INSERT … ON CONFLICT DO UPDATE SET col = EXCLUDED.col`, which is what ORMs' upserts send):
+//!   kept when it was bound to this row, re-bound to this row otherwise (the conflicting row of
+//!   a natural-key upsert has another id than the proposed one);
+//! - any other pg_credcrypt ciphertext: kept if it is under the designation's key and decrypts
+//!   with this row's context; refused otherwise, so a ciphertext copied from another row,
+//!   column or table, or made with another key, is caught when it is written;
 //! - anything else: plaintext, encrypted with the designation's key and context.
 //!
 //! Encryption that cannot happen raises an error, so the statement fails and nothing is written.
+//! So does a trigger that finds no designation for its table, and a trigger that is not the
+//! last BEFORE ROW trigger to fire (a later one could put plaintext back): the protection
+//! fails closed.
+//!
+//! jsonb documents are read and edited with PostgreSQL's own jsonb code, in PostgreSQL memory:
+//! the path is followed inside the stored document without converting it, and the one string
+//! is replaced with `jsonb_set`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,11 +34,12 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::num::NonZeroUsize;
 
 use credcrypt_core::column::column_context;
-use credcrypt_core::{mask, Ciphertext, Error, ErrorKind};
+use credcrypt_core::{mask, Ciphertext, Error, ErrorKind, KeyRef, Provider};
 use pgrx::prelude::*;
 use pgrx::{heap_getattr_raw, PgTupleDesc};
 use zeroize::Zeroizing;
 
+use super::admin::TRIGGER_NAME;
 use super::catalog::{self, Designation};
 use crate::api::crypto::{decrypt_many, encrypt_many};
 use crate::errors::OrRaise as _;
@@ -36,61 +47,66 @@ use crate::errors::OrRaise as _;
 /// How many recently produced ciphertexts a backend remembers (for `ON CONFLICT DO UPDATE`).
 const RECENT: usize = 32;
 
-/// A ciphertext this backend produced: a keyed hash of (ciphertext, context) and its mask.
+/// A ciphertext this backend produced: a keyed hash of it, the context it is bound to, its
+/// mask, and the statement (command id) that produced it.
 struct Recent {
     fingerprint: u64,
+    context: String,
     mask: Option<String>,
+    command: pg_sys::CommandId,
 }
 
 thread_local! {
     static RECENTLY_PRODUCED: RefCell<VecDeque<Recent>> = const { RefCell::new(VecDeque::new()) };
-    /// The table (OID of the protected table, the root of a partition tree) whose writes the
-    /// extension is making itself, or 0.
-    static BYPASS: Cell<u32> = const { Cell::new(0) };
     /// Random SipHash keys, per backend: fingerprints cannot be predicted or forged.
     static HASH_KEYS: RandomState = RandomState::new();
 }
 
-fn fingerprint(ciphertext: &str, context: &str) -> u64 {
+fn fingerprint(ciphertext: &str) -> u64 {
     HASH_KEYS.with(|k| {
         let mut h = k.build_hasher();
         h.write(ciphertext.as_bytes());
-        h.write_u8(0xff);
-        h.write(context.as_bytes());
         h.finish()
     })
 }
 
-/// Runs `f` with the trigger switched off for writes to `table` (and its partitions) in this
-/// backend: for the extension's own maintenance writes, which have already encrypted and
-/// verified every value they write. The switch is a backend-local variable that no SQL
-/// statement can set.
-pub(crate) fn with_bypass<R>(table: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    struct Reset(u32);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            BYPASS.with(|b| b.set(self.0));
+fn command_id() -> pg_sys::CommandId {
+    // SAFETY: reads the current command id (false: does not mark it used).
+    unsafe { pg_sys::GetCurrentCommandId(false) }
+}
+
+/// Forgets the values produced in the transaction that just ended (transaction callback).
+pub(crate) fn forget_produced() {
+    RECENTLY_PRODUCED.with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            r.clear();
         }
-    }
-    let _reset = Reset(BYPASS.with(|b| b.replace(table.to_u32())));
-    f()
+    });
 }
 
 fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
-    let fingerprint = fingerprint(ciphertext, context);
+    let fingerprint = fingerprint(ciphertext);
+    let command = command_id();
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == RECENT {
             r.pop_front();
         }
-        r.push_back(Recent { fingerprint, mask: mask.map(str::to_owned) });
+        r.push_back(Recent { fingerprint, context: context.to_owned(), mask: mask.map(str::to_owned), command });
     });
 }
 
-/// The mask of a value this backend produced for `context`, if it did.
-fn recently_produced(ciphertext: &str, context: &str) -> Option<Option<String>> {
-    let fingerprint = fingerprint(ciphertext, context);
-    RECENTLY_PRODUCED.with(|r| r.borrow().iter().rev().find(|e| e.fingerprint == fingerprint).map(|e| e.mask.clone()))
+/// The context and mask of a value this backend produced in the current statement, if it did.
+fn recently_produced(ciphertext: &str) -> Option<(String, Option<String>)> {
+    let fingerprint = fingerprint(ciphertext);
+    let command = command_id();
+    RECENTLY_PRODUCED.with(|r| {
+        r.borrow()
+            .iter()
+            .rev()
+            .find(|e| e.fingerprint == fingerprint && e.command == command)
+            .map(|e| (e.context.clone(), e.mask.clone()))
+    })
 }
 
 /// One row (tuple + descriptor) of the firing relation.
@@ -115,11 +131,12 @@ impl Row {
         unsafe { <&str as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID) }
     }
 
-    /// A jsonb attribute.
-    fn jsonb(&self, attnum: i16) -> Option<serde_json::Value> {
+    /// A jsonb attribute, detoasted (in the trigger's memory context).
+    fn jsonb(&self, attnum: i16) -> Option<Jsonb> {
         let d = self.datum(attnum)?;
-        // SAFETY: the attribute's type was checked to be jsonb by protect_column.
-        unsafe { pgrx::JsonB::from_polymorphic_datum(d, false, pg_sys::JSONBOID) }.map(|j| j.0)
+        // SAFETY: the attribute's type was checked to be jsonb when the designation loaded;
+        // pg_detoast_datum returns the datum itself or a palloc'd detoasted copy.
+        Some(Jsonb(unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) }.cast::<pg_sys::Jsonb>()))
     }
 
     /// The text output of a bind attribute (in memory of the trigger's call).
@@ -181,6 +198,24 @@ enum Outcome {
     KeepWithMask(Option<String>),
 }
 
+/// Whether a parsed ciphertext is under the designation's key (any version of it).
+fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
+    match (&d.key, parsed.provider) {
+        (KeyRef::Local, Provider::Local) => true,
+        (KeyRef::Transit(n), Provider::Transit) | (KeyRef::Envelope(n), Provider::Envelope) => parsed.key_name == n,
+        _ => false,
+    }
+}
+
+/// Decrypts `v` (bound to `from`) and encrypts it again for `context`.
+fn rebind(d: &Designation, v: &str, from: &str, context: &str) -> Result<Outcome, Error> {
+    let plain = decrypt(v, from)?;
+    let ct = encrypt(d, &plain, context)?;
+    let m = mask_of(d, &plain);
+    remember(&ct, context, m.as_deref());
+    Ok(Outcome::Store { value: Some(ct), mask: m })
+}
+
 /// Decides what to store for a protected value. `old` is the OLD row's value and context on
 /// UPDATE; `context` the NEW row's.
 fn protect_value(
@@ -199,17 +234,27 @@ fn protect_value(
                 return Ok(Outcome::KeepWithOldMask);
             }
             // A bind column changed: re-bind the unchanged value to the new row.
-            let plain = decrypt(v, &old_context)?;
-            let ct = encrypt(d, &plain, context)?;
-            let m = mask_of(d, &plain);
-            remember(&ct, context, m.as_deref());
-            return Ok(Outcome::Store { value: Some(ct), mask: m });
+            return rebind(d, v, &old_context, context);
         }
     }
     if v.starts_with("cc1:") {
-        Ciphertext::parse(v)?;
-        if let Some(m) = recently_produced(v, context) {
-            return Ok(Outcome::KeepWithMask(m));
+        let parsed = Ciphertext::parse(v)?;
+        // A value this backend produced in this statement (the INSERT half of an upsert).
+        if let Some((produced_for, m)) = recently_produced(v) {
+            if produced_for == context {
+                return Ok(Outcome::KeepWithMask(m));
+            }
+            return rebind(d, v, &produced_for, context);
+        }
+        if !under_designated_key(d, &parsed) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the value is encrypted with another key than the column's",
+            )
+            .with_detail(format!(
+                "the column is protected with {}; write the plaintext and the column encrypts it",
+                d.key
+            )));
         }
         let plain = decrypt(v, context).map_err(|e| match e.kind {
             ErrorKind::AuthenticationFailed => e.with_detail(
@@ -225,45 +270,94 @@ fn protect_value(
     Ok(Outcome::Store { value: Some(ct), mask: m })
 }
 
-/// Follows `path` (object keys) inside a JSON document.
-fn json_get<'v>(doc: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
-    path.iter().try_fold(doc, |v, k| v.as_object()?.get(k))
+/// A detoasted jsonb document (palloc'd or in the tuple; valid for the trigger call).
+#[derive(Clone, Copy)]
+struct Jsonb(*mut pg_sys::Jsonb);
+
+/// What a protected jsonb path leads to.
+enum JsonAt<'d> {
+    /// Absent, or JSON null.
+    Nothing,
+    /// A string (its bytes, inside the document).
+    Str(&'d [u8]),
 }
 
-/// Whether `path` crosses a value that is neither an object nor null (an array, say), where
-/// SQL's `#>` would look inside but the trigger cannot: refused rather than left in plaintext.
-fn json_path_blocked(doc: &serde_json::Value, path: &[String]) -> bool {
-    let mut v = doc;
-    for k in path {
-        match v {
-            serde_json::Value::Object(m) => match m.get(k) {
-                Some(next) => v = next,
-                None => return false,
-            },
-            serde_json::Value::Null => return false,
-            _ => return true,
+fn is_object(c: *const pg_sys::JsonbContainer) -> bool {
+    // SAFETY: c points at a container inside a detoasted jsonb document.
+    unsafe { (*c).header & pg_sys::JB_FOBJECT != 0 }
+}
+
+/// Follows `path` (object keys) inside the document, without copying it.
+fn json_at<'d>(doc: Jsonb, path: &[String]) -> Result<JsonAt<'d>, Error> {
+    let blocked =
+        || Error::new(ErrorKind::NotAString, "the protected jsonb path crosses a value that is not an object");
+    // SAFETY: doc is a valid detoasted jsonb; its root container lives as long as the document.
+    let mut container: *mut pg_sys::JsonbContainer = unsafe { std::ptr::addr_of_mut!((*doc.0).root) };
+    for (i, key) in path.iter().enumerate() {
+        if !is_object(container) {
+            // A scalar document: JSON null counts as absent, anything else blocks the path.
+            let mut scalar = pg_sys::JsonbValue::default();
+            // SAFETY: container is the document's root (only the root can be a scalar).
+            let is_null = unsafe { pg_sys::JsonbExtractScalar(container, &mut scalar) }
+                && scalar.type_ == pg_sys::jbvType::jbvNull;
+            return if is_null { Ok(JsonAt::Nothing) } else { Err(blocked()) };
+        }
+        let mut found = pg_sys::JsonbValue::default();
+        let len = std::ffi::c_int::try_from(key.len()).map_err(|_| blocked())?;
+        // SAFETY: container is an object container of the document; the key bytes are valid
+        // for the call (the function copies nothing and keeps no pointer to them).
+        let v = unsafe { pg_sys::getKeyJsonValueFromContainer(container, key.as_ptr().cast(), len, &mut found) };
+        if v.is_null() {
+            return Ok(JsonAt::Nothing);
+        }
+        let last = i + 1 == path.len();
+        match found.type_ {
+            pg_sys::jbvType::jbvNull => return Ok(JsonAt::Nothing),
+            pg_sys::jbvType::jbvString if last => {
+                // SAFETY: a string value points into the document, `len` bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(found.val.string.val.cast::<u8>(), found.val.string.len as usize)
+                };
+                return Ok(JsonAt::Str(bytes));
+            }
+            pg_sys::jbvType::jbvBinary if !last => {
+                // SAFETY: a binary value is a nested container of the document.
+                container = unsafe { found.val.binary.data };
+            }
+            _ if last => {
+                return Err(Error::new(
+                    ErrorKind::NotAString,
+                    "a protected jsonb key holds a value that is not a string",
+                ))
+            }
+            _ => return Err(blocked()),
         }
     }
-    false
+    Ok(JsonAt::Nothing)
 }
 
-fn json_get_mut<'v>(doc: &'v mut serde_json::Value, path: &[String]) -> Option<&'v mut serde_json::Value> {
-    path.iter().try_fold(doc, |v, k| v.as_object_mut()?.get_mut(k))
+/// The string at `path`, as UTF-8 text (jsonb strings always are).
+fn json_str<'d>(doc: Option<Jsonb>, path: &[String]) -> Result<Option<&'d str>, Error> {
+    let Some(doc) = doc else { return Ok(None) };
+    match json_at(doc, path)? {
+        JsonAt::Nothing => Ok(None),
+        JsonAt::Str(b) => std::str::from_utf8(b).map(Some).map_err(|_| Error::malformed("a jsonb string is not UTF-8")),
+    }
 }
 
-/// The string at `path`: None when absent or null; an error when it is not a string.
-fn json_str<'v>(doc: Option<&'v serde_json::Value>, path: &[String]) -> Result<Option<&'v str>, Error> {
-    if doc.is_some_and(|d| json_path_blocked(d, path)) {
-        return Err(Error::new(
-            ErrorKind::NotAString,
-            "the protected jsonb path crosses a value that is not an object",
-        ));
+/// `jsonb_set(doc, path, to_jsonb(value), false)`, in PostgreSQL memory.
+fn json_set(doc: pg_sys::Datum, path: &[String], value: String) -> pg_sys::Datum {
+    let path_datum = path.to_vec().into_datum().unwrap_or(pg_sys::Datum::from(0));
+    let value_datum = pgrx::JsonB(serde_json::Value::String(value)).into_datum().unwrap_or(pg_sys::Datum::from(0));
+    // SAFETY: jsonb_set's V1 arguments: a jsonb document, a text[] path, a jsonb value and the
+    // create_missing flag (false: the key exists, it was just read).
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_set,
+            &[Some(doc), Some(path_datum), Some(value_datum), Some(pg_sys::Datum::from(false))],
+        )
     }
-    match doc.and_then(|d| json_get(d, path)) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::new(ErrorKind::NotAString, "a protected jsonb key holds a value that is not a string")),
-    }
+    .unwrap_or_else(|| crate::errors::raise(Error::internal("jsonb_set returned NULL")))
 }
 
 /// Replacement values for the new tuple: (attnum, value) — value None is NULL.
@@ -291,6 +385,64 @@ fn apply_mask(repl: &mut Replacements, d: &Designation, old: Option<Row>, outcom
             }
         }
         Outcome::Store { mask, .. } | Outcome::KeepWithMask(mask) => set(repl, mask_att, text_datum(mask.clone())),
+    }
+}
+
+fn refuse(message: String, hint: &str) -> ! {
+    crate::errors::fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, hint)
+}
+
+/// Whether a trigger fires in this session (`session_replication_role`), as PostgreSQL decides.
+fn enabled(tg: &pg_sys::Trigger) -> bool {
+    // SAFETY: reads a plain integer setting.
+    let replica = unsafe { pg_sys::SessionReplicationRole } == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
+    let e = tg.tgenabled as u8;
+    if replica {
+        e == b'R' || e == b'A'
+    } else {
+        e == b'O' || e == b'A'
+    }
+}
+
+/// Checks that this trigger is the unrestricted, last BEFORE ROW trigger for `event` of the
+/// relation: a BEFORE trigger that fires after it could write plaintext back.
+fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) {
+    let want = pg_sys::TRIGGER_TYPE_ROW
+        | pg_sys::TRIGGER_TYPE_BEFORE
+        | pg_sys::TRIGGER_TYPE_INSERT
+        | pg_sys::TRIGGER_TYPE_UPDATE;
+    if (me.tgtype as u32)
+        & (want | pg_sys::TRIGGER_TYPE_DELETE | pg_sys::TRIGGER_TYPE_TRUNCATE | pg_sys::TRIGGER_TYPE_INSTEAD)
+        != want
+        || !me.tgqual.is_null()
+        || me.tgnattr != 0
+    {
+        refuse(
+            "the protection trigger must be BEFORE INSERT OR UPDATE FOR EACH ROW, with no column list and no WHEN condition".into(),
+            "Let credcrypt.protect_column() create it (unprotect_column, then protect_column again).",
+        );
+    }
+    // SAFETY: the firing relation's trigger descriptor, sorted by name (the firing order).
+    let triggers: &[pg_sys::Trigger] = unsafe {
+        let td = (*rel).trigdesc;
+        if td.is_null() {
+            return;
+        }
+        std::slice::from_raw_parts((*td).triggers, usize::try_from((*td).numtriggers).unwrap_or(0))
+    };
+    let Some(at) = triggers.iter().position(|tg| tg.tgoid == me.tgoid) else { return };
+    for tg in &triggers[at + 1..] {
+        let ty = tg.tgtype as u32;
+        let before_row = ty & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
+            && ty & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE;
+        if before_row && ty & event != 0 && enabled(tg) {
+            // SAFETY: tgname is a NUL-terminated name.
+            let name = unsafe { CStr::from_ptr(tg.tgname) }.to_string_lossy();
+            refuse(
+                format!("trigger \"{name}\" fires after the protection trigger {TRIGGER_NAME}: it could store plaintext"),
+                "Rename that trigger so that its name sorts before zz_credcrypt_protect (triggers fire in name order), or drop it.",
+            );
+        }
     }
 }
 
@@ -323,16 +475,28 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     let cfg = unsafe { catalog::lookup(relid, desc) }.or_raise();
     // The extension's own maintenance writes to this table only: writes that other triggers
     // make meanwhile to other tables are protected as usual.
-    let bypass = BYPASS.with(Cell::get);
-    if cfg.designations.is_empty() || (bypass != 0 && (bypass == relid.to_u32() || bypass == cfg.root)) {
+    let bypass = crate::postgres::scope::bypassed();
+    if bypass != 0 && (bypass == relid.to_u32() || (cfg.root != 0 && bypass == cfg.root)) {
         return result(new_tuple);
     }
     let table = || t.table_name().unwrap_or_default();
+    if cfg.designations.is_empty() {
+        refuse(
+            format!("table {} has the protection trigger but no protected column", table()),
+            "Protect a column with credcrypt.protect_column(), or drop the trigger zz_credcrypt_protect if the table needs no protection.",
+        );
+    }
+    // SAFETY: tg_trigger is the firing trigger.
+    check_position(
+        rel,
+        unsafe { &*td.tg_trigger },
+        if is_insert { pg_sys::TRIGGER_TYPE_INSERT } else { pg_sys::TRIGGER_TYPE_UPDATE },
+    );
     let new = Row { tuple: new_tuple, desc };
     let old = old_tuple.map(|tuple| Row { tuple, desc });
     let mut repl: Replacements = Vec::new();
-    // jsonb documents being edited, by attribute number: (document, changed).
-    let mut docs: Vec<(i16, Option<serde_json::Value>, bool)> = Vec::new();
+    // jsonb documents being edited, by attribute number: (original, current datum, changed).
+    let mut docs: Vec<(i16, Option<Jsonb>, Option<pg_sys::Datum>, bool)> = Vec::new();
 
     for d in &cfg.designations {
         let context = new.context(d);
@@ -348,29 +512,26 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
             continue;
         }
         if !docs.iter().any(|e| e.0 == d.attnum) {
-            docs.push((d.attnum, new.jsonb(d.attnum), false));
+            let doc = new.jsonb(d.attnum);
+            docs.push((d.attnum, doc, doc.map(|j| pg_sys::Datum::from(j.0)), false));
         }
-        let old_doc = old.and_then(|o| o.jsonb(d.attnum));
         let entry = docs.iter_mut().find(|e| e.0 == d.attnum).expect("just inserted");
-        let old_v = json_str(old_doc.as_ref(), &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
-        let new_v = json_str(entry.1.as_ref(), &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
+        let old_doc = old.and_then(|o| o.jsonb(d.attnum));
+        let old_v = json_str(old_doc, &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
+        let new_v = json_str(entry.1, &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
         let old_arg = old.map(|_| (old_v, &old_context as &dyn Fn() -> String));
         let outcome = protect_value(d, new_v, old_arg, &context).map_err(|e| located(e, d, &table)).or_raise();
         apply_mask(&mut repl, d, old, &outcome);
         if let Outcome::Store { value: Some(ct), .. } = outcome {
-            if let Some(slot) = entry.1.as_mut().and_then(|doc| json_get_mut(doc, &d.json_path)) {
-                // The plaintext string is replaced; wipe the buffer that held it.
-                let previous = std::mem::replace(slot, serde_json::Value::String(ct));
-                if let serde_json::Value::String(s) = previous {
-                    drop(Zeroizing::new(s));
-                }
-                entry.2 = true;
+            if let Some(current) = entry.2 {
+                entry.2 = Some(json_set(current, &d.json_path, ct));
+                entry.3 = true;
             }
         }
     }
-    for (attnum, doc, changed) in docs {
+    for (attnum, _, doc, changed) in docs {
         if changed {
-            set(&mut repl, attnum, doc.and_then(|d| pgrx::JsonB(d).into_datum()));
+            set(&mut repl, attnum, doc);
         }
     }
     if repl.is_empty() {

@@ -22,7 +22,10 @@ pub type ItemResult = Result<Zeroizing<Vec<u8>>, Fail>;
 /// Maps a whole-request failure to a core error.
 pub fn fail_to_error(f: &Fail) -> Error {
     let kind = match f.kind {
-        FailKind::Unavailable | FailKind::Sealed | FailKind::Other => ErrorKind::ProviderUnavailable,
+        FailKind::Unavailable | FailKind::Sealed => ErrorKind::ProviderUnavailable,
+        FailKind::Rejected => ErrorKind::ProviderRejected,
+        FailKind::Protocol | FailKind::Other => ErrorKind::ProviderProtocol,
+        FailKind::VersionRetired => ErrorKind::KeyVersionRetired,
         FailKind::PermissionDenied => ErrorKind::ProviderDenied,
         FailKind::KeyNotFound => ErrorKind::TransitKeyNotFound,
         FailKind::UnsupportedKey => ErrorKind::WrongKeyType,
@@ -53,6 +56,8 @@ fn queue() -> Result<&'static Header, Error> {
 struct Claim<'a> {
     slot: &'a Slot,
     armed: bool,
+    /// The slot's generation when this backend claimed it.
+    generation: u64,
 }
 
 impl Drop for Claim<'_> {
@@ -133,6 +138,9 @@ fn wait_latch(ms: u64) {
 }
 
 fn unanswered(deadline_ms: u128) -> Error {
+    if let Some(q) = queue::get() {
+        q.stats.timeouts.fetch_add(1, SeqCst);
+    }
     Error::new(ErrorKind::ProviderUnavailable, "the pg_credcrypt worker did not answer in time").with_detail(format!(
         "no answer within credcrypt.request_timeout_ms = {deadline_ms} ms; see credcrypt.status()"
     ))
@@ -147,9 +155,9 @@ fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error>
             let i = (start + k) % q.nslots();
             let slot = q.slot(i);
             if slot.state.compare_exchange(state::FREE, state::FILLING, SeqCst, SeqCst).is_ok() {
-                slot.generation.fetch_add(1, SeqCst);
+                let generation = slot.generation.fetch_add(1, SeqCst) + 1;
                 hold(i);
-                return Ok(Claim { slot, armed: true });
+                return Ok(Claim { slot, armed: true, generation });
             }
         }
         if Instant::now() >= deadline {
@@ -177,6 +185,11 @@ fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult
     q.wake_worker();
     loop {
         if slot.state.load(SeqCst) == state::DONE {
+            // The slot is still the one this backend claimed (nobody can claim a slot that is
+            // not FREE; the check makes a broken state machine an error, not a foreign answer).
+            if slot.generation.load(SeqCst) != claim.generation {
+                return Err(Error::internal("a queue slot changed hands while this backend held it"));
+            }
             let len = (slot.len.load(SeqCst) as usize).min(SLOT_BYTES);
             // SAFETY: DONE: the worker is finished with the slot; it is ours to read.
             let raw = Zeroizing::new(unsafe { slot.buffer() }[..len].to_vec());
@@ -186,7 +199,13 @@ fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult
             claim.armed = false;
             let decoded = wire::decode_response(&raw)?;
             return match decoded {
-                Ok(items) => Ok(items.into_iter().map(|r| r.map(|b| Zeroizing::new(b.to_vec()))).collect()),
+                // One answer per item, always (key lookups and data keys have answers of their own).
+                Ok(answers) if !items.is_empty() && answers.len() != items.len() => Err(Error::internal(format!(
+                    "the worker answered {} value(s) for {} sent",
+                    answers.len(),
+                    items.len()
+                ))),
+                Ok(answers) => Ok(answers.into_iter().map(|r| r.map(|b| Zeroizing::new(b.to_vec()))).collect()),
                 Err(fail) => Err(fail_to_error(&fail)),
             };
         }
@@ -246,4 +265,23 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
         start = end;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only "cannot reach OpenBao" may fall back to the local key; a request OpenBao refused or
+    /// an answer it garbled must not (it once fell back after an HTTP 405).
+    #[test]
+    fn only_outages_are_unavailable() {
+        let kind = |k| fail_to_error(&Fail { kind: k, message: "m".into() }).kind;
+        assert_eq!(kind(FailKind::Unavailable), ErrorKind::ProviderUnavailable);
+        assert_eq!(kind(FailKind::Sealed), ErrorKind::ProviderUnavailable);
+        for k in
+            [FailKind::Rejected, FailKind::Protocol, FailKind::Other, FailKind::VersionRetired, FailKind::InvalidInput]
+        {
+            assert_ne!(kind(k), ErrorKind::ProviderUnavailable, "{k:?}");
+        }
+    }
 }

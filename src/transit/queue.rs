@@ -11,10 +11,12 @@
 //!   DONE    --give up (backend)--> wipe --> FREE
 //! ```
 //!
-//! Every claim increments the slot's generation. A backend only ever reads a slot it claimed,
-//! with the generation it claimed; the worker answers with a compare-and-swap from WORKING, so
-//! an answer for a backend that gave up can never land in a slot someone else has reused: the
-//! slot stays ABANDONED (unusable) until the worker itself frees it. Buffers are wiped whenever
+//! Only a FREE slot can be claimed, and the worker answers with a compare-and-swap from
+//! WORKING, so an answer for a backend that gave up can never land in a slot someone else has
+//! reused: the slot stays ABANDONED (unusable) until the worker itself frees it. Every claim
+//! also increments the slot's generation, and a backend reads an answer only if the slot's
+//! generation is still the one it claimed (a check of that invariant: a mismatch is an
+//! internal error, never a read of somebody else's answer). Buffers are wiped whenever
 //! a slot returns to FREE, so plaintexts do not linger in shared memory.
 
 use std::cell::UnsafeCell;
@@ -42,7 +44,7 @@ pub mod state {
 }
 
 /// Number of counters in [`Stats::errors`] (indexed by `FailKind as usize`).
-pub const ERROR_KINDS: usize = 11;
+pub const ERROR_KINDS: usize = 14;
 
 /// Text fields written by the worker and read by `credcrypt.status()`, guarded by a seqlock.
 #[repr(C)]
@@ -63,6 +65,11 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Item or request failures, by `FailKind`.
     pub errors: [AtomicU64; ERROR_KINDS],
+    /// When the last failure of each kind happened (unix ms, 0 never).
+    pub errors_at: [AtomicI64; ERROR_KINDS],
+    /// Requests a backend gave up on because the worker did not answer within
+    /// `credcrypt.request_timeout_ms` (or could not get a queue slot in that time).
+    pub timeouts: AtomicU64,
     /// Values encrypted with the local key because OpenBao was unavailable (`credcrypt.fallback`).
     pub fallbacks: AtomicU64,
     /// Token time-to-live left, in ms, when last measured (-1 unknown / never expires).

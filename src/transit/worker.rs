@@ -125,7 +125,8 @@ fn fail_of(e: &transit::Error) -> Fail {
         K::KeyNotFound => FailKind::KeyNotFound,
         K::InvalidConfig => FailKind::Config,
         K::TooLarge => FailKind::TooLarge,
-        _ => FailKind::Other,
+        K::BadRequest => FailKind::Rejected,
+        K::Protocol => FailKind::Protocol,
     };
     Fail { kind, message: e.to_string() }
 }
@@ -136,17 +137,23 @@ fn item_fail_of(e: &transit::ItemError) -> Fail {
         K::AuthenticationFailed => FailKind::AuthenticationFailed,
         K::InvalidInput => FailKind::InvalidInput,
         K::KeyNotFound => FailKind::KeyNotFound,
-        _ => FailKind::Other,
+        K::VersionRetired => FailKind::VersionRetired,
+        K::Other => FailKind::Other,
     };
     Fail { kind, message: e.to_string() }
 }
+
+/// How many checked keys the worker remembers before it starts over.
+const CHECKED_KEYS_MAX: usize = 4096;
 
 struct Worker {
     q: &'static Header,
     settings: Settings,
     client: Result<transit::Client, Fail>,
     /// Keys already checked to be encryption keys (cleared on reconfiguration and rotation).
-    checked_keys: HashMap<String, Result<(), Fail>>,
+    /// Only positive answers are kept, at most [`CHECKED_KEYS_MAX`]: a key that is missing now
+    /// may be created a moment later, and names that callers probe must not grow the map.
+    checked_keys: HashMap<String, ()>,
     last_error: String,
 }
 
@@ -168,6 +175,9 @@ impl Worker {
     fn note_error(&mut self, f: &Fail) {
         if let Some(c) = self.q.stats.errors.get(f.kind as usize) {
             c.fetch_add(1, SeqCst);
+        }
+        if let Some(t) = self.q.stats.errors_at.get(f.kind as usize) {
+            t.store(now_ms(), SeqCst);
         }
         if f.message != self.last_error {
             self.last_error = f.message.clone();
@@ -211,10 +221,10 @@ impl Worker {
         }
     }
 
-    /// Checks once per key that it exists and can encrypt.
+    /// Checks that a key exists and can encrypt (once per key while the answer is yes).
     fn check_key(&mut self, key: &str) -> Result<(), Fail> {
-        if let Some(r) = self.checked_keys.get(key) {
-            return r.clone();
+        if self.checked_keys.contains_key(key) {
+            return Ok(());
         }
         let client = self.client.as_mut().map_err(|f| f.clone())?;
         let r = match client.key_info(key) {
@@ -225,9 +235,13 @@ impl Worker {
             }),
             Err(e) => Err(fail_of(&e)),
         };
-        // Remember definite answers only; transient failures are retried next time.
-        if matches!(&r, Ok(()) | Err(Fail { kind: FailKind::UnsupportedKey | FailKind::KeyNotFound, .. })) {
-            self.checked_keys.insert(key.to_owned(), r.clone());
+        // Remember "yes" only: "no such key" or "wrong type" can change (the key is created or
+        // replaced), and a failure is retried on the next request.
+        if r.is_ok() {
+            if self.checked_keys.len() >= CHECKED_KEYS_MAX {
+                self.checked_keys.clear();
+            }
+            self.checked_keys.insert(key.to_owned(), ());
         }
         r
     }

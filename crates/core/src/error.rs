@@ -47,6 +47,14 @@ pub enum ErrorKind {
     CatalogMismatch,
     /// A protected jsonb key holds something other than a string (22023).
     NotAString,
+    /// OpenBao refused a request as invalid (HTTP 4xx other than 403/429) (22023).
+    ProviderRejected,
+    /// OpenBao answered something that could not be understood (08P01).
+    ProviderProtocol,
+    /// A Transit value's key version is below the key's `min_decryption_version` (55000).
+    KeyVersionRetired,
+    /// An internal invariant did not hold: a bug, never bad input (XX000).
+    Internal,
 }
 
 /// A core error: a kind, a safe message and an optional safe detail.
@@ -77,6 +85,11 @@ impl Error {
     /// A malformed-ciphertext error with a description of the part that is wrong.
     pub fn malformed(what: &'static str) -> Self {
         Self::new(ErrorKind::Malformed, "value is not a valid pg_credcrypt ciphertext").with_detail(what)
+    }
+
+    /// An internal error: something that cannot happen unless pg_credcrypt has a bug.
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, format!("pg_credcrypt internal error: {}", what.into()))
     }
 
     /// The authentication failure every wrong key, wrong context or tampering ends in.

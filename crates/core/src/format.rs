@@ -100,9 +100,12 @@ pub struct Ciphertext<'a> {
     pub local_bytes: Vec<u8>,
 }
 
-/// Returns true when `name` is a valid key name: `[A-Za-z0-9_.-]{1,128}`.
+/// Returns true when `name` is a valid key name: `[A-Za-z0-9_.-]{1,128}`, other than `.` and
+/// `..` (which would name a different OpenBao path once placed in a URL).
 pub fn valid_key_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= MAX_KEY_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }

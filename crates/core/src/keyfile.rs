@@ -60,7 +60,20 @@ pub fn read_secret_file(path: &str, guc: &str) -> Result<Zeroizing<Vec<u8>>> {
     if !path.starts_with('/') {
         return Err(fail("the path must be absolute".into()));
     }
-    let file = std::fs::File::open(path).map_err(|e| fail(e.kind().to_string()))?;
+    // A FIFO or device would block (or never end) on open or read: refuse anything but a
+    // regular file before opening it, and open without blocking in case it was swapped since.
+    let before = std::fs::metadata(path).map_err(|e| fail(e.kind().to_string()))?;
+    if !before.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| fail(e.kind().to_string()))?
+    };
     let meta = file.metadata().map_err(|e| fail(e.kind().to_string()))?;
     if !meta.is_file() {
         return Err(fail("not a regular file".into()));
@@ -83,6 +96,25 @@ pub fn split_paths(list: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("cc-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("key.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.to_str().unwrap().to_owned();
+        std::thread::spawn(move || tx.send(read_key_file(&path, "credcrypt.local_key_file")).unwrap());
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO must not block");
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidKeyConfig);
+        assert!(e.detail.unwrap().contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -69,6 +69,12 @@ pub enum FailKind {
     TooLarge = 9,
     /// Anything else.
     Other = 10,
+    /// OpenBao refused the request itself (HTTP 4xx other than 403/429): not an outage.
+    Rejected = 11,
+    /// OpenBao's answer could not be understood.
+    Protocol = 12,
+    /// The value's key version is below the key's `min_decryption_version`.
+    VersionRetired = 13,
 }
 
 impl FailKind {
@@ -83,6 +89,9 @@ impl FailKind {
             7 => FailKind::InvalidInput,
             8 => FailKind::Config,
             9 => FailKind::TooLarge,
+            11 => FailKind::Rejected,
+            12 => FailKind::Protocol,
+            13 => FailKind::VersionRetired,
             _ => FailKind::Other,
         }
     }

@@ -66,8 +66,16 @@ proptest! {
     /// The parser never panics and never accepts arbitrary strings as decryptable.
     #[test]
     fn parser_total(s in ".{0,200}") {
-        let _ = Ciphertext::parse(&s);
-        let _ = ring(6).decrypt(&s, None);
+        // Whatever the input: an answer, never a panic; only `cc1:` values can parse; random
+        // input never decrypts; and no error echoes the input back.
+        if Ciphertext::parse(&s).is_ok() {
+            prop_assert!(s.starts_with("cc1:"));
+        }
+        let e = ring(6).decrypt(&s, None).expect_err("random input decrypted");
+        if s.len() >= 8 {
+            prop_assert!(!e.message.contains(&s), "error echoes the input: {}", e.message);
+            prop_assert!(!e.detail.as_deref().unwrap_or("").contains(&s), "detail echoes the input");
+        }
     }
 
     /// Structured garbage after a valid header never panics.
@@ -75,7 +83,8 @@ proptest! {
     fn parser_structured(provider in "(local|transit|x)", key in "[a-z.-]{0,10}", ver in "[0-9a-f]{0,20}", flag in "[cnx]", payload in "[A-Za-z0-9_:=+/-]{0,80}") {
         let s = format!("cc1:{provider}:{key}:{ver}:{flag}:{payload}");
         let _ = Ciphertext::parse(&s);
-        let _ = ring(7).decrypt(&s, None);
+        let e = ring(7).decrypt(&s, None).expect_err("structured garbage decrypted");
+        prop_assert!(!e.detail.as_deref().unwrap_or("").contains(&payload) || payload.len() < 8);
     }
 }
 

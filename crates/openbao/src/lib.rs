@@ -133,6 +133,8 @@ pub enum ItemErrorKind {
     InvalidInput,
     /// The key does not exist.
     KeyNotFound,
+    /// The value's key version is below the key's `min_decryption_version`.
+    VersionRetired,
     /// Anything else.
     Other,
 }
@@ -210,12 +212,94 @@ const MAX_JSON_STRINGS: usize = 900;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Pause before retrying a failed renewal.
 const MAINTAIN_RETRY: Duration = Duration::from_secs(2);
-/// Largest response body read.
-const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
+/// Largest response body read: a batch answer for the largest request (16 MiB of base64
+/// plaintext answers at most ~22 MiB of ciphertexts).
+const MAX_RESPONSE: u64 = 24 * 1024 * 1024;
+/// Largest answer parsed into a generic JSON value (key reads, token lookups: a few KiB).
+const MAX_SMALL_ANSWER: usize = 1024 * 1024;
+
+/// A response body: may hold plaintexts or a token, so it is wiped when dropped.
+type Body = Zeroizing<String>;
 
 enum Attempt {
-    Answer(u16, Value),
+    Answer(u16, Body),
     Retry(ErrorKind, String),
+    /// A failure that retrying elsewhere would not change.
+    Fail(ErrorKind, String),
+}
+
+/// A small answer (key read, token lookup) as a JSON value; large ones are refused rather than
+/// parsed into an unbounded tree.
+fn small_json(body: &str) -> Result<Value, Error> {
+    if body.len() > MAX_SMALL_ANSWER {
+        return Err(Error::new(ErrorKind::Protocol, "OpenBao's answer is unexpectedly large"));
+    }
+    if body.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(body).map_err(|_| Error::new(ErrorKind::Protocol, "OpenBao's answer is not JSON"))
+}
+
+/// A batch answer (`data.batch_results`), parsed into exactly the fields used; plaintexts go
+/// straight into wiping strings.
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    data: Option<BatchData>,
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchData {
+    batch_results: Option<Vec<BatchItem>>,
+}
+
+/// One item of a batch answer.
+#[derive(serde::Deserialize)]
+struct BatchItem {
+    ciphertext: Option<String>,
+    plaintext: Option<Zeroizing<String>>,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(serde::Deserialize)]
+struct DataKeyAnswer {
+    data: Option<DataKeyData>,
+}
+
+#[derive(serde::Deserialize)]
+struct DataKeyData {
+    plaintext: Zeroizing<String>,
+    ciphertext: String,
+}
+
+#[derive(serde::Deserialize)]
+struct LoginAnswer {
+    auth: Option<LoginAuth>,
+}
+
+#[derive(serde::Deserialize)]
+struct LoginAuth {
+    client_token: Zeroizing<String>,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+/// Writes a JSON string of base64 or Transit text (no character of which needs escaping).
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Reads a credential file (token, secret id). Like a key file, it must not be accessible to
@@ -239,6 +323,10 @@ fn read_file(path: &PathBuf, what: &str) -> Result<Zeroizing<String>, Error> {
     Ok(Zeroizing::new(t.to_owned()))
 }
 
+fn errors_text_of(body: &str) -> String {
+    small_json(body).map(|v| errors_text(&v)).unwrap_or_default()
+}
+
 fn errors_text(v: &Value) -> String {
     v.get("errors")
         .and_then(Value::as_array)
@@ -252,12 +340,34 @@ fn item_error(msg: &str) -> ItemError {
         (ItemErrorKind::AuthenticationFailed, "ciphertext authentication failed (tampered value or wrong context)")
     } else if m.contains("key not found") {
         (ItemErrorKind::KeyNotFound, "the Transit key does not exist")
+    } else if m.contains("disallowed by policy") || m.contains("too old") {
+        (ItemErrorKind::VersionRetired, "the value's key version is below the key's min_decryption_version")
     } else if m.contains("invalid ciphertext") || m.contains("invalid") || m.contains("decode") {
         (ItemErrorKind::InvalidInput, "OpenBao rejected the value as not a valid Transit ciphertext")
     } else {
         (ItemErrorKind::Other, "OpenBao could not process the value")
     };
     ItemError { kind, message: message.to_owned() }
+}
+
+/// One `batch_input` object: the given fields, and the item's associated data if any.
+fn entry(fields: &[(&str, &Zeroizing<String>)], it: &Item) -> Zeroizing<String> {
+    let mut e = Zeroizing::new(String::with_capacity(fields.iter().map(|f| f.1.len() + 20).sum::<usize>() + 64));
+    e.push('{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            e.push(',');
+        }
+        push_json_str(&mut e, k);
+        e.push(':');
+        push_json_str(&mut e, v);
+    }
+    if let Some(a) = &it.associated_data {
+        e.push_str(",\"associated_data\":");
+        push_json_str(&mut e, &b64(a));
+    }
+    e.push('}');
+    e
 }
 
 fn b64(v: &[u8]) -> String {
@@ -323,7 +433,9 @@ impl Client {
         // Back off before trying: if OpenBao is down, the next attempt is in 2 s, not at once.
         t.refresh_at = Some(Instant::now() + MAINTAIN_RETRY);
         if t.renewable {
-            let (status, body) = self.request("POST", "auth/token/renew-self", Some(&json!({})), true, false)?;
+            let (status, body) =
+                self.request("POST", "auth/token/renew-self", Some(Zeroizing::new("{}".into())), true, false)?;
+            let body = small_json(&body)?;
             if status == 200 {
                 let lease = body.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
                 let renewable = body.pointer("/auth/renewable").and_then(Value::as_bool).unwrap_or(false);
@@ -350,6 +462,7 @@ impl Client {
                 let value = read_file(&path, "token")?;
                 self.token = Some(Token { value, expires: None, refresh_at: None, renewable: false });
                 let (status, body) = self.request("GET", "auth/token/lookup-self", None, true, false)?;
+                let body = small_json(&body)?;
                 match status {
                     200 => {
                         let ttl = body.pointer("/data/ttl").and_then(Value::as_u64).unwrap_or(0);
@@ -379,14 +492,12 @@ impl Client {
                         format!("AppRole login at auth/{mount} failed (HTTP {status})"),
                     ));
                 }
-                let token = answer
-                    .pointer("/auth/client_token")
-                    .and_then(Value::as_str)
+                let auth = serde_json::from_str::<LoginAnswer>(&answer)
+                    .ok()
+                    .and_then(|a| a.auth)
                     .ok_or_else(|| Error::new(ErrorKind::Protocol, "AppRole login answered without a token"))?;
-                let lease = answer.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
-                let renewable = answer.pointer("/auth/renewable").and_then(Value::as_bool).unwrap_or(false);
-                let mut t =
-                    Token { value: Zeroizing::new(token.to_owned()), expires: None, refresh_at: None, renewable };
+                let (lease, renewable) = (auth.lease_duration, auth.renewable);
+                let mut t = Token { value: auth.client_token, expires: None, refresh_at: None, renewable };
                 schedule(&mut t, lease, renewable);
                 self.token = Some(t);
                 Ok(())
@@ -399,11 +510,10 @@ impl Client {
         &mut self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Zeroizing<String>>,
         auth: bool,
         retry_403: bool,
-    ) -> Result<(u16, Value), Error> {
-        let body = body.map(|b| Zeroizing::new(b.to_string()));
+    ) -> Result<(u16, Body), Error> {
         if auth && self.token.is_none() {
             self.authenticate()?;
         }
@@ -430,7 +540,7 @@ impl Client {
         path: &str,
         body: Option<&Zeroizing<String>>,
         auth: bool,
-    ) -> Result<(u16, Value), Error> {
+    ) -> Result<(u16, Body), Error> {
         let deadline = Instant::now() + self.cfg.request_timeout;
         let n = self.cfg.addrs.len();
         let mut last = (ErrorKind::Unavailable, String::from("no address answered"));
@@ -455,6 +565,7 @@ impl Client {
                         return Ok((status, v));
                     }
                     Attempt::Retry(kind, why) => last = (kind, why),
+                    Attempt::Fail(kind, why) => return Err(Error::new(kind, why)),
                 }
             }
             round += 1;
@@ -525,14 +636,17 @@ impl Client {
                 }
                 continue;
             }
-            let text = resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string().map(Zeroizing::new);
-            let value = match &text {
-                Ok(t) if t.trim().is_empty() => Value::Null,
-                Ok(t) => serde_json::from_str(t).unwrap_or(Value::Null),
-                Err(_) => Value::Null,
+            let text = match resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string() {
+                Ok(t) => Zeroizing::new(t),
+                Err(_) => {
+                    return Attempt::Fail(
+                        ErrorKind::Protocol,
+                        format!("{base}: the answer is larger than {MAX_RESPONSE} bytes or not text"),
+                    )
+                }
             };
             if status == 503 {
-                let sealed = errors_text(&value).to_ascii_lowercase().contains("sealed");
+                let sealed = errors_text_of(&text).to_ascii_lowercase().contains("sealed");
                 return Attempt::Retry(
                     if sealed { ErrorKind::Sealed } else { ErrorKind::Unavailable },
                     format!("{base}: HTTP 503{}", if sealed { " (sealed)" } else { "" }),
@@ -551,7 +665,7 @@ impl Client {
             if status >= 500 {
                 return Attempt::Retry(ErrorKind::Unavailable, format!("{base}: HTTP {status}"));
             }
-            return Attempt::Answer(status, value);
+            return Attempt::Answer(status, text);
         }
         Attempt::Retry(ErrorKind::Protocol, format!("{base}: too many redirects"))
     }
@@ -572,30 +686,42 @@ impl Client {
         format!("{}/{what}/{key}", self.cfg.mount)
     }
 
+    /// One batch call. `entries` are the `batch_input` items, each already a JSON object text;
+    /// the body is built in a wiping buffer (it carries plaintexts).
     fn batch_call(
         &mut self,
         what: &str,
         key: &str,
-        entries: Vec<Value>,
-    ) -> Result<Vec<Result<Value, ItemError>>, Error> {
+        entries: &[Zeroizing<String>],
+    ) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
         let n = entries.len();
-        let body = json!({ "batch_input": entries });
+        let mut body = Zeroizing::new(String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 20));
+        body.push_str("{\"batch_input\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e);
+        }
+        body.push_str("]}");
         let path = self.transit_path(what, key);
-        let (status, v) = self.request("POST", &path, Some(&body), true, true)?;
-        let results = v.pointer("/data/batch_results").and_then(Value::as_array);
+        let (status, text) = self.request("POST", &path, Some(body), true, true)?;
+        let answer: Option<BatchAnswer> = serde_json::from_str(&text).ok();
+        let errors = answer.as_ref().map(|a| a.errors.join("; ")).unwrap_or_default().to_ascii_lowercase();
+        let results = answer.and_then(|a| a.data).and_then(|d| d.batch_results);
         match (status, results) {
             (200 | 400, Some(results)) if results.len() == n => Ok(results
-                .iter()
-                .map(|r| match r.get("error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
-                    Some(e) => Err(item_error(e)),
-                    None => Ok(r.clone()),
-                })
+                .into_iter()
+                .map(|r| if r.error.is_empty() { Ok(r) } else { Err(item_error(&r.error)) })
                 .collect()),
+            (200, Some(results)) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("OpenBao answered {} results for {n} items of {what} on key {key}", results.len()),
+            )),
             (400, _) => {
-                let e = errors_text(&v).to_ascii_lowercase();
-                if e.contains("key not found") {
+                if errors.contains("key not found") {
                     Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist")))
-                } else if e.contains("complexity") || e.contains("too large") {
+                } else if errors.contains("complexity") || errors.contains("too large") {
                     Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the batch as too large"))
                 } else {
                     Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP 400)")))
@@ -606,6 +732,9 @@ impl Client {
             }
             (404, _) => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
             (413, _) => Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the request body as too large")),
+            (s, _) if (400..500).contains(&s) => {
+                Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP {s})")))
+            }
             (s, _) => {
                 Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to {what} on key {key}: HTTP {s}")))
             }
@@ -638,19 +767,11 @@ impl Client {
     pub fn encrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
         let mut out = Vec::with_capacity(items.len());
         for range in Self::chunks(items) {
-            let entries = items[range]
-                .iter()
-                .map(|it| {
-                    let mut e = json!({ "plaintext": b64(&it.data) });
-                    if let Some(a) = &it.associated_data {
-                        e["associated_data"] = Value::String(b64(a));
-                    }
-                    e
-                })
-                .collect();
-            for r in self.batch_call("encrypt", key, entries)? {
+            let entries: Vec<Zeroizing<String>> =
+                items[range].iter().map(|it| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it)).collect();
+            for r in self.batch_call("encrypt", key, &entries)? {
                 out.push(r.and_then(|v| {
-                    v.get("ciphertext").and_then(Value::as_str).map(str::to_owned).ok_or(ItemError {
+                    v.ciphertext.ok_or(ItemError {
                         kind: ItemErrorKind::Other,
                         message: "OpenBao answered without a ciphertext".into(),
                     })
@@ -664,20 +785,14 @@ impl Client {
     pub fn decrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Decrypted>, Error> {
         let mut out = Vec::with_capacity(items.len());
         for range in Self::chunks(items) {
-            let entries = items[range]
+            let entries: Vec<Zeroizing<String>> = items[range]
                 .iter()
-                .map(|it| {
-                    let mut e = json!({ "ciphertext": String::from_utf8_lossy(&it.data) });
-                    if let Some(a) = &it.associated_data {
-                        e["associated_data"] = Value::String(b64(a));
-                    }
-                    e
-                })
+                .map(|it| entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it))
                 .collect();
-            for r in self.batch_call("decrypt", key, entries)? {
+            for r in self.batch_call("decrypt", key, &entries)? {
                 out.push(r.and_then(|v| {
-                    let p = v.get("plaintext").and_then(Value::as_str).unwrap_or("");
-                    STANDARD.decode(p).map(Zeroizing::new).map_err(|_| ItemError {
+                    let p = v.plaintext.unwrap_or_default();
+                    STANDARD.decode(p.as_bytes()).map(Zeroizing::new).map_err(|_| ItemError {
                         kind: ItemErrorKind::Other,
                         message: "OpenBao answered a plaintext that is not base64".into(),
                     })
@@ -690,13 +805,16 @@ impl Client {
     /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`).
     pub fn datakey(&mut self, key: &str) -> Result<(Zeroizing<Vec<u8>>, String), Error> {
         let path = self.transit_path("datakey/plaintext", key);
-        let (status, v) = self.request("POST", &path, Some(&json!({ "bits": 256 })), true, true)?;
+        let (status, text) = self.request("POST", &path, Some(Zeroizing::new("{\"bits\":256}".into())), true, true)?;
         match status {
             200 => {
-                let pt = v.pointer("/data/plaintext").and_then(Value::as_str).unwrap_or("");
-                let ct = v.pointer("/data/ciphertext").and_then(Value::as_str).unwrap_or("");
+                let d = serde_json::from_str::<DataKeyAnswer>(&text)
+                    .ok()
+                    .and_then(|a| a.data)
+                    .ok_or_else(|| Error::new(ErrorKind::Protocol, "datakey answered without a key"))?;
+                let ct = d.ciphertext.as_str();
                 let key_bytes = STANDARD
-                    .decode(pt)
+                    .decode(d.plaintext.as_bytes())
                     .map(Zeroizing::new)
                     .map_err(|_| Error::new(ErrorKind::Protocol, "datakey answered a plaintext that is not base64"))?;
                 if key_bytes.len() != 32 || !ct.starts_with("vault:v") {
@@ -716,11 +834,16 @@ impl Client {
     pub fn rewrap(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
         let mut out = Vec::with_capacity(items.len());
         for range in Self::chunks(items) {
-            let entries =
-                items[range].iter().map(|it| json!({ "ciphertext": String::from_utf8_lossy(&it.data) })).collect();
-            for r in self.batch_call("rewrap", key, entries)? {
+            let entries: Vec<Zeroizing<String>> = items[range]
+                .iter()
+                .map(|it| {
+                    let ct = Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned());
+                    entry(&[("ciphertext", &ct)], &Item { data: Zeroizing::new(Vec::new()), associated_data: None })
+                })
+                .collect();
+            for r in self.batch_call("rewrap", key, &entries)? {
                 out.push(r.and_then(|v| {
-                    v.get("ciphertext").and_then(Value::as_str).map(str::to_owned).ok_or(ItemError {
+                    v.ciphertext.ok_or(ItemError {
                         kind: ItemErrorKind::Other,
                         message: "OpenBao answered without a ciphertext".into(),
                     })
@@ -733,7 +856,8 @@ impl Client {
     /// Reads a key's properties.
     pub fn key_info(&mut self, key: &str) -> Result<KeyInfo, Error> {
         let path = self.transit_path("keys", key);
-        let (status, v) = self.request("GET", &path, None, true, true)?;
+        let (status, text) = self.request("GET", &path, None, true, true)?;
+        let v = small_json(&text)?;
         match status {
             200 => {
                 let d =
@@ -759,7 +883,7 @@ impl Client {
     /// Rotates a key; returns the new latest version.
     pub fn rotate(&mut self, key: &str) -> Result<u32, Error> {
         let path = format!("{}/rotate", self.transit_path("keys", key));
-        let (status, _) = self.request("POST", &path, Some(&json!({})), true, true)?;
+        let (status, _) = self.request("POST", &path, Some(Zeroizing::new("{}".into())), true, true)?;
         match status {
             200 | 204 => Ok(self.key_info(key)?.latest_version),
             403 => Err(Error::new(
@@ -823,6 +947,31 @@ mod tests {
         assert_eq!(e.kind, ItemErrorKind::AuthenticationFailed);
         let e = item_error("invalid ciphertext: sk-live-SECRET");
         assert!(!e.message.contains("SECRET"));
+    }
+
+    #[test]
+    fn batch_entries_are_valid_json_and_answers_parse_into_wiping_strings() {
+        let it = Item { data: Zeroizing::new(b"x".to_vec()), associated_data: Some(b"ctx\"\\".to_vec()) };
+        let e = entry(&[("ciphertext", &Zeroizing::new("vault:v1:a\"b\\c\n".into()))], &it);
+        let v: Value = serde_json::from_str(&e).expect("valid JSON");
+        assert_eq!(v["ciphertext"], "vault:v1:a\"b\\c\n");
+        assert_eq!(v["associated_data"], b64(b"ctx\"\\"));
+        let a: BatchAnswer = serde_json::from_str(
+            r#"{"data":{"batch_results":[{"plaintext":"c2VjcmV0"},{"error":"cipher: message authentication failed"}]},"warnings":null}"#,
+        )
+        .expect("parses");
+        let r = a.data.and_then(|d| d.batch_results).expect("results");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].plaintext.as_deref().map(String::as_str), Some("c2VjcmV0"));
+        assert!(r[1].error.contains("authentication"));
+    }
+
+    #[test]
+    fn large_generic_answers_are_refused() {
+        let big = format!("{{\"data\":\"{}\"}}", "a".repeat(MAX_SMALL_ANSWER + 1));
+        assert_eq!(small_json(&big).unwrap_err().kind, ErrorKind::Protocol);
+        assert_eq!(small_json("").unwrap(), Value::Null);
+        assert_eq!(small_json("{\"a\":1}").unwrap()["a"], 1);
     }
 
     #[test]
