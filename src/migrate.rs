@@ -202,6 +202,7 @@ fn reencrypt_prepare(
             "Run CALL credcrypt.reencrypt_column(…) on its own, not after BEGIN (in psql, not with \\set AUTOCOMMIT off).",
         );
     }
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let bindings = bindings_of(t.oid, Some(col));
     if bindings.is_empty() {
@@ -961,6 +962,7 @@ fn key_usage(
         name!(values, i64),
     ),
 > {
+    crate::postgres::catalog::require_current_sql();
     let dek = data_key_versions();
     let local_current = crate::keys::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
@@ -995,6 +997,7 @@ fn key_usage(
 #[pg_extern(volatile, name = "safe_to_retire")]
 #[search_path(pg_catalog, pg_temp)]
 fn safe_to_retire(key_name: &str, version: i32) -> bool {
+    crate::postgres::catalog::require_current_sql();
     let name = key_name.strip_prefix("transit:").or_else(|| key_name.strip_prefix("envelope:")).unwrap_or(key_name);
     if !credcrypt_core::format::valid_key_name(name) || version < 1 {
         raise(Error::new(

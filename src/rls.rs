@@ -161,6 +161,7 @@ fn enable_owner_rls_v2(
 }
 
 fn enable(tbl: pg_sys::Oid, owner_column: &str, setting: &str) -> (bool, bool) {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     require_column(&t, owner_column);
     check_setting(setting);
@@ -224,6 +225,7 @@ fn disable_owner_rls_v2(
 }
 
 fn disable(tbl: pg_sys::Oid) -> (i32, bool, bool) {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let flags = spi::two::<bool, bool>(
         "SELECT had_rls, had_force FROM credcrypt.owner_rls WHERE relid OPERATOR(pg_catalog.=) $1",

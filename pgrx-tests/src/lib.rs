@@ -175,9 +175,7 @@ impl Cluster {
     /// Restarts the server (fast shutdown) and waits until it accepts connections.
     pub fn restart(&self) {
         let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-        let st = Command::new("sudo")
-            .args(["-u", "postgres", "-H", "--"])
-            .arg(format!("{bin}/pg_ctl"))
+        let st = as_postgres(format!("{bin}/pg_ctl"))
             .args(["-D"])
             .arg(&self.data)
             .args(["-m", "fast", "-w", "-l"])
@@ -193,6 +191,14 @@ impl Cluster {
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
+}
+
+/// A command that runs `program` as the `postgres` OS user (the tests run as root): runuser,
+/// which needs no sudo and no resolvable host name.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(program).env("HOME", "/var/lib/postgresql").current_dir("/");
+    cmd
 }
 
 /// Takes a test binary's lock (its tests share one cluster and its configuration), and resets

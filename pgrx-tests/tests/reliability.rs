@@ -232,8 +232,8 @@ fn postmaster_killed_during_inserts_and_a_migration_loses_nothing() {
     let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = Command::new("sudo")
-            .args(["-u", "postgres", "-H", "--", &format!("{bin}/pg_ctl"), "-D"])
+        let st = credcrypt_blackbox::as_postgres(format!("{bin}/pg_ctl"))
+            .arg("-D")
             .arg(&c.data)
             .args(["-w", "-l"])
             .arg(&c.log)

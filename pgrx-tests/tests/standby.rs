@@ -15,12 +15,7 @@ fn pg_bin(program: &str) -> String {
 }
 
 fn as_postgres(args: &[&str]) -> bool {
-    Command::new("sudo")
-        .args(["-u", "postgres", "-H", "--"])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    credcrypt_blackbox::as_postgres(args[0]).args(&args[1..]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 struct Standby {

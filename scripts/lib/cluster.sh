@@ -10,7 +10,14 @@
 PG_MAJOR="${PG_MAJOR:-15}"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 
-as_pg() { sudo -u postgres -H -- "$@"; }
+# runuser as root (no sudo: no "unable to resolve host" noise); sudo otherwise.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        (cd / && HOME=/var/lib/postgresql runuser -u postgres -- "$@")
+    else
+        sudo -u postgres -H -- "$@"
+    fi
+}
 
 free_port() {
     python3 - <<'PY'

@@ -1,6 +1,7 @@
 //! Glue to PostgreSQL internals that everything above uses: privilege and search-path guards,
 //! relation lookup, backend-local scopes, SPI helpers and the log hook.
 
+pub mod catalog;
 pub mod guard;
 pub mod log_redact;
 pub mod relation;

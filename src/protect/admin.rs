@@ -166,6 +166,7 @@ fn protect(
     json_path: Option<Vec<Option<String>>>,
     existing_values: &str,
 ) -> Protected {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let migrate = match existing_values {
         "refuse" => false,
@@ -437,6 +438,7 @@ fn unprotect_column_v2(
 }
 
 fn unprotect(tbl: pg_sys::Oid, col: &str, decrypt_existing: bool) -> (i32, i64, bool) {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     lock_against_writers(&t);
     let ds = designations(&t, Some(col));
@@ -554,6 +556,7 @@ fn create_decrypted_view_v2(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
 }
 
 fn decrypted_view(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let list = view_select_list(&t, |c, mine| Some(format!("{} AS {}", decrypted_expr("t", c, mine), qi(c))));
     let v = create_view(&t, view_name, "security_invoker = true, security_barrier = true", &list);
@@ -593,6 +596,7 @@ fn create_masked_view_v2(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
 /// not the table, not a ciphertext, no decrypt right. The creator gets SELECT on the view with
 /// GRANT OPTION, to pass it on to reporting roles; `credcrypt.drop_masked_view` drops it.
 fn masked_view(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
+    crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let list = view_select_list(&t, |c, mine| {
         if mine.iter().any(|d| d.path.is_empty()) {
@@ -630,6 +634,7 @@ fn masked_view(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
 #[pg_extern(volatile, name = "_drop_masked_view")]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_masked_view(view: pg_sys::Oid) {
+    crate::postgres::catalog::require_current_sql();
     let (owner_is_masker, base) = spi::two::<bool, pg_sys::Oid>(
         "SELECT c.relowner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'credcrypt_masker'), \
                 (SELECT d.refobjid FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d \

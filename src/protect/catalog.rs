@@ -180,7 +180,9 @@ unsafe fn find_attr_mod(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<(i16, 
 /// Reads the catalog rows of `relid` (or of the partitioned table it belongs to), with the
 /// latest snapshot.
 unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableConfig, Error> {
-    let rows: Vec<Row> = crate::postgres::spi::rows_latest(
+    // The SQL of 0.1.0 (before ALTER EXTENSION … UPDATE) records no bind types.
+    let recorded_types = crate::postgres::catalog::has_column(c"protected_columns", c"bind_types");
+    let query: &std::ffi::CStr = if recorded_types {
         c"SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
                  p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
                  p.bind_types \
@@ -188,9 +190,19 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
            WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
               OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
                  ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
-           ORDER BY p.column_name, p.json_path",
-        &[(pg_sys::OIDOID, Some(pg_sys::Datum::from(relid)))],
-        |r| Row {
+           ORDER BY p.column_name, p.json_path"
+    } else {
+        c"SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
+                 p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
+                 NULL::pg_catalog.text[] \
+            FROM credcrypt.protected_columns p \
+           WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+              OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
+                 ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
+           ORDER BY p.column_name, p.json_path"
+    };
+    let rows: Vec<Row> =
+        crate::postgres::spi::rows_latest(query, &[(pg_sys::OIDOID, Some(pg_sys::Datum::from(relid)))], |r| Row {
             column: r.get::<String>(1).unwrap_or_default(),
             json_path: r.get::<Vec<String>>(2).unwrap_or_default(),
             key: r.get::<String>(3).unwrap_or_default(),
@@ -201,9 +213,8 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             binding_id: r.get::<String>(8).unwrap_or_default(),
             root: r.get::<pg_sys::Oid>(9).map_or(0, |o| o.to_u32()),
             bind_types: r.get::<Vec<String>>(10),
-        },
-    )
-    .map_err(|_| Error::new(ErrorKind::CatalogMismatch, "credcrypt.protected_columns could not be read"))?;
+        })
+        .map_err(|_| Error::new(ErrorKind::CatalogMismatch, "credcrypt.protected_columns could not be read"))?;
 
     let mut cfg = TableConfig::default();
     for Row { column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id, root, bind_types } in rows
@@ -224,9 +235,11 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             // SAFETY: valid descriptor (caller).
             let (n, typ, typmod) = unsafe { find_attr_mod(tupdesc, b) }.ok_or_else(|| missing_column(b))?;
             // The bind column's type class must be the one recorded when it was protected.
-            let recorded = bind_types.as_ref().and_then(|t| t.get(i));
-            if recorded.map(String::as_str) != Some(type_class(typ, typmod).as_str()) {
-                return Err(bind_type_changed(b));
+            if recorded_types {
+                let recorded = bind_types.as_ref().and_then(|t| t.get(i));
+                if recorded.map(String::as_str) != Some(type_class(typ, typmod).as_str()) {
+                    return Err(bind_type_changed(b));
+                }
             }
             let mut out_fn = pg_sys::InvalidOid;
             let mut varlena = false;
