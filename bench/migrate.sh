@@ -12,31 +12,16 @@
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib/env.sh
 source "$here/../scripts/lib/env.sh"
+# shellcheck source=lib/prologue.sh
+source "$here/lib/prologue.sh"
 ROWS="${BENCH_ROWS:-100000}"
 BATCH="${BENCH_BATCH:-2000}"
 DIR="/var/tmp/pg_credcrypt-bench-migrate"
-log() { printf '[bench] %s\n' "$*"; }
-case "$ROWS$BATCH" in *[!0-9]*) echo "BENCH_ROWS and BENCH_BATCH must be integers" >&2; exit 2 ;; esac
-
-bash "$root/scripts/setup.sh"
-log "building and installing pg_credcrypt (release) and the direct-load client…"
-cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null 2>&1
-cargo build -q --release -p credcrypt-openbao --example direct_load
-direct="$root/target/release/examples/direct_load"
-
-# shellcheck source=../scripts/lib/cluster.sh
-source "$root/scripts/lib/cluster.sh"
-# shellcheck source=lib/bao.sh
-source "$here/lib/bao.sh"
-trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
-cluster_start "$DIR"
-bao_dev_start "$DIR"
+bench_ints ROWS BATCH
+bench_prologue direct
 printf 'path "transit/keys/app/rotate" { capabilities = ["update"] }\n' >>"$DIR/policy.hcl"
 "$BAO" policy write credcrypt "$DIR/policy.hcl" >/dev/null
-psql_() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
-psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
-sleep 1
-log "PostgreSQL $("/usr/lib/postgresql/$PG_MAJOR/bin/postgres" --version | awk '{print $3}'); OpenBao $("$BAO" version | awk '{print $2}'); $(nproc) cores; rows=$ROWS batch_size=$BATCH"
+log "rows=$ROWS batch_size=$BATCH"
 
 psql_ <<SQL >/dev/null
 CREATE TABLE creds (id bigint PRIMARY KEY, user_id text NOT NULL, api_key text);

@@ -15,29 +15,14 @@
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib/env.sh
 source "$here/../scripts/lib/env.sh"
+# shellcheck source=lib/prologue.sh
+source "$here/lib/prologue.sh"
 ROWS="${BENCH_ROWS:-100000}"
 REPEAT="${BENCH_REPEAT:-5}"
 SECS="${BENCH_SECONDS:-10}"
 DIR="/var/tmp/pg_credcrypt-bench-protect"
-log() { printf '[bench] %s\n' "$*"; }
-case "$ROWS$REPEAT$SECS" in *[!0-9]*) echo "BENCH_ROWS, BENCH_REPEAT and BENCH_SECONDS must be integers" >&2; exit 2 ;; esac
-
-bash "$root/scripts/setup.sh"
-log "building and installing pg_credcrypt (release)…"
-cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null 2>&1
-
-# shellcheck source=../scripts/lib/cluster.sh
-source "$root/scripts/lib/cluster.sh"
-# shellcheck source=lib/bao.sh
-source "$here/lib/bao.sh"
-trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
-cluster_start "$DIR"
-bao_dev_start "$DIR"
-psql_() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
-psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
-sleep 1
-log "PostgreSQL $("/usr/lib/postgresql/$PG_MAJOR/bin/postgres" --version | awk '{print $3}'); OpenBao $("$BAO" version | awk '{print $2}'); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-log "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- 2>/dev/null || echo ' (+ uncommitted changes)')"
+bench_ints ROWS REPEAT SECS
+bench_prologue
 
 log "1. local / envelope / transit keys: INSERT … SELECT of $ROWS rows, median of $REPEAT (+1 warm-up)"
 psql -X -q -v ON_ERROR_STOP=1 -v rows="$ROWS" -v repeat="$REPEAT" -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres -f "$here/protect.sql"

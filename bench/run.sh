@@ -14,13 +14,13 @@
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib/env.sh
 source "$here/../scripts/lib/env.sh"
+# shellcheck source=lib/prologue.sh
+source "$here/lib/prologue.sh"
 BENCH_ROWS="${BENCH_ROWS:-200000}"
 BENCH_REPEAT="${BENCH_REPEAT:-5}"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/pg_credcrypt-bench}"
-log() { printf '[bench] %s\n' "$*"; }
+bench_ints BENCH_ROWS BENCH_REPEAT
 
-case "$BENCH_ROWS$BENCH_REPEAT" in *[!0-9]*) echo "BENCH_ROWS and BENCH_REPEAT must be positive integers" >&2; exit 2 ;; esac
-[ "$BENCH_ROWS" -gt 0 ] && [ "$BENCH_REPEAT" -gt 0 ] || { echo "BENCH_ROWS and BENCH_REPEAT must be > 0" >&2; exit 2; }
 
 bash "$root/scripts/setup.sh"
 log "building and installing pg_credcrypt (release)…"

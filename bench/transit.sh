@@ -15,26 +15,12 @@
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib/env.sh
 source "$here/../scripts/lib/env.sh"
+# shellcheck source=lib/prologue.sh
+source "$here/lib/prologue.sh"
 SECS="${BENCH_SECONDS:-10}"
 DIR="/var/tmp/pg_credcrypt-bench-transit"
-log() { printf '[bench] %s\n' "$*"; }
-
-bash "$root/scripts/setup.sh"
-log "building and installing pg_credcrypt (release) and the direct-load client…"
-cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null 2>&1
-cargo build -q --release -p credcrypt-openbao --example direct_load
-direct="$root/target/release/examples/direct_load"
-
-# shellcheck source=../scripts/lib/cluster.sh
-source "$root/scripts/lib/cluster.sh"
-# shellcheck source=lib/bao.sh
-source "$here/lib/bao.sh"
-trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
-cluster_start "$DIR"
-bao_dev_start "$DIR"
-psql_() { psql -X -q -At -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres "$@"; }
-psql_ -c "CREATE EXTENSION pg_credcrypt" -c "SELECT pg_reload_conf()" >/dev/null
-sleep 1
+bench_ints SECS
+bench_prologue direct
 psql_ -c "SELECT credcrypt.encrypt_credential('warm-up', 'transit:app')" >/dev/null
 
 cat >"$DIR/enc.sql" <<'SQL'

@@ -38,12 +38,13 @@ bash "$here/setup.sh"
 mkdir -p "$logs" "$work"
 rm -f "$logs"/*.log
 
-step "rustfmt + clippy"
+step "rustfmt + clippy + module layers"
+"$here/check-layers"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features "pg$PG_MAJOR pg_test" --no-default-features -q -- -D warnings
 
 step "core + openbao client: unit, property and real-OpenBao tests"
-run_suite core cargo test -p credcrypt-core -p credcrypt-openbao
+run_suite core cargo test -p credcrypt-core -p credcrypt-openbao -p credcrypt-test-support
 
 step "test vectors cross-checked with Python cryptography"
 "$root/target/tools/venv/bin/python" "$here/check_vectors.py"
@@ -63,8 +64,8 @@ source "$here/lib/cluster.sh"
 trap 'cluster_stop "$work/blackbox"; cluster_stop "$work/upgrade"; install_package "$new_pkg"' EXIT
 # The project's Node.js (scripts/setup.sh) for the legacy-value fixtures and the examples.
 export PATH="$root/target/tools/node/bin:$PATH"
-# The log-leak check (pgrx-tests/tests/zz_log_leak.rs) runs last, over a server log written at
-# debug1 with verbose error fields and the recommended statement-logging settings.
+# The server log is written at debug1 with verbose error fields and the recommended
+# statement-logging settings, for the log-leak check after the suites and the example.
 CC_LOG_MIN_MESSAGES=debug1 CC_LOG_VERBOSITY=verbose cluster_start "$work/blackbox"
 run_suite blackbox cargo test -p credcrypt-blackbox -- --test-threads=1
 
@@ -78,6 +79,9 @@ grep -E "^(not )?ok [0-9]+ - " "$logs/node.log" || true
 awk '/^# pass /{p=$3} /^# fail /{f=$3} END {printf "test result: %s. %d passed; %d failed;\n", (f ? "FAILED" : "ok"), p, f}' \
     "$logs/node.log" >>"$logs/node.log"
 
+step "log-leak check: no plaintext, key or token in any server or OpenBao log so far"
+run_suite logleak cargo test -p credcrypt-blackbox --test log_leak -- --ignored --test-threads=1
+
 step "upgrade from 0.1.0 with live data (a cluster of its own)"
 cluster_stop "$work/blackbox"
 old_pkg="$(release_package 0.1.0)"
@@ -88,8 +92,8 @@ cluster_stop "$work/upgrade"
 install_package "$new_pkg"
 
 step "summary"
-for f in core pgtest blackbox node upgrade; do
+for f in core pgtest blackbox node logleak upgrade; do
     grep -E "^test result:" "$logs/$f.log" | grep -vE "^test result: ok\. 0 passed" | sed "s/^/  $f: /"
 done
-cat "$logs"/{core,pgtest,blackbox,node,upgrade}.log | grep -E "^test result:" |
+cat "$logs"/{core,pgtest,blackbox,node,logleak,upgrade}.log | grep -E "^test result:" |
     awk '{p+=$4; f+=$6} END {printf "\nall suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

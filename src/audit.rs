@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use credcrypt_core::column::{BINDING_ID_LEN, CONTEXT_PREFIX};
 use pgrx::prelude::*;
 
-use crate::gucs::{AuditDecrypt, AUDIT_DECRYPT};
+use crate::gucs::{self, AuditDecrypt};
 
 /// Decryptions not yet written: (role name, binding id or None, count).
 type Pending = Vec<(String, Option<String>, i64)>;
@@ -45,7 +45,7 @@ thread_local! {
 
 /// Records `contexts.len()` decryptions by the current role (no-op when auditing is off).
 pub(crate) fn record(contexts: &[Option<&str>]) {
-    if AUDIT_DECRYPT.get() == AuditDecrypt::Off || contexts.is_empty() {
+    if gucs::audit_decrypt() == AuditDecrypt::Off || contexts.is_empty() {
         return;
     }
     // SAFETY: reads the backend's current user id.
@@ -146,7 +146,7 @@ fn line(role: &str, count: i64, object: &str) -> String {
 }
 
 fn write(pending: Pending) {
-    let mode = AUDIT_DECRYPT.get();
+    let mode = gucs::audit_decrypt();
     // First a record of everything, before any lookup or write that could fail.
     UNWRITTEN.with(|u| {
         let mut u = u.borrow_mut();
@@ -222,18 +222,8 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    if matches!(
-        event,
-        pg_sys::XactEvent::XACT_EVENT_ABORT
-            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-            | pg_sys::XactEvent::XACT_EVENT_COMMIT
-            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
-            | pg_sys::XactEvent::XACT_EVENT_PREPARE
-    ) {
-        crate::protect::trigger::forget_produced();
-    }
+/// Transaction listener ([`crate::postgres::xact`]).
+fn on_xact(event: pg_sys::XactEvent::Type) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             DEPTH.with(|d| d.set(0));
@@ -264,13 +254,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    my: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+/// Subtransaction listener ([`crate::postgres::xact`]).
+fn on_subxact(event: pg_sys::SubXactEvent::Type, my: pg_sys::SubTransactionId, _parent: pg_sys::SubTransactionId) {
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB => {
             let depth = DEPTH.with(std::cell::Cell::get);
@@ -304,7 +289,7 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-/// Installs the ExecutorEnd hook and the transaction callback (from `_PG_init`).
+/// Installs the executor hooks and the transaction listeners (from `_PG_init`).
 pub fn init() {
     // SAFETY: _PG_init runs once per process on the main thread; the previous hook is chained.
     unsafe {
@@ -312,7 +297,7 @@ pub fn init() {
         pg_sys::ExecutorEnd_hook = Some(executor_end);
         PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
+    crate::postgres::xact::on_transaction(on_xact);
+    crate::postgres::xact::on_subtransaction(on_subxact);
 }

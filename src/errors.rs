@@ -143,3 +143,8 @@ impl<T> OrRaise<T> for Result<T, Error> {
         }
     }
 }
+
+/// An object the call names does not exist, or is not what the call needs (`42704`).
+pub fn undefined(message: impl Into<String>, hint: &str) -> ! {
+    fail(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, message, None, hint)
+}

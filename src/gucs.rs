@@ -1,4 +1,6 @@
-//! Every `credcrypt.*` setting, in one place, with typed accessors.
+//! Every `credcrypt.*` setting, in one place. The statics are private: the rest of the
+//! extension reads settings only through the typed accessors at the end of this file, which
+//! trim, clamp and normalise once (a value below a minimum cannot reach a caller).
 //!
 //! Secret-bearing settings (`local_key`, `local_key_file`, `local_previous_key_files`) are
 //! `SIGHUP` context, `SUPERUSER_ONLY`, `NO_SHOW_ALL` and `DISALLOW_IN_AUTO_FILE`: they are set
@@ -15,60 +17,60 @@ fn secret_flags() -> GucFlags {
 }
 
 /// `credcrypt.default_key`: the key reference used when a function is given no key.
-pub static DEFAULT_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"local"));
+static DEFAULT_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"local"));
 
 /// `credcrypt.local_key_file`: absolute path of a file holding the base64 32-byte local key.
-pub static LOCAL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static LOCAL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.local_key`: the base64 32-byte local key itself (prefer `local_key_file`).
-pub static LOCAL_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static LOCAL_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.local_previous_key_files`: comma-separated key files used for decryption only.
-pub static LOCAL_PREVIOUS_KEY_FILES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static LOCAL_PREVIOUS_KEY_FILES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.legacy_key_file`: file holding the AES-256 key an application used before
 /// pg_credcrypt (Node.js `iv:authTag:ciphertext` values), for `reencrypt_column` only.
-pub static LEGACY_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static LEGACY_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_addr`: OpenBao address, or a comma-separated list tried in order (failover).
-pub static BAO_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_ADDR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_token_file`: file holding the worker's OpenBao token.
-pub static BAO_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_role_id`: AppRole role id (with `bao_secret_id_file`).
-pub static BAO_ROLE_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_ROLE_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_secret_id_file`: file holding the AppRole secret id.
-pub static BAO_SECRET_ID_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_SECRET_ID_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_approle_mount`: AppRole auth mount path.
-pub static BAO_APPROLE_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"approle"));
+static BAO_APPROLE_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"approle"));
 
 /// `credcrypt.bao_namespace`: OpenBao namespace (X-Vault-Namespace), if any.
-pub static BAO_NAMESPACE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_NAMESPACE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.bao_ca_file`: PEM CA bundle for https OpenBao addresses.
-pub static BAO_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static BAO_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `credcrypt.transit_mount`: the Transit secrets engine's mount path.
-pub static TRANSIT_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"transit"));
+static TRANSIT_MOUNT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"transit"));
 
 /// `credcrypt.bao_connect_timeout_ms`: TCP/TLS connect timeout of the worker's HTTP client.
-pub static BAO_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+static BAO_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 
 /// `credcrypt.bao_request_timeout_ms`: overall timeout of one HTTP call, failover included.
-pub static BAO_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+static BAO_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
 /// `credcrypt.request_timeout_ms`: how long a backend waits for the worker's answer.
-pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
+static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
 
 /// `credcrypt.reencrypt_progress_interval`: seconds between the progress NOTICEs of
 /// `reencrypt_column` (0: every batch, -1: none; the progress view is always current).
-pub static REENCRYPT_PROGRESS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+static REENCRYPT_PROGRESS_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 /// `credcrypt.queue_slots`: number of shared-memory request slots (128 KiB each).
-pub static QUEUE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(64);
+static QUEUE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(64);
 
 /// What to do when OpenBao is unreachable during encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
@@ -82,19 +84,19 @@ pub enum Fallback {
 }
 
 /// `credcrypt.fallback`: `off` (default, fail closed) or `local`.
-pub static FALLBACK: GucSetting<Fallback> = GucSetting::<Fallback>::new(Fallback::Off);
+static FALLBACK: GucSetting<Fallback> = GucSetting::<Fallback>::new(Fallback::Off);
 
 /// `credcrypt.envelope_max_uses`: values one envelope data key encrypts before a new one.
-pub static ENVELOPE_MAX_USES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+static ENVELOPE_MAX_USES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
 /// `credcrypt.envelope_max_age`: seconds a data key is used for encryption before a new one.
-pub static ENVELOPE_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(3600);
+static ENVELOPE_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
 /// `credcrypt.envelope_cache_ttl`: seconds an unwrapped data key stays in a backend's cache.
-pub static ENVELOPE_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
+static ENVELOPE_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
 
 /// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most.
-pub static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Where decryptions are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
@@ -112,7 +114,7 @@ pub enum AuditDecrypt {
 }
 
 /// `credcrypt.audit_decrypt`: `off` (default), `log` or `table`. Superuser only.
-pub static AUDIT_DECRYPT: GucSetting<AuditDecrypt> = GucSetting::<AuditDecrypt>::new(AuditDecrypt::Off);
+static AUDIT_DECRYPT: GucSetting<AuditDecrypt> = GucSetting::<AuditDecrypt>::new(AuditDecrypt::Off);
 
 /// What `SHOW`, `current_setting()` and `pg_settings` report for `credcrypt.local_key`: never
 /// the key — also not to members of `pg_read_all_settings`, whom `SUPERUSER_ONLY` does not stop.
@@ -331,13 +333,8 @@ fn define_bao_settings() {
     }
 }
 
-#[cfg(any(feature = "pg13", feature = "pg14"))]
-fn reserve_prefix(prefix: &CStr) {
-    // SAFETY: called from _PG_init on the main thread with a NUL-terminated static string.
-    unsafe { pg_sys::EmitWarningsOnPlaceholders(prefix.as_ptr()) }
-}
-
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+/// Reserves the `credcrypt.` prefix (PostgreSQL 15 and later; older releases are not
+/// supported, the queue needs `shmem_request_hook`).
 fn reserve_prefix(prefix: &CStr) {
     // SAFETY: called from _PG_init on the main thread with a NUL-terminated static string.
     unsafe { pg_sys::MarkGUCPrefixReserved(prefix.as_ptr()) }
@@ -345,7 +342,7 @@ fn reserve_prefix(prefix: &CStr) {
 
 /// Reads a string setting's current value without copying it. The slice is valid until the
 /// next configuration reload; callers copy what they keep.
-pub fn raw(setting: &'static GucSetting<Option<CString>>) -> &'static [u8] {
+fn raw(setting: &'static GucSetting<Option<CString>>) -> &'static [u8] {
     // SAFETY: the GUC machinery owns the pointer and keeps it valid until the value changes,
     // which only happens between statements (reload) on this, the main thread.
     unsafe {
@@ -358,7 +355,141 @@ pub fn raw(setting: &'static GucSetting<Option<CString>>) -> &'static [u8] {
     }
 }
 
+/// A string setting's value, trimmed (paths, addresses and names).
+fn text(setting: &'static GucSetting<Option<CString>>) -> String {
+    String::from_utf8_lossy(raw(setting)).trim().to_owned()
+}
+
+/// A positive integer setting (the registered minimum is 1; clamped again so that no caller
+/// can divide by zero or spin on a non-positive value).
+fn positive(setting: &'static GucSetting<i32>) -> u64 {
+    u64::try_from(setting.get()).unwrap_or(1).max(1)
+}
+
 /// The default key reference (`credcrypt.default_key`).
 pub fn default_key() -> String {
     String::from_utf8_lossy(raw(&DEFAULT_KEY)).into_owned()
+}
+
+/// `credcrypt.fallback`.
+pub fn fallback() -> Fallback {
+    FALLBACK.get()
+}
+
+/// `credcrypt.audit_decrypt`.
+pub fn audit_decrypt() -> AuditDecrypt {
+    AUDIT_DECRYPT.get()
+}
+
+/// `credcrypt.queue_slots` (read once, at preload).
+pub fn queue_slots() -> usize {
+    usize::try_from(positive(&QUEUE_SLOTS)).unwrap_or(1)
+}
+
+/// `credcrypt.request_timeout_ms`: how long a backend waits for the worker.
+pub fn request_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(positive(&REQUEST_TIMEOUT_MS))
+}
+
+/// `credcrypt.envelope_max_uses`: values one data key encrypts before a new one is made.
+pub fn envelope_max_uses() -> u64 {
+    positive(&ENVELOPE_MAX_USES)
+}
+
+/// `credcrypt.envelope_max_age`: how long one data key encrypts new values.
+pub fn envelope_max_age() -> std::time::Duration {
+    std::time::Duration::from_secs(positive(&ENVELOPE_MAX_AGE))
+}
+
+/// `credcrypt.envelope_cache_ttl`: how long an unwrapped data key stays cached.
+pub fn envelope_cache_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(positive(&ENVELOPE_CACHE_TTL))
+}
+
+/// `credcrypt.envelope_cache_size`: how many unwrapped data keys a backend caches.
+pub fn envelope_cache_size() -> usize {
+    usize::try_from(positive(&ENVELOPE_CACHE_SIZE)).unwrap_or(1)
+}
+
+/// The three local-key settings as the key ring compares them (raw bytes, valid until the
+/// next reload: the key ring copies what it keeps).
+pub struct LocalKeySettings {
+    /// `credcrypt.local_key_file`.
+    pub key_file: &'static [u8],
+    /// `credcrypt.local_key` (secret).
+    pub key_inline: &'static [u8],
+    /// `credcrypt.local_previous_key_files`.
+    pub previous: &'static [u8],
+}
+
+/// The local-key settings.
+pub fn local_key_settings() -> LocalKeySettings {
+    LocalKeySettings {
+        key_file: raw(&LOCAL_KEY_FILE),
+        key_inline: raw(&LOCAL_KEY),
+        previous: raw(&LOCAL_PREVIOUS_KEY_FILES),
+    }
+}
+
+/// Whether `credcrypt.local_key` (the inline key) is set.
+pub fn inline_local_key_set() -> bool {
+    !raw(&LOCAL_KEY).trim_ascii().is_empty()
+}
+
+/// `credcrypt.legacy_key_file`, trimmed.
+pub fn legacy_key_file() -> String {
+    text(&LEGACY_KEY_FILE)
+}
+
+/// The settings naming files with keys or credentials, by name, trimmed (empty when unset),
+/// for the security report.
+pub fn secret_files() -> [(&'static str, String); 5] {
+    [
+        ("credcrypt.local_key_file", text(&LOCAL_KEY_FILE)),
+        ("credcrypt.local_previous_key_files", text(&LOCAL_PREVIOUS_KEY_FILES)),
+        ("credcrypt.bao_token_file", text(&BAO_TOKEN_FILE)),
+        ("credcrypt.bao_secret_id_file", text(&BAO_SECRET_ID_FILE)),
+        ("credcrypt.legacy_key_file", text(&LEGACY_KEY_FILE)),
+    ]
+}
+
+/// What the worker needs to reach OpenBao, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaoSettings {
+    /// `credcrypt.bao_addr`: one address or several, comma-separated.
+    pub addrs: String,
+    /// `credcrypt.transit_mount`.
+    pub mount: String,
+    /// `credcrypt.bao_namespace`.
+    pub namespace: String,
+    /// `credcrypt.bao_ca_file`.
+    pub ca_file: String,
+    /// `credcrypt.bao_token_file`.
+    pub token_file: String,
+    /// `credcrypt.bao_role_id`.
+    pub role_id: String,
+    /// `credcrypt.bao_secret_id_file`.
+    pub secret_id_file: String,
+    /// `credcrypt.bao_approle_mount`.
+    pub approle_mount: String,
+    /// `credcrypt.bao_connect_timeout_ms`.
+    pub connect: std::time::Duration,
+    /// `credcrypt.bao_request_timeout_ms`.
+    pub request: std::time::Duration,
+}
+
+/// The OpenBao settings.
+pub fn bao_settings() -> BaoSettings {
+    BaoSettings {
+        addrs: text(&BAO_ADDR),
+        mount: text(&TRANSIT_MOUNT),
+        namespace: text(&BAO_NAMESPACE),
+        ca_file: text(&BAO_CA_FILE),
+        token_file: text(&BAO_TOKEN_FILE),
+        role_id: text(&BAO_ROLE_ID),
+        secret_id_file: text(&BAO_SECRET_ID_FILE),
+        approle_mount: text(&BAO_APPROLE_MOUNT),
+        connect: std::time::Duration::from_millis(positive(&BAO_CONNECT_TIMEOUT_MS)),
+        request: std::time::Duration::from_millis(positive(&BAO_REQUEST_TIMEOUT_MS)),
+    }
 }

@@ -18,15 +18,14 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod audit;
-pub mod envelope;
 pub mod errors;
 pub mod gucs;
-pub mod keys;
 pub mod migrate;
 pub mod postgres;
 pub mod protect;
+pub mod providers;
+pub mod reports;
 pub mod rls;
-pub mod transit;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -35,37 +34,38 @@ extension_sql_file!(
     "../sql/protect.sql",
     name = "protect",
     requires = [
-        protect::admin::protect_column_v2,
-        protect::admin::unprotect_column_v2,
-        protect::admin::create_decrypted_view_v2,
-        protect::admin::create_masked_view_v2,
-        protect::admin::drop_masked_view,
-        protect::admin::invalidate_table,
-        protect::admin::xact_is_current,
-        protect::catalog::type_class_sql,
-        protect::trigger::protect_trigger,
+        api::protect::protect_column_v2,
+        api::protect::unprotect_column_v2,
+        api::protect::create_decrypted_view_v2,
+        api::protect::create_masked_view_v2,
+        api::protect::drop_masked_view,
+        api::protect::invalidate_table,
+        api::protect::xact_is_current,
+        api::protect::type_class_sql,
+        api::protect::protect_trigger,
         api::crypto::decrypt_credential,
     ]
 );
 extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
-    requires = ["protect", rls::enable_owner_rls_v2, rls::disable_owner_rls_v2, api::report::environment_findings]
+    requires =
+        ["protect", api::rls::enable_owner_rls_v2, api::rls::disable_owner_rls_v2, api::report::environment_findings]
 );
 extension_sql_file!(
     "../sql/migrate.sql",
     name = "migrate",
     requires = [
         "rls",
-        migrate::reencrypt_prepare,
-        migrate::reencrypt_batch,
-        migrate::reencrypt_step,
-        migrate::reencrypt_remaining,
-        migrate::reencrypt_finish,
-        migrate::reencrypt_close,
-        migrate::reencrypt_leaves,
-        migrate::reencrypt_needed,
-        migrate::key_usage
+        api::migrate::reencrypt_prepare,
+        api::migrate::reencrypt_batch,
+        api::migrate::reencrypt_step,
+        api::migrate::reencrypt_remaining,
+        api::migrate::reencrypt_finish,
+        api::migrate::reencrypt_close,
+        api::migrate::reencrypt_leaves,
+        api::migrate::reencrypt_needed,
+        api::report::key_usage
     ]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
@@ -77,12 +77,13 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     postgres::log_redact::install();
     protect::catalog::init();
+    protect::trigger::init();
     audit::init();
-    envelope::init();
+    providers::envelope::init();
     // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        transit::queue::init(gucs::QUEUE_SLOTS.get() as usize);
-        transit::worker::register();
+        providers::transit::queue::init(gucs::queue_slots());
+        providers::transit::worker::register();
     }
 }
 

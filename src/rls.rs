@@ -21,19 +21,9 @@ use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{require_column, table, Table};
 use crate::postgres::spi;
 
-/// True only while one of credcrypt's maintenance routines works on table `tbl` in this
-/// backend, as the role it runs them as. Used by the policies of `enable_owner_rls` (each
-/// passes its own table, so other tables stay closed even to code that runs during
-/// maintenance); it cannot be switched on from SQL.
-#[pg_extern(volatile, parallel_unsafe, strict, name = "_maintenance_active")]
-fn maintenance_active(tbl: pg_sys::Oid) -> bool {
-    crate::postgres::scope::maintenance_active(tbl)
-}
-
-/// The owner an `enable_owner_rls` policy compares with: the setting's value for this
-/// transaction, or NULL when it is unset or empty (so that no row matches: fail closed).
-#[pg_extern(stable, parallel_safe, strict, name = "_owner_setting")]
-fn owner_setting(setting: &str) -> Option<String> {
+/// The value of `setting` for this transaction, or None when unset or empty (see
+/// [`crate::api::rls`]'s `_owner_setting`).
+pub(crate) fn owner_setting(setting: &str) -> Option<String> {
     let name = std::ffi::CString::new(setting).ok()?;
     // SAFETY: reads a setting by name (missing_ok: an unset custom setting is NULL).
     let v = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
@@ -49,7 +39,7 @@ fn owner_setting(setting: &str) -> Option<String> {
 const MASKER_POLICY: &str = "credcrypt_masked_read";
 
 /// Names of the policies `enable_owner_rls` creates.
-const POLICIES: [(&str, &str); 5] = [
+pub(crate) const POLICIES: [(&str, &str); 5] = [
     ("credcrypt_owner_select", "SELECT"),
     ("credcrypt_owner_insert", "INSERT"),
     ("credcrypt_owner_update", "UPDATE"),
@@ -59,7 +49,7 @@ const POLICIES: [(&str, &str); 5] = [
 
 /// Checks a setting name for `enable_owner_rls`/`set_owner`: a custom setting such as
 /// `app.current_user_id` (two or more identifiers joined by dots), not one of credcrypt's.
-fn check_setting(setting: &str) {
+pub(crate) fn check_setting(setting: &str) {
     let ident = |s: &str| {
         let mut c = s.chars();
         matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
@@ -138,29 +128,7 @@ fn owner_type(t: &Table, owner_column: &str) -> (String, String) {
     (format!("pg_catalog.{}", qi(name)), "OPERATOR(pg_catalog.=)".into())
 }
 
-/// `enable_owner_rls(tbl, owner_column, setting)` of 0.1.0 (returns nothing).
-#[pg_extern(volatile, name = "_enable_owner_rls")]
-#[search_path(pg_catalog, pg_temp)]
-fn enable_owner_rls_impl(tbl: pg_sys::Oid, owner_column: &str, setting: &str) {
-    enable(tbl, owner_column, setting);
-}
-
-/// `enable_owner_rls(tbl, owner_column, setting)` — SQL wrapper `credcrypt.enable_owner_rls`.
-/// Returns the policies it (re)created and whether row-level security was already enabled and
-/// forced before this call.
-#[pg_extern(volatile, name = "_owner_rls_on")]
-#[search_path(pg_catalog, pg_temp)]
-#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
-fn enable_owner_rls_v2(
-    tbl: pg_sys::Oid,
-    owner_column: &str,
-    setting: &str,
-) -> TableIterator<'static, (name!(policies, Vec<String>), name!(was_enabled, bool), name!(was_forced, bool))> {
-    let (had_rls, had_force) = enable(tbl, owner_column, setting);
-    TableIterator::once((POLICIES.iter().map(|(p, _)| (*p).to_owned()).collect(), had_rls, had_force))
-}
-
-fn enable(tbl: pg_sys::Oid, owner_column: &str, setting: &str) -> (bool, bool) {
+pub(crate) fn enable(tbl: pg_sys::Oid, owner_column: &str, setting: &str) -> (bool, bool) {
     crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     require_column(&t, owner_column);
@@ -171,7 +139,7 @@ fn enable(tbl: pg_sys::Oid, owner_column: &str, setting: &str) -> (bool, bool) {
         &[t.oid.into()],
     )
     .map(|(a, b)| (a.unwrap_or(false), b.unwrap_or(false)))
-    .unwrap_or((false, false));
+    .unwrap_or_else(|e| fail(ERRCODE_INTERNAL_ERROR, format!("pg_credcrypt: {e}"), None, "Report this as a bug."));
     as_catalog_owner(|| {
         // The first enable records what to restore; later calls only change column and setting.
         spi::run(
@@ -205,26 +173,7 @@ fn enable(tbl: pg_sys::Oid, owner_column: &str, setting: &str) -> (bool, bool) {
     (had_rls, had_force)
 }
 
-/// `disable_owner_rls(tbl)` — SQL wrapper `credcrypt.disable_owner_rls`. Undoes exactly what
-/// `enable_owner_rls` did: drops its policies and restores the table's previous RLS flags.
-#[pg_extern(volatile, name = "_disable_owner_rls")]
-#[search_path(pg_catalog, pg_temp)]
-fn disable_owner_rls_impl(tbl: pg_sys::Oid) {
-    disable(tbl);
-}
-
-/// `disable_owner_rls(tbl)` returning how many policies it dropped and the table's row-level
-/// security flags afterwards (as they were before the first `enable_owner_rls`).
-#[pg_extern(volatile, name = "_owner_rls_off")]
-#[search_path(pg_catalog, pg_temp)]
-#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
-fn disable_owner_rls_v2(
-    tbl: pg_sys::Oid,
-) -> TableIterator<'static, (name!(policies_dropped, i32), name!(row_security, bool), name!(forced, bool))> {
-    TableIterator::once(disable(tbl))
-}
-
-fn disable(tbl: pg_sys::Oid) -> (i32, bool, bool) {
+pub(crate) fn disable(tbl: pg_sys::Oid) -> (i32, bool, bool) {
     crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
     let flags = spi::two::<bool, bool>(
@@ -233,10 +182,8 @@ fn disable(tbl: pg_sys::Oid) -> (i32, bool, bool) {
     );
     let (had_rls, had_force) = match flags {
         Ok((Some(a), Some(b))) => (a, b),
-        _ => fail(
-            ERRCODE_UNDEFINED_OBJECT,
+        _ => crate::errors::undefined(
             format!("table {} is not under credcrypt.enable_owner_rls", t.sql_name),
-            None,
             "SELECT * FROM credcrypt.owner_rls lists the tables it manages.",
         ),
     };
@@ -258,11 +205,10 @@ fn disable(tbl: pg_sys::Oid) -> (i32, bool, bool) {
     (dropped, had_rls, had_force)
 }
 
-/// Sets the owner setting for the current transaction only (`set_config(setting, value, true)`):
-/// what a NestJS interceptor or a Prisma `$transaction` calls first. Outside a transaction
-/// block it would last for this one statement only, so it warns.
-#[pg_extern(volatile)]
-fn set_owner(value: Option<&str>, setting: default!(&str, "'app.current_user_id'")) -> Option<String> {
+/// `set_owner`: sets the owner setting for the current transaction only
+/// (`set_config(setting, value, true)`), warning outside a transaction block, where it would
+/// last for one statement only. Returns the new value.
+pub(crate) fn set_owner(value: Option<&str>, setting: &str) -> Option<String> {
     check_setting(setting);
     // SAFETY: reads the transaction state.
     if !unsafe { pg_sys::IsTransactionBlock() } {
@@ -271,6 +217,5 @@ fn set_owner(value: Option<&str>, setting: default!(&str, "'app.current_user_id'
         );
     }
     spi::one::<String>("SELECT pg_catalog.set_config($1, coalesce($2, ''), true)", &[setting.into(), value.into()])
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| fail(ERRCODE_INTERNAL_ERROR, format!("pg_credcrypt: {e}"), None, "Report this as a bug."))
 }

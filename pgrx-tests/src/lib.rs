@@ -89,17 +89,38 @@ impl Cluster {
         self.psql_in("postgres", user, sql)
     }
 
-    /// Like [`Cluster::psql`], in database `db`.
-    pub fn psql_in(&self, db: &str, user: &str, sql: &str) -> Outcome {
-        use std::io::Write as _;
-        let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+    /// `psql` reading SQL from stdin as `user` in `db` (unaligned, tuples only, verbose errors),
+    /// stopping at the first error when `stop_on_error`.
+    fn psql_command(&self, db: &str, user: &str, stop_on_error: bool) -> Command {
+        let stop = if stop_on_error { "ON_ERROR_STOP=1" } else { "ON_ERROR_STOP=0" };
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", stop, "-v", "VERBOSITY=verbose"])
             .args(["-h", &self.host, "-p", &self.port, "-U", user, "-d", db, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql runs");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Checks that `ct` is bound to its context: as `user` it decrypts to `plaintext` with
+    /// `ctx`, and with `other_ctx` fails with `39000` without showing `marker` (a word of the
+    /// plaintext).
+    #[track_caller]
+    pub fn assert_bound(&self, user: &str, ct: &str, ctx: &str, other_ctx: &str, plaintext: &str, marker: &str) {
+        let decrypt = |c: &str| format!("SELECT credcrypt.decrypt_credential('{ct}', '{c}')");
+        assert_eq!(self.value(user, &decrypt(ctx)), plaintext);
+        self.psql(user, &decrypt(other_ctx)).expect_error("39000").expect_clean(marker);
+    }
+
+    /// The output of `sql` run as `user`, which must succeed.
+    pub fn value(&self, user: &str, sql: &str) -> String {
+        self.psql(user, sql).expect_ok().to_owned()
+    }
+
+    /// Like [`Cluster::psql`], in database `db`.
+    pub fn psql_in(&self, db: &str, user: &str, sql: &str) -> Outcome {
+        use std::io::Write as _;
+        let mut child = self.psql_command(db, user, true).spawn().expect("psql runs");
         let mut stdin = child.stdin.take().expect("psql stdin");
         let script = format!("\\set VERBOSITY verbose\n{sql}\n");
         let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
@@ -211,6 +232,23 @@ pub fn serial_baseline(lock: &'static std::sync::Mutex<()>) -> (std::sync::Mutex
     (guard, c)
 }
 
+/// [`serial_baseline`], then the suite's login roles, each with its grants (`""` for none),
+/// and CREATE on schema public for the roles in `creators`.
+pub fn serial_with_roles(
+    lock: &'static std::sync::Mutex<()>,
+    roles: &[(&str, &str)],
+    creators: &[&str],
+) -> (std::sync::MutexGuard<'static, ()>, Cluster) {
+    let (guard, c) = serial_baseline(lock);
+    for (name, grants) in roles {
+        c.ensure_login_role(name, grants);
+    }
+    for name in creators {
+        c.sql(&format!("GRANT CREATE ON SCHEMA public TO {name}"));
+    }
+    (guard, c)
+}
+
 /// A deterministic 32-byte key, in base64, from a seed (test keys only).
 pub fn test_key(seed: u8) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -250,14 +288,7 @@ impl Session {
     /// Opens a session as `user` in database `db`.
     pub fn open_in(c: &Cluster, db: &str, user: &str) -> Session {
         use std::io::BufRead as _;
-        let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=0", "-v", "VERBOSITY=verbose"])
-            .args(["-h", &c.host, "-p", &c.port, "-U", user, "-d", db, "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql runs");
+        let mut child = c.psql_command(db, user, false).spawn().expect("psql runs");
         let stdin = child.stdin.take().expect("psql stdin");
         let pipe = |r: Box<dyn std::io::Read + Send>| {
             let (tx, rx) = std::sync::mpsc::channel();

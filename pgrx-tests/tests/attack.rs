@@ -17,15 +17,16 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// - `at_owner`: owns some tables, no credcrypt role;
 /// - `at_evil`: nothing but CREATE on its schema `evil`, which others have USAGE on.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
-    c.ensure_login_role("at_admin", "credcrypt_admin");
-    c.ensure_login_role("at_app", "credcrypt_encryptor");
-    c.ensure_login_role("at_reader", "credcrypt_decryptor");
-    c.ensure_login_role("at_owner", "");
-    c.ensure_login_role("at_evil", "");
+    let roles = [
+        ("at_admin", "credcrypt_admin"),
+        ("at_app", "credcrypt_encryptor"),
+        ("at_reader", "credcrypt_decryptor"),
+        ("at_owner", ""),
+        ("at_evil", ""),
+    ];
+    let (guard, c) = credcrypt_blackbox::serial_with_roles(&SERIAL, &roles, &["at_admin", "at_owner"]);
     c.sql(
-        "GRANT CREATE ON SCHEMA public TO at_admin, at_owner;
-         GRANT at_owner TO at_admin;
+        "GRANT at_owner TO at_admin;
          ALTER ROLE at_admin RESET search_path; ALTER ROLE at_app RESET search_path; ALTER ROLE at_reader RESET search_path;",
     );
     (guard, c)

@@ -52,18 +52,15 @@ fn secret_settings_cannot_be_set_by_alter_system_or_seen() {
 #[test]
 fn app_role_round_trip_and_reporter_is_refused() {
     let (_g, c) = setup();
-    let ct = c
-        .psql("bb_app", "SELECT credcrypt.encrypt_credential('ghp_SECRETMARKER_0123456789', context => 'user:1')")
-        .expect_ok()
-        .to_owned();
+    let ct =
+        c.value("bb_app", "SELECT credcrypt.encrypt_credential('ghp_SECRETMARKER_0123456789', context => 'user:1')");
     assert!(ct.starts_with("cc1:local:local:"), "{ct}");
-    let back =
-        c.psql("bb_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'user:1')")).expect_ok().to_owned();
+    let back = c.value("bb_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'user:1')"));
     assert_eq!(back, "ghp_SECRETMARKER_0123456789");
     let o = c.psql("bb_reporter", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'user:1')"));
     assert_eq!(o.sqlstate(), Some("42501"));
     o.expect_clean("SECRETMARKER");
-    let m = c.psql("bb_reporter", "SELECT credcrypt.mask('ghp_SECRETMARKER_0123456789', 4, 4)").expect_ok().to_owned();
+    let m = c.value("bb_reporter", "SELECT credcrypt.mask('ghp_SECRETMARKER_0123456789', 4, 4)");
     assert_eq!(m, "ghp_…6789");
 }
 

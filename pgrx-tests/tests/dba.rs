@@ -13,13 +13,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Roles: `db_admin` (credcrypt_admin, owns nothing here), `db_owner` (credcrypt_admin, owns
 /// the tables), `db_app` (encryptor + decryptor), `db_report` (nothing but grants on views).
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
-    c.ensure_login_role("db_admin", "credcrypt_admin");
-    c.ensure_login_role("db_owner", "credcrypt_admin");
-    c.ensure_login_role("db_app", "credcrypt_encryptor, credcrypt_decryptor");
-    c.ensure_login_role("db_report", "");
-    c.sql("GRANT CREATE ON SCHEMA public TO db_owner");
-    (guard, c)
+    let roles = [
+        ("db_admin", "credcrypt_admin"),
+        ("db_owner", "credcrypt_admin"),
+        ("db_app", "credcrypt_encryptor, credcrypt_decryptor"),
+        ("db_report", ""),
+    ];
+    credcrypt_blackbox::serial_with_roles(&SERIAL, &roles, &["db_owner"])
 }
 
 /// The Prisma-style credentials table: uuid-less but natural-key unique, owner RLS optional.
@@ -116,13 +116,10 @@ fn key_usage_counts_every_row_of_every_table_or_fails() {
         .expect_ok();
     }
     // An administrator who does not own the table, under forced owner RLS, sees all three.
-    let usage =
-        c.psql("db_admin", "SELECT source, \"values\" FROM credcrypt.key_usage('db_usage')").expect_ok().to_owned();
+    let usage = c.value("db_admin", "SELECT source, \"values\" FROM credcrypt.key_usage('db_usage')");
     assert_eq!(usage, "local|3");
-    let all = c
-        .psql("db_admin", "SELECT sum(\"values\") FROM credcrypt.key_usage() WHERE table_name = 'public.db_usage'")
-        .expect_ok()
-        .to_owned();
+    let all =
+        c.value("db_admin", "SELECT sum(\"values\") FROM credcrypt.key_usage() WHERE table_name = 'public.db_usage'");
     assert_eq!(all, "3");
     // A table its own owner cannot read: an error that names it, never a partial answer.
     c.psql("db_owner", "REVOKE SELECT ON db_usage FROM db_owner").expect_ok();
@@ -192,17 +189,15 @@ fn unprotect_is_the_undo_of_every_step() {
     )
     .expect_ok();
     // Designated but nothing migrated yet: unprotect needs nothing else.
-    let r = c.psql("db_owner", "SELECT * FROM credcrypt.unprotect_column('db_undo', 'secret')").expect_ok().to_owned();
+    let r = c.value("db_owner", "SELECT * FROM credcrypt.unprotect_column('db_undo', 'secret')");
     assert_eq!(r, "1|0|t");
     // Half migrated (some plaintext, some ciphertext): decrypt_existing writes the plaintext back.
     c.psql("db_owner", "SELECT credcrypt.protect_column('db_undo', 'secret', bind_columns => ARRAY['id'], existing_values => 'migrate')").expect_ok();
     c.psql("db_app", "UPDATE db_undo SET secret = 'new-' || id WHERE id <= 4").expect_ok();
     assert_eq!(c.sql("SELECT count(*) FROM db_undo WHERE starts_with(secret, 'cc1:')"), "4");
     c.psql("db_owner", "SELECT credcrypt.unprotect_column('db_undo', 'secret')").expect_error("55000");
-    let r = c
-        .psql("db_owner", "SELECT * FROM credcrypt.unprotect_column('db_undo', 'secret', decrypt_existing => true)")
-        .expect_ok()
-        .to_owned();
+    let r =
+        c.value("db_owner", "SELECT * FROM credcrypt.unprotect_column('db_undo', 'secret', decrypt_existing => true)");
     assert_eq!(r, "1|4|t");
     assert_eq!(c.sql("SELECT string_agg(secret, ',' ORDER BY id) FROM db_undo WHERE id IN (1, 5)"), "new-1,plain-5");
 }
@@ -260,10 +255,7 @@ fn reporting_roles_read_masks_across_owners_and_nothing_else() {
     let v = c.psql("db_owner", "SELECT credcrypt.create_masked_view('db_mask', 'db_mask_report'); GRANT SELECT ON db_mask_report TO db_report;");
     assert_eq!(v.expect_ok(), "db_mask_report");
     // Across owners, without set_owner: masks only.
-    let rows = c
-        .psql("db_report", "SELECT user_id || ' ' || api_key_mask FROM db_mask_report ORDER BY user_id")
-        .expect_ok()
-        .to_owned();
+    let rows = c.value("db_report", "SELECT user_id || ' ' || api_key_mask FROM db_mask_report ORDER BY user_id");
     assert_eq!(rows, "alice …a1b2\nbob …c3d4");
     assert!(!rows.contains("cc1:") && !rows.contains("SECRETMARKER"));
     // Nothing else: not the table, not the masker role, no decryption.

@@ -1,30 +1,19 @@
 //! Black-box tests of the envelope provider (`envelope:<Transit key>`): Transit-wrapped data
 //! keys in credcrypt.data_keys, against a real OpenBao dev server.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
-use credcrypt_blackbox::bao::{point_at, start_for, Bao};
+use credcrypt_blackbox::bao::{point_at, Bao, BaoEnv};
 use credcrypt_blackbox::Cluster;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Env {
-    _guard: MutexGuard<'static, ()>,
-    c: Cluster,
-    bao: Bao,
-}
-
 /// OpenBao, and the worker configured with small data-key limits: 100 values per data key, an
 /// unwrapped key cached for 2 s.
-fn setup() -> Env {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    c.ensure_login_role("ev_owner", "credcrypt_admin");
-    c.ensure_login_role("ev_app", "credcrypt_encryptor, credcrypt_decryptor");
-    c.sql("GRANT CREATE ON SCHEMA public TO ev_owner");
-    let bao = start_for(&c);
-    configure(&c, &bao);
-    Env { _guard: guard, c, bao }
+fn setup() -> BaoEnv {
+    let env = BaoEnv::start(&SERIAL, "ev", true);
+    configure(&env.c, &env.bao);
+    env
 }
 
 fn configure(c: &Cluster, bao: &Bao) {
@@ -67,18 +56,9 @@ fn values_use_many_data_keys_and_rotation_rewraps_them_without_touching_rows() {
     let e = setup();
     let c = &e.c;
     // Functions: round trip, context binding, info.
-    let ct = c
-        .psql("ev_app", "SELECT credcrypt.encrypt_credential('sk-ENVMARKER', 'envelope:app', 'ctx:1')")
-        .expect_ok()
-        .to_owned();
+    let ct = c.value("ev_app", "SELECT credcrypt.encrypt_credential('sk-ENVMARKER', 'envelope:app', 'ctx:1')");
     assert!(ct.starts_with("cc1:envelope:app:") && ct.contains(":c:"), "{ct}");
-    assert_eq!(
-        c.psql("ev_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'ctx:1')")).expect_ok(),
-        "sk-ENVMARKER"
-    );
-    c.psql("ev_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'ctx:2')"))
-        .expect_error("39000")
-        .expect_clean("ENVMARKER");
+    c.assert_bound("ev_app", &ct, "ctx:1", "ctx:2", "sk-ENVMARKER", "ENVMARKER");
     assert_eq!(
         c.sql(&format!("SELECT provider || ' ' || key_name || ' ' || (key_version IS NULL) || ' ' || length(key_id) FROM credcrypt.ciphertext_info('{ct}')")),
         "envelope app true 16"

@@ -3,10 +3,10 @@
 //! credcrypt_admin who owns the tables (no BYPASSRLS).
 
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use credcrypt_blackbox::bao::{point_at, start_for, Bao};
+use credcrypt_blackbox::bao::{point_at, BaoEnv};
 use credcrypt_blackbox::Cluster;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -14,20 +14,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// The legacy application key (hex) the Node fixtures are encrypted with.
 const LEGACY_KEY: &str = "00112233445566778899aabbccddeefffedcba9876543210fedcba9876543210";
 
-struct Env {
-    _guard: MutexGuard<'static, ()>,
-    c: Cluster,
-    _bao: Bao,
-}
-
-fn setup() -> Env {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    c.ensure_login_role("mg_owner", "credcrypt_admin");
-    c.ensure_login_role("mg_app", "credcrypt_encryptor, credcrypt_decryptor");
-    c.sql("GRANT CREATE ON SCHEMA public TO mg_owner");
-    let bao = start_for(&c);
-    Env { _guard: guard, c, _bao: bao }
+fn setup() -> BaoEnv {
+    BaoEnv::start(&SERIAL, "mg", true)
 }
 
 /// Adds `credcrypt.legacy_key_file` (written with `key_hex`) to the worker configuration.

@@ -13,13 +13,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// - `pc_reader`: credcrypt_decryptor (reads the decrypted view);
 /// - `pc_report`: nothing but SELECT on the masked view.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
-    c.ensure_login_role("pc_owner", "credcrypt_admin");
-    c.ensure_login_role("pc_app", "credcrypt_encryptor");
-    c.ensure_login_role("pc_reader", "credcrypt_decryptor");
-    c.ensure_login_role("pc_report", "");
-    c.sql("GRANT CREATE ON SCHEMA public TO pc_owner");
-    (guard, c)
+    let roles = [
+        ("pc_owner", "credcrypt_admin"),
+        ("pc_app", "credcrypt_encryptor"),
+        ("pc_reader", "credcrypt_decryptor"),
+        ("pc_report", ""),
+    ];
+    credcrypt_blackbox::serial_with_roles(&SERIAL, &roles, &["pc_owner"])
 }
 
 /// Creates (afresh) the NestJS/Prisma-style table `name` owned by pc_owner, with api_key,
@@ -91,10 +91,10 @@ fn app_inserts_plaintext_table_holds_only_ciphertext_and_roles_see_what_they_may
         "SELECT credcrypt.create_masked_view('pc_acc', 'pc_acc_masked'); GRANT SELECT ON pc_acc_masked TO pc_report",
     )
     .expect_ok();
-    let plain = c
-        .psql("pc_reader", "SELECT api_key, coalesce(access_token, '-'), coalesce(config->>'apiKey', '-') FROM pc_acc_plain ORDER BY id")
-        .expect_ok()
-        .to_owned();
+    let plain = c.value(
+        "pc_reader",
+        "SELECT api_key, coalesce(access_token, '-'), coalesce(config->>'apiKey', '-') FROM pc_acc_plain ORDER BY id",
+    );
     assert_eq!(
         plain,
         "sk-live-SECRETMARKER-0001-a1b2|ya29.TOKENMARKER-1|sk-JSONMARKER-1\nghp_SECRETMARKER000000002|-|-\n|-|-"
@@ -103,7 +103,7 @@ fn app_inserts_plaintext_table_holds_only_ciphertext_and_roles_see_what_they_may
     denied(&c.psql("pc_app", "SELECT api_key FROM pc_acc_plain"));
 
     // The reporting role: masks yes; table, ciphertext, decrypt, decrypted view no.
-    let masked = c.psql("pc_report", "SELECT * FROM pc_acc_masked ORDER BY id").expect_ok().to_owned();
+    let masked = c.value("pc_report", "SELECT * FROM pc_acc_masked ORDER BY id");
     assert!(!masked.contains("cc1:") && !masked.contains("MARKER"), "{masked}");
     assert!(masked.contains("sk-…a1b2") && masked.contains("{\"model\": \"gpt-4o\"}"), "{masked}");
     let cols = c.sql(

@@ -10,11 +10,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Roles: `rl_owner` owns the tables and is credcrypt_admin; `rl_app` is the application
 /// (encryptor + decryptor); both NOSUPERUSER NOBYPASSRLS.
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
-    let (guard, c) = credcrypt_blackbox::serial_baseline(&SERIAL);
-    c.ensure_login_role("rl_owner", "credcrypt_admin");
-    c.ensure_login_role("rl_app", "credcrypt_encryptor, credcrypt_decryptor");
-    c.sql("GRANT CREATE ON SCHEMA public TO rl_owner");
-    (guard, c)
+    let roles = [("rl_owner", "credcrypt_admin"), ("rl_app", "credcrypt_encryptor, credcrypt_decryptor")];
+    credcrypt_blackbox::serial_with_roles(&SERIAL, &roles, &["rl_owner"])
 }
 
 /// A table of two tenants' credentials under enable_owner_rls, api_key protected.
@@ -53,10 +50,7 @@ fn tenants_see_and_change_only_their_own_rows() {
     let (_g, c) = setup();
     tenants(&c, "rl_t");
     // As alice, in a transaction (the NestJS interceptor / Prisma $transaction pattern).
-    let alice = c
-        .psql("rl_app", "BEGIN; SELECT credcrypt.set_owner('alice'); SELECT string_agg(api_key, ',' ORDER BY id) FROM rl_t_plain; COMMIT;")
-        .expect_ok()
-        .to_owned();
+    let alice = c.value("rl_app", "BEGIN; SELECT credcrypt.set_owner('alice'); SELECT string_agg(api_key, ',' ORDER BY id) FROM rl_t_plain; COMMIT;");
     assert!(alice.ends_with("sk-alice-SECRETMARKER-1,sk-alice-SECRETMARKER-2"), "{alice}");
     // Alice cannot update or delete bob's row, nor write a row for bob.
     let o = c.psql(

@@ -1,28 +1,18 @@
 //! Black-box tests of the OpenBao Transit provider against a real OpenBao dev server and the
 //! preloaded test cluster (worker, shared-memory queue, batching, auth, failover, outages).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use credcrypt_blackbox::bao::{write_secret_file, Bao};
+use credcrypt_blackbox::bao::{write_secret_file, Bao, BaoEnv};
 use credcrypt_blackbox::Cluster;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Env {
-    _guard: MutexGuard<'static, ()>,
-    c: Cluster,
-    bao: Bao,
-}
-
 /// Starts OpenBao, writes a policy-limited token file, points the cluster's worker at it and
 /// waits until the worker reports the address.
-fn setup() -> Env {
-    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let c = Cluster::from_env();
-    c.ensure_login_role("tr_app", "credcrypt_encryptor, credcrypt_decryptor");
-    let bao = credcrypt_blackbox::bao::start_for(&c);
-    Env { _guard: guard, c, bao }
+fn setup() -> BaoEnv {
+    BaoEnv::start(&SERIAL, "tr", false)
 }
 
 fn point_at(c: &Cluster, addrs: &str, auth: &str) {
@@ -33,18 +23,10 @@ fn point_at(c: &Cluster, addrs: &str, auth: &str) {
 fn round_trip_formats_and_bulk() {
     let e = setup();
     let c = &e.c;
-    let ct = c
-        .psql("tr_app", "SELECT credcrypt.encrypt_credential('sk-transit-SECRETMARKER', 'transit:app', 'owner:1')")
-        .expect_ok()
-        .to_owned();
+    let ct =
+        c.value("tr_app", "SELECT credcrypt.encrypt_credential('sk-transit-SECRETMARKER', 'transit:app', 'owner:1')");
     assert!(ct.starts_with("cc1:transit:app:1:c:vault:v1:"), "{ct}");
-    assert_eq!(
-        c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'owner:1')")).expect_ok(),
-        "sk-transit-SECRETMARKER"
-    );
-    c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'owner:2')"))
-        .expect_error("39000")
-        .expect_clean("SECRETMARKER");
+    c.assert_bound("tr_app", &ct, "owner:1", "owner:2", "sk-transit-SECRETMARKER", "SECRETMARKER");
     c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}')")).expect_error("39000");
     assert_eq!(
         c.psql("tr_app", &format!("SELECT credcrypt.verify_credential('{ct}', 'sk-transit-SECRETMARKER', 'owner:1')"))
@@ -109,7 +91,7 @@ fn concurrent_sessions_are_coalesced_and_correct() {
                     "SELECT count(*) FILTER (WHERE credcrypt.decrypt_credential(credcrypt.encrypt_credential('s{s}-' || g, 'transit:app', 'c' || g), 'c' || g) = 's{s}-' || g)
                        FROM generate_series(1, 150) g"
                 );
-                c.psql("tr_app", &sql).expect_ok().to_owned()
+                c.value("tr_app", &sql)
             })
         })
         .collect();
@@ -171,8 +153,7 @@ fn bad_token_then_approle_with_short_ttl() {
         &format!("credcrypt.bao_role_id = 'credcrypt-role'\ncredcrypt.bao_secret_id_file = '{}'\n", sid.display()),
     );
     for _ in 0..4 {
-        let ct =
-            c.psql("tr_app", "SELECT credcrypt.encrypt_credential('approle', 'transit:app')").expect_ok().to_owned();
+        let ct = c.value("tr_app", "SELECT credcrypt.encrypt_credential('approle', 'transit:app')");
         assert_eq!(c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}')")).expect_ok(), "approle");
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -188,7 +169,7 @@ fn failover_to_the_second_address() {
     let dead = format!("http://127.0.0.1:{}", credcrypt_blackbox::bao::free_port());
     let token = c.keys.join("bao.token");
     point_at(c, &format!("{dead}, {}", e.bao.addr), &format!("credcrypt.bao_token_file = '{}'\n", token.display()));
-    let ct = c.psql("tr_app", "SELECT credcrypt.encrypt_credential('fo', 'transit:app')").expect_ok().to_owned();
+    let ct = c.value("tr_app", "SELECT credcrypt.encrypt_credential('fo', 'transit:app')");
     assert!(ct.starts_with("cc1:transit:app:"));
     let failovers: i64 = c.sql("SELECT failovers FROM credcrypt.status()").parse().unwrap();
     assert!(failovers >= 1);
@@ -248,9 +229,8 @@ fn outage_fails_closed_then_falls_back_only_when_asked_and_recovers() {
 fn cancel_and_statement_timeout_while_waiting_and_worker_restart() {
     let e = setup();
     let c = &e.c;
-    let pid = e.bao_pid();
     // Freeze OpenBao: the worker's HTTP call hangs; the backend's wait must still end.
-    signal(pid, "STOP");
+    let pid = freeze(&e);
     // The deadline is honoured within 100 ms: timed inside the server, around the statement.
     let o =
         c.psql("tr_app", "SET statement_timeout = '700ms'; SELECT credcrypt.encrypt_credential('x', 'transit:app');");
@@ -312,10 +292,11 @@ fn sealed_server_is_a_clear_error() {
     assert!(o.err.to_lowercase().contains("sealed"), "{}", o.err);
 }
 
-impl Env {
-    fn bao_pid(&self) -> u32 {
-        self.bao.pid()
-    }
+/// Stops (SIGSTOP) the OpenBao server of `e` and returns its pid.
+fn freeze(e: &BaoEnv) -> u32 {
+    let pid = e.bao.pid();
+    signal(pid, "STOP");
+    pid
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -368,8 +349,7 @@ fn persistent_openbao_restart_keeps_values_readable() {
         &bao.addr,
         &format!("credcrypt.bao_role_id = 'credcrypt-role'\ncredcrypt.bao_secret_id_file = '{}'\n", sid.display()),
     );
-    let ct =
-        c.psql("tr_app", "SELECT credcrypt.encrypt_credential('survives', 'transit:app', 'k')").expect_ok().to_owned();
+    let ct = c.value("tr_app", "SELECT credcrypt.encrypt_credential('survives', 'transit:app', 'k')");
     bao.kill();
     c.psql("tr_app", &format!("SELECT credcrypt.decrypt_credential('{ct}', 'k')")).expect_error("58030");
     // Same data, auto-unsealed by the static seal: old values decrypt, PostgreSQL untouched.
@@ -432,8 +412,7 @@ fn protected_column_with_a_transit_key_fails_closed_during_an_outage() {
 fn backends_terminated_while_waiting_do_not_leak_queue_slots() {
     let e = setup();
     let c = &e.c;
-    let pid = e.bao_pid();
-    signal(pid, "STOP");
+    let pid = freeze(&e);
     // More waiting sessions than queue slots (64), each stuck behind the frozen OpenBao.
     let children: Vec<std::process::Child> = (0..70)
         .map(|i| {
@@ -492,8 +471,7 @@ fn answers_that_are_not_outages_never_fall_back_and_missing_keys_are_not_remembe
     // A key probed before it exists is found once it is created (no negative answer is kept).
     c.psql("tr_app", "SELECT credcrypt.encrypt_credential('x', 'transit:later')").expect_error("42704");
     e.bao.must(&["write", "-f", "transit/keys/later"]);
-    let ct =
-        c.psql("tr_app", "SELECT credcrypt.encrypt_credential('later-value', 'transit:later')").expect_ok().to_owned();
+    let ct = c.value("tr_app", "SELECT credcrypt.encrypt_credential('later-value', 'transit:later')");
     assert!(ct.starts_with("cc1:transit:later:1:"), "{ct}");
     // Probing many names does not grow the worker (only positive answers are kept, bounded).
     for i in 0..50 {
@@ -536,10 +514,7 @@ fn a_protected_column_accepts_ciphertexts_of_its_own_key_only() {
 fn a_value_below_min_decryption_version_has_its_own_error() {
     let e = setup();
     let c = &e.c;
-    let old = c
-        .psql("tr_app", "SELECT credcrypt.encrypt_credential('old-SECRETMARKER', 'transit:other')")
-        .expect_ok()
-        .to_owned();
+    let old = c.value("tr_app", "SELECT credcrypt.encrypt_credential('old-SECRETMARKER', 'transit:other')");
     let v: u32 = old.split(':').nth(3).unwrap_or("1").parse().unwrap_or(1);
     e.bao.must(&["write", "-f", "transit/keys/other/rotate"]);
     e.bao.must(&["write", "transit/keys/other/config", &format!("min_decryption_version={}", v + 1)]);

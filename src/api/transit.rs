@@ -7,7 +7,7 @@ use credcrypt_core::{format, Error, ErrorKind, KeyRef};
 use pgrx::prelude::*;
 
 use crate::errors::OrRaise as _;
-use crate::transit::{backend, queue};
+use crate::providers::transit::{backend, queue};
 
 fn transit_name(key_name: &str) -> String {
     match KeyRef::parse(key_name).or_raise() {
@@ -49,7 +49,7 @@ fn rotate_key(key_name: &str) -> i32 {
         .ok_or_else(|| Error::internal("the worker's rotation answer is not a version number"))
         .or_raise();
     if envelope {
-        crate::envelope::rewrap_all(&name).or_raise();
+        crate::providers::envelope::rewrap_all(&name).or_raise();
     }
     version
 }

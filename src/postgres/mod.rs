@@ -5,6 +5,8 @@ pub mod catalog;
 pub mod guard;
 pub mod log_redact;
 pub mod relation;
+pub mod restricted;
 pub mod scope;
 pub mod spi;
 pub mod subxact;
+pub mod xact;

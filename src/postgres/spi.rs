@@ -1,7 +1,7 @@
 //! The extension's own SQL statements, through SPI.
 //!
 //! Every helper here runs its statement with `search_path = pg_catalog, pg_temp`
-//! ([`crate::postgres::guard::pinned_search_path`]): whoever calls the extension, and whatever
+//! ([`crate::postgres::restricted::pinned_search_path`]): whoever calls the extension, and whatever
 //! schemas or temporary objects are on their path, the statement's unqualified names resolve
 //! to PostgreSQL's own objects. (The statements also qualify what they use; the pin is the
 //! second line.)
@@ -16,7 +16,7 @@ use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
 use pgrx::pg_sys;
 use pgrx::spi::{Spi, SpiError, SpiHeapTupleData, SpiResult};
 
-use crate::postgres::guard::pinned_search_path;
+use crate::postgres::restricted::pinned_search_path;
 
 fn none_if_empty<T>(r: SpiResult<T>, empty: T) -> SpiResult<T> {
     match r {

@@ -61,12 +61,6 @@ pub(crate) fn type_class(typ: pg_sys::Oid, typmod: i32) -> String {
     }
 }
 
-/// SQL form of [`type_class`], for the catalog's upkeep triggers and checks.
-#[pg_extern(immutable, strict, parallel_safe, name = "_type_class")]
-fn type_class_sql(typ: pg_sys::Oid, typmod: i32) -> String {
-    type_class(typ, typmod)
-}
-
 /// All designations of one relation.
 #[derive(Debug, Default)]
 pub(crate) struct TableConfig {

@@ -1,6 +1,10 @@
-//! Protected columns: the catalog cache, the trigger and the administrative functions.
-//! The catalog table, its upkeep triggers and the event triggers are in sql/protect.sql.
+//! Protected columns: designating them ([`designations`]), the catalog cache ([`catalog`]),
+//! the row trigger ([`trigger`]), the SQL texts ([`sqlgen`]) and the views ([`views`]). The
+//! catalog table, its upkeep triggers and the event triggers are in sql/protect.sql; the SQL
+//! entry points in [`crate::api::protect`].
 
-pub mod admin;
 pub mod catalog;
+pub mod designations;
+pub mod sqlgen;
 pub mod trigger;
+pub mod views;

@@ -28,7 +28,6 @@
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::ffi::CStr;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::num::NonZeroUsize;
@@ -39,10 +38,9 @@ use pgrx::prelude::*;
 use pgrx::{heap_getattr_raw, PgTupleDesc};
 use zeroize::Zeroizing;
 
-use super::admin::TRIGGER_NAME;
 use super::catalog::{self, Designation};
-use crate::api::crypto::{decrypt_many, encrypt_many};
-use crate::errors::OrRaise as _;
+use super::designations::TRIGGER_NAME;
+use crate::providers::{decrypt_many, encrypt_many};
 
 /// How many recently produced ciphertexts a backend remembers (for `ON CONFLICT DO UPDATE`).
 const RECENT: usize = 32;
@@ -75,13 +73,28 @@ fn command_id() -> pg_sys::CommandId {
     unsafe { pg_sys::GetCurrentCommandId(false) }
 }
 
-/// Forgets the values produced in the transaction that just ended (transaction callback).
-pub(crate) fn forget_produced() {
-    RECENTLY_PRODUCED.with(|r| {
-        if let Ok(mut r) = r.try_borrow_mut() {
-            r.clear();
-        }
-    });
+/// Forgets the values produced in the transaction that just ended (transaction listener).
+fn forget_produced(event: pg_sys::XactEvent::Type) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PREPARE
+    ) {
+        RECENTLY_PRODUCED.with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.clear();
+            }
+        });
+    }
+}
+
+/// Registers the trigger's transaction listener (from `_PG_init`).
+pub fn init() {
+    crate::postgres::xact::on_transaction(forget_produced);
 }
 
 fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
@@ -149,9 +162,9 @@ impl Row {
         unsafe { CStr::from_ptr(c) }.to_str().ok()
     }
 
-    fn context(&self, d: &Designation) -> String {
+    fn context(&self, d: &Designation) -> Result<String, Error> {
         let values: Vec<Option<&str>> = d.binds.iter().map(|&(n, f)| self.bind_text(n, f)).collect();
-        column_context(&d.binding_id, &values).or_raise()
+        column_context(&d.binding_id, &values)
     }
 }
 
@@ -346,7 +359,7 @@ fn json_str<'d>(doc: Option<Jsonb>, path: &[String]) -> Result<Option<&'d str>, 
 }
 
 /// `jsonb_set(doc, path, to_jsonb(value), false)`, in PostgreSQL memory.
-fn json_set(doc: pg_sys::Datum, path: &[String], value: String) -> pg_sys::Datum {
+fn json_set(doc: pg_sys::Datum, path: &[String], value: String) -> Result<pg_sys::Datum, Error> {
     let path_datum = path.to_vec().into_datum().unwrap_or(pg_sys::Datum::from(0));
     let value_datum = pgrx::JsonB(serde_json::Value::String(value)).into_datum().unwrap_or(pg_sys::Datum::from(0));
     // SAFETY: jsonb_set's V1 arguments: a jsonb document, a text[] path, a jsonb value and the
@@ -357,7 +370,7 @@ fn json_set(doc: pg_sys::Datum, path: &[String], value: String) -> pg_sys::Datum
             &[Some(doc), Some(path_datum), Some(value_datum), Some(pg_sys::Datum::from(false))],
         )
     }
-    .unwrap_or_else(|| crate::errors::raise(Error::internal("jsonb_set returned NULL")))
+    .ok_or_else(|| Error::internal("jsonb_set returned NULL"))
 }
 
 /// Replacement values for the new tuple: (attnum, value) — value None is NULL.
@@ -388,8 +401,48 @@ fn apply_mask(repl: &mut Replacements, d: &Designation, old: Option<Row>, outcom
     }
 }
 
-fn refuse(message: String, hint: &str) -> ! {
-    crate::errors::fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, hint)
+/// Why the trigger does not write the row: a value it cannot protect (a core error, with its
+/// SQLSTATE), or a table whose protection is not what `protect_column` made (`55000`), or a
+/// trigger attached the wrong way (`09000`).
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A value could not be protected (encryption failed, a ciphertext of another row…).
+    #[error("{0}")]
+    Value(#[from] Error),
+    /// The table's protection is broken: refused rather than store plaintext.
+    #[error("{message}")]
+    Refused {
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        hint: &'static str,
+    },
+    /// The trigger function was attached other than BEFORE INSERT OR UPDATE FOR EACH ROW.
+    #[error("credcrypt.protect_trigger() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW")]
+    Misattached,
+}
+
+impl TriggerError {
+    /// Raises the error as a PostgreSQL ERROR with its SQLSTATE and hint. (pgrx would report an
+    /// `Err` returned from a trigger as an internal error, so the entry point raises it.)
+    pub fn raise(self) -> ! {
+        match self {
+            TriggerError::Value(e) => crate::errors::raise(e),
+            TriggerError::Refused { message, hint } => {
+                crate::errors::fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, hint)
+            }
+            TriggerError::Misattached => crate::errors::fail(
+                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+                "credcrypt.protect_trigger() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW",
+                None,
+                "Install it with credcrypt.protect_column(), which creates the trigger correctly.",
+            ),
+        }
+    }
+}
+
+fn refused(message: String, hint: &'static str) -> TriggerError {
+    TriggerError::Refused { message, hint }
 }
 
 /// Whether a trigger fires in this session (`session_replication_role`), as PostgreSQL decides.
@@ -406,7 +459,7 @@ fn enabled(tg: &pg_sys::Trigger) -> bool {
 
 /// Checks that this trigger is the unrestricted, last BEFORE ROW trigger for `event` of the
 /// relation: a BEFORE trigger that fires after it could write plaintext back.
-fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) {
+fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) -> Result<(), TriggerError> {
     let want = pg_sys::TRIGGER_TYPE_ROW
         | pg_sys::TRIGGER_TYPE_BEFORE
         | pg_sys::TRIGGER_TYPE_INSERT
@@ -417,20 +470,20 @@ fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) {
         || !me.tgqual.is_null()
         || me.tgnattr != 0
     {
-        refuse(
+        return Err(refused(
             "the protection trigger must be BEFORE INSERT OR UPDATE FOR EACH ROW, with no column list and no WHEN condition".into(),
             "Let credcrypt.protect_column() create it (unprotect_column, then protect_column again).",
-        );
+        ));
     }
     // SAFETY: the firing relation's trigger descriptor, sorted by name (the firing order).
     let triggers: &[pg_sys::Trigger] = unsafe {
         let td = (*rel).trigdesc;
         if td.is_null() {
-            return;
+            return Ok(());
         }
         std::slice::from_raw_parts((*td).triggers, usize::try_from((*td).numtriggers).unwrap_or(0))
     };
-    let Some(at) = triggers.iter().position(|tg| tg.tgoid == me.tgoid) else { return };
+    let Some(at) = triggers.iter().position(|tg| tg.tgoid == me.tgoid) else { return Ok(()) };
     for tg in &triggers[at + 1..] {
         let ty = tg.tgtype as u32;
         let before_row = ty & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
@@ -438,28 +491,24 @@ fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) {
         if before_row && ty & event != 0 && enabled(tg) {
             // SAFETY: tgname is a NUL-terminated name.
             let name = unsafe { CStr::from_ptr(tg.tgname) }.to_string_lossy();
-            refuse(
+            return Err(refused(
                 format!("trigger \"{name}\" fires after the protection trigger {TRIGGER_NAME}: it could store plaintext"),
                 "Rename that trigger so that its name sorts before zz_credcrypt_protect (triggers fire in name order), or drop it.",
-            );
+            ));
         }
     }
+    Ok(())
 }
 
-/// The trigger function installed by `protect_column` (see the module documentation).
-#[pg_trigger]
-fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
+/// One firing of the trigger function installed by `protect_column` (see the module
+/// documentation); the SQL entry point is `crate::api::protect::protect_trigger`.
+pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     let td = t.trigger_data();
     let ev = td.tg_event;
     let is_insert = pgrx::trigger_fired_by_insert(ev);
     let is_update = pgrx::trigger_fired_by_update(ev);
     if !pgrx::trigger_fired_before(ev) || !pgrx::trigger_fired_for_row(ev) || !(is_insert || is_update) {
-        crate::errors::fail(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "credcrypt.protect_trigger() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW",
-            None,
-            "Install it with credcrypt.protect_column(), which creates the trigger correctly.",
-        );
+        return Err(TriggerError::Misattached);
     }
     // SAFETY: a firing row trigger has a valid relation and tuples.
     let (rel, desc) = unsafe { (td.tg_relation, (*td.tg_relation).rd_att) };
@@ -472,7 +521,7 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     // SAFETY: valid relation (above).
     let relid = unsafe { (*rel).rd_id };
     // SAFETY: the descriptor is the relation's own.
-    let cfg = unsafe { catalog::lookup(relid, desc) }.or_raise();
+    let cfg = unsafe { catalog::lookup(relid, desc) }?;
     // The extension's own maintenance writes to this table only: writes that other triggers
     // make meanwhile to other tables are protected as usual.
     let bypass = crate::postgres::scope::bypassed();
@@ -481,17 +530,14 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     }
     let table = || t.table_name().unwrap_or_default();
     if cfg.designations.is_empty() {
-        refuse(
+        return Err(refused(
             format!("table {} has the protection trigger but no protected column", table()),
             "Protect a column with credcrypt.protect_column(), or drop the trigger zz_credcrypt_protect if the table needs no protection.",
-        );
+        ));
     }
     // SAFETY: tg_trigger is the firing trigger.
-    check_position(
-        rel,
-        unsafe { &*td.tg_trigger },
-        if is_insert { pg_sys::TRIGGER_TYPE_INSERT } else { pg_sys::TRIGGER_TYPE_UPDATE },
-    );
+    let me = unsafe { &*td.tg_trigger };
+    check_position(rel, me, if is_insert { pg_sys::TRIGGER_TYPE_INSERT } else { pg_sys::TRIGGER_TYPE_UPDATE })?;
     let new = Row { tuple: new_tuple, desc };
     let old = old_tuple.map(|tuple| Row { tuple, desc });
     let mut repl: Replacements = Vec::new();
@@ -499,12 +545,12 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     let mut docs: Vec<(i16, Option<Jsonb>, Option<pg_sys::Datum>, bool)> = Vec::new();
 
     for d in &cfg.designations {
-        let context = new.context(d);
-        let old_context = || old.map(|o| o.context(d)).unwrap_or_default();
+        let context = new.context(d)?;
+        // An old row whose context cannot be built cannot match: re-binding then fails closed.
+        let old_context = || old.map(|o| o.context(d).unwrap_or_default()).unwrap_or_default();
         if d.json_path.is_empty() {
             let old_arg = old.as_ref().map(|o| (o.text(d.attnum), &old_context as &dyn Fn() -> String));
-            let outcome =
-                protect_value(d, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table)).or_raise();
+            let outcome = protect_value(d, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;
             apply_mask(&mut repl, d, old, &outcome);
             if let Outcome::Store { value, .. } = outcome {
                 set(&mut repl, d.attnum, text_datum(value));
@@ -517,14 +563,14 @@ fn protect_trigger<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         }
         let entry = docs.iter_mut().find(|e| e.0 == d.attnum).expect("just inserted");
         let old_doc = old.and_then(|o| o.jsonb(d.attnum));
-        let old_v = json_str(old_doc, &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
-        let new_v = json_str(entry.1, &d.json_path).map_err(|e| located(e, d, &table)).or_raise();
+        let old_v = json_str(old_doc, &d.json_path).map_err(|e| located(e, d, &table))?;
+        let new_v = json_str(entry.1, &d.json_path).map_err(|e| located(e, d, &table))?;
         let old_arg = old.map(|_| (old_v, &old_context as &dyn Fn() -> String));
-        let outcome = protect_value(d, new_v, old_arg, &context).map_err(|e| located(e, d, &table)).or_raise();
+        let outcome = protect_value(d, new_v, old_arg, &context).map_err(|e| located(e, d, &table))?;
         apply_mask(&mut repl, d, old, &outcome);
         if let Outcome::Store { value: Some(ct), .. } = outcome {
             if let Some(current) = entry.2 {
-                entry.2 = Some(json_set(current, &d.json_path, ct));
+                entry.2 = Some(json_set(current, &d.json_path, ct)?);
                 entry.3 = true;
             }
         }

@@ -103,3 +103,7 @@ impl Error {
 
 /// Result alias of the core crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// One decrypted value (in a buffer wiped on drop), or why it could not be decrypted: what every
+/// layer passes around for a value of a bulk decryption.
+pub type Decrypted = std::result::Result<zeroize::Zeroizing<Vec<u8>>, Error>;

@@ -22,7 +22,7 @@ pub mod nonce;
 pub mod verify;
 pub mod wire;
 
-pub use error::{Error, ErrorKind};
+pub use error::{Decrypted, Error, ErrorKind};
 pub use format::{Ciphertext, Provider, FORMAT_VERSION};
 pub use keyref::KeyRef;
 pub use local::{KeyId, Keyring, LocalKey};

@@ -3,8 +3,8 @@
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use credcrypt_blackbox::bao::{free_port, write_secret_file, Bao};
 use credcrypt_openbao::{Auth, Client, Config, ErrorKind, Item, ItemErrorKind};
+use credcrypt_test_support::{free_port, write_secret_file, Bao};
 use zeroize::Zeroizing;
 
 fn dir(name: &str) -> std::path::PathBuf {

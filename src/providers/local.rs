@@ -73,9 +73,7 @@ fn build(key_file: &[u8], key_inline: &[u8], previous: &[u8]) -> Result<Keyring,
 
 /// Runs `f` with the backend's key ring, rebuilding it first when the configuration changed.
 pub fn with_keyring<R>(f: impl FnOnce(&Keyring) -> Result<R, Error>) -> Result<R, Error> {
-    let key_file = gucs::raw(&gucs::LOCAL_KEY_FILE);
-    let key_inline = gucs::raw(&gucs::LOCAL_KEY);
-    let previous = gucs::raw(&gucs::LOCAL_PREVIOUS_KEY_FILES);
+    let gucs::LocalKeySettings { key_file, key_inline, previous } = gucs::local_key_settings();
     CACHE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let now = Instant::now();
@@ -111,7 +109,7 @@ pub fn with_keyring<R>(f: impl FnOnce(&Keyring) -> Result<R, Error>) -> Result<R
 /// The legacy application key named by `credcrypt.legacy_key_file` (read on every call: a
 /// migration reads it once per batch).
 pub fn legacy_key() -> Result<Zeroizing<[u8; 32]>, Error> {
-    let path = String::from_utf8_lossy(gucs::raw(&gucs::LEGACY_KEY_FILE)).trim().to_owned();
+    let path = gucs::legacy_key_file();
     if path.is_empty() {
         return Err(Error::new(ErrorKind::KeyNotConfigured, "credcrypt.legacy_key_file is not set")
             .with_detail("legacy application values can only be imported with their key"));

@@ -1,6 +1,8 @@
-//! Runs last (test binaries run in name order): after every other black-box suite has run its
-//! plaintexts, keys and tokens through the server at `log_min_messages = debug1` with verbose
-//! error fields (scripts/test.sh), neither the server log nor any OpenBao log may contain them.
+//! Run by scripts/test.sh as its own step, after every other black-box suite and the Node.js
+//! example have run their plaintexts, keys and tokens through the server at
+//! `log_min_messages = debug1` with verbose error fields: neither the server log nor any
+//! OpenBao log may contain them. Ignored in a plain `cargo test` (it needs those suites to have
+//! run first): `cargo test -p credcrypt-blackbox --test log_leak -- --ignored`.
 //!
 //! What is looked for: every test plaintext carries the word MARKER (e.g. `sk-…-SECRETMARKER-…`),
 //! and every key, token and secret-id file the suites wrote is read back and its content searched.
@@ -23,6 +25,7 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 #[test]
+#[ignore = "needs every other suite to have run first: scripts/test.sh runs it as its own step"]
 fn no_plaintext_key_or_token_in_any_log() {
     let c = Cluster::from_env();
     let mut all = Vec::new();

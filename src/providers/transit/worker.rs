@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant, SystemTime};
 
 use credcrypt_core::wire::{self, Fail, FailKind, Op};
-use credcrypt_transit as transit;
+use credcrypt_openbao as openbao;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use zeroize::Zeroizing;
@@ -47,38 +47,15 @@ fn now_ms() -> i64 {
 }
 
 /// The worker's view of its configuration, from the `credcrypt.bao_*` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Settings {
-    addrs: String,
-    mount: String,
-    namespace: String,
-    ca_file: String,
-    token_file: String,
-    role_id: String,
-    secret_id_file: String,
-    approle_mount: String,
-    connect_ms: i32,
-    request_ms: i32,
+use gucs::BaoSettings as Settings;
+
+/// Building the OpenBao client from the settings.
+trait ClientFromSettings {
+    fn client(&self) -> Result<openbao::Client, Fail>;
 }
 
-impl Settings {
-    fn read() -> Self {
-        let s = |g| String::from_utf8_lossy(gucs::raw(g)).trim().to_owned();
-        Settings {
-            addrs: s(&gucs::BAO_ADDR),
-            mount: s(&gucs::TRANSIT_MOUNT),
-            namespace: s(&gucs::BAO_NAMESPACE),
-            ca_file: s(&gucs::BAO_CA_FILE),
-            token_file: s(&gucs::BAO_TOKEN_FILE),
-            role_id: s(&gucs::BAO_ROLE_ID),
-            secret_id_file: s(&gucs::BAO_SECRET_ID_FILE),
-            approle_mount: s(&gucs::BAO_APPROLE_MOUNT),
-            connect_ms: gucs::BAO_CONNECT_TIMEOUT_MS.get(),
-            request_ms: gucs::BAO_REQUEST_TIMEOUT_MS.get(),
-        }
-    }
-
-    fn client(&self) -> Result<transit::Client, Fail> {
+impl ClientFromSettings for Settings {
+    fn client(&self) -> Result<openbao::Client, Fail> {
         let cfg_fail = |m: &str| Fail { kind: FailKind::Config, message: m.to_owned() };
         let addrs: Vec<String> = self
             .addrs
@@ -90,9 +67,9 @@ impl Settings {
             return Err(cfg_fail("credcrypt.bao_addr is not set"));
         }
         let auth = if !self.token_file.is_empty() {
-            transit::Auth::TokenFile(self.token_file.clone().into())
+            openbao::Auth::TokenFile(self.token_file.clone().into())
         } else if !self.role_id.is_empty() && !self.secret_id_file.is_empty() {
-            transit::Auth::AppRole {
+            openbao::Auth::AppRole {
                 mount: if self.approle_mount.is_empty() { "approle".into() } else { self.approle_mount.clone() },
                 role_id: self.role_id.clone(),
                 secret_id_file: self.secret_id_file.clone().into(),
@@ -102,13 +79,13 @@ impl Settings {
                 "no OpenBao credentials: set credcrypt.bao_token_file, or credcrypt.bao_role_id and credcrypt.bao_secret_id_file",
             ));
         };
-        transit::Client::new(transit::Config {
+        openbao::Client::new(openbao::Config {
             addrs,
             mount: if self.mount.is_empty() { "transit".into() } else { self.mount.clone() },
             namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
             ca_file: (!self.ca_file.is_empty()).then(|| self.ca_file.clone().into()),
-            connect_timeout: Duration::from_millis(self.connect_ms.max(1) as u64),
-            request_timeout: Duration::from_millis(self.request_ms.max(1) as u64),
+            connect_timeout: self.connect,
+            request_timeout: self.request,
             auth,
         })
         .map_err(|e| fail_of(&e))
@@ -116,8 +93,8 @@ impl Settings {
 }
 
 /// Maps a client error to a queue failure (messages are sanitized by the client).
-fn fail_of(e: &transit::Error) -> Fail {
-    use transit::ErrorKind as K;
+fn fail_of(e: &openbao::Error) -> Fail {
+    use openbao::ErrorKind as K;
     let kind = match e.kind {
         K::Unavailable => FailKind::Unavailable,
         K::Sealed => FailKind::Sealed,
@@ -131,8 +108,8 @@ fn fail_of(e: &transit::Error) -> Fail {
     Fail { kind, message: e.to_string() }
 }
 
-fn item_fail_of(e: &transit::ItemError) -> Fail {
-    use transit::ItemErrorKind as K;
+fn item_fail_of(e: &openbao::ItemError) -> Fail {
+    use openbao::ItemErrorKind as K;
     let kind = match e.kind {
         K::AuthenticationFailed => FailKind::AuthenticationFailed,
         K::InvalidInput => FailKind::InvalidInput,
@@ -149,7 +126,7 @@ const CHECKED_KEYS_MAX: usize = 4096;
 struct Worker {
     q: &'static Header,
     settings: Settings,
-    client: Result<transit::Client, Fail>,
+    client: Result<openbao::Client, Fail>,
     /// Keys already checked to be encryption keys (cleared on reconfiguration and rotation).
     /// Only positive answers are kept, at most [`CHECKED_KEYS_MAX`]: a key that is missing now
     /// may be created a moment later, and names that callers probe must not grow the map.
@@ -159,7 +136,7 @@ struct Worker {
 
 impl Worker {
     fn reconfigure(&mut self) {
-        let s = Settings::read();
+        let s = gucs::bao_settings();
         if s != self.settings || self.client.is_err() {
             self.client = s.client();
             self.settings = s;
@@ -281,10 +258,10 @@ impl Worker {
                     groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
                 }
                 Ok(r) if r.op == Op::Rewrap => {
-                    let items: Vec<transit::Item> = r
+                    let items: Vec<openbao::Item> = r
                         .items
                         .iter()
-                        .map(|it| transit::Item { data: Zeroizing::new(it.data.to_vec()), associated_data: None })
+                        .map(|it| openbao::Item { data: Zeroizing::new(it.data.to_vec()), associated_data: None })
                         .collect();
                     answers[k] = self.rewrap(r.key, &items);
                 }
@@ -299,7 +276,7 @@ impl Worker {
             for &k in &members {
                 let Ok(r) = &decoded[k] else { continue };
                 for it in &r.items {
-                    items.push(transit::Item {
+                    items.push(openbao::Item {
                         data: Zeroizing::new(it.data.to_vec()),
                         associated_data: it.context.map(<[u8]>::to_vec),
                     });
@@ -336,7 +313,7 @@ impl Worker {
         self.publish_client_status();
     }
 
-    fn batch(&mut self, op: Op, key: &str, items: &[transit::Item]) -> Answer {
+    fn batch(&mut self, op: Op, key: &str, items: &[openbao::Item]) -> Answer {
         if op == Op::Encrypt {
             self.check_key(key)?;
         }
@@ -349,14 +326,14 @@ impl Worker {
             _ => client.decrypt(key, items).map(|v| v.into_iter().map(|r| r.map_err(|e| item_fail_of(&e))).collect()),
         };
         r.map_err(|e| {
-            if e.kind == transit::ErrorKind::KeyNotFound {
+            if e.kind == openbao::ErrorKind::KeyNotFound {
                 self.checked_keys.remove(key);
             }
             fail_of(&e)
         })
     }
 
-    fn rewrap(&mut self, key: &str, items: &[transit::Item]) -> Answer {
+    fn rewrap(&mut self, key: &str, items: &[openbao::Item]) -> Answer {
         let client = self.client.as_mut().map_err(|f| f.clone())?;
         self.q.stats.batches.fetch_add(1, SeqCst);
         let v = client.rewrap(key, items).map_err(|e| fail_of(&e))?;
@@ -450,7 +427,7 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
     }
     q.stats.worker_starts.fetch_add(1, SeqCst);
     q.stats.worker_started_ms.store(now_ms(), SeqCst);
-    let settings = Settings::read();
+    let settings = gucs::bao_settings();
     let mut w =
         Worker { q, client: settings.client(), settings, checked_keys: HashMap::new(), last_error: String::new() };
     if let Err(f) = w.client.as_ref().map(|_| ()).map_err(Fail::clone) {

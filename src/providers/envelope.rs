@@ -31,7 +31,7 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::postgres::guard::as_catalog_owner;
-use crate::transit::backend;
+use crate::providers::transit::backend;
 
 /// The current data key of one Transit key in this backend.
 struct Current {
@@ -56,15 +56,15 @@ thread_local! {
 }
 
 fn max_uses() -> u64 {
-    u64::try_from(gucs::ENVELOPE_MAX_USES.get()).unwrap_or(1).max(1)
+    gucs::envelope_max_uses()
 }
 
 fn max_age() -> Duration {
-    Duration::from_secs(u64::try_from(gucs::ENVELOPE_MAX_AGE.get()).unwrap_or(1).max(1))
+    gucs::envelope_max_age()
 }
 
 fn cache_ttl() -> Duration {
-    Duration::from_secs(u64::try_from(gucs::ENVELOPE_CACHE_TTL.get()).unwrap_or(1).max(1))
+    gucs::envelope_cache_ttl()
 }
 
 fn spi_error(e: pgrx::spi::SpiError) -> Error {
@@ -75,7 +75,7 @@ fn spi_error(e: pgrx::spi::SpiError) -> Error {
 fn cache_insert(id: KeyId, entry: Cached) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        let limit = usize::try_from(gucs::ENVELOPE_CACHE_SIZE.get()).unwrap_or(1).max(1);
+        let limit = gucs::envelope_cache_size();
         while c.len() >= limit {
             let Some(oldest) = c.iter().min_by_key(|(_, v)| v.loaded).map(|(k, _)| *k) else { break };
             c.remove(&oldest);
@@ -206,7 +206,7 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
 /// whole call (OpenBao unreachable while keys had to be unwrapped).
 pub(crate) fn decrypt(
     values: &[(usize, Ciphertext<'_>, Option<&str>)],
-) -> Result<Vec<(usize, crate::api::crypto::Decrypted)>, Error> {
+) -> Result<Vec<(usize, credcrypt_core::Decrypted)>, Error> {
     let mut ids: Vec<(KeyId, String)> =
         values.iter().filter_map(|(_, ct, _)| ct.data_key_id().map(|id| (id, ct.key_name.to_owned()))).collect();
     ids.sort_by_key(|(id, _)| id.to_hex());
@@ -284,13 +284,8 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
     Ok(done)
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    my: pg_sys::SubTransactionId,
-    parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+/// Subtransaction listener ([`crate::postgres::xact`]).
+fn on_subxact(event: pg_sys::SubXactEvent::Type, my: pg_sys::SubTransactionId, parent: pg_sys::SubTransactionId) {
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => forget_created_in(Some(my)),
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => CURRENT.with(|c| {
@@ -304,8 +299,8 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+/// Transaction listener ([`crate::postgres::xact`]).
+fn on_xact(event: pg_sys::XactEvent::Type) {
     match event {
         // A prepared transaction may still be rolled back (ROLLBACK PREPARED): its data keys
         // must not stay current for the next transaction of this backend.
@@ -345,11 +340,8 @@ fn forget_created_in(sub: Option<pg_sys::SubTransactionId>) {
     });
 }
 
-/// Registers the transaction callbacks (from `_PG_init`).
+/// Registers the transaction listeners (from `_PG_init`); they never raise.
 pub fn init() {
-    // SAFETY: registered once per process on the main thread; the callbacks never raise.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-    }
+    crate::postgres::xact::on_transaction(on_xact);
+    crate::postgres::xact::on_subtransaction(on_subxact);
 }

@@ -152,6 +152,11 @@ unsafe extern "C-unwind" fn shmem_request() {
     }
 }
 
+/// Index of `AddinShmemInitLock` in `MainLWLockArray`: PostgreSQL's `lwlocknames.txt` (15,
+/// 16) and `lwlocklist.h` (17, 18) fix it at 21, and the bindings carry no constant for it
+/// (it is a macro). pgrx's own shared-memory helpers use the same index.
+const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_startup() {
     // SAFETY: called in the postmaster (and in EXEC_BACKEND children) after shared memory
@@ -160,7 +165,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             prev();
         }
-        let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        let lock = &raw mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
         let size = total_size(NSLOTS);

@@ -120,7 +120,7 @@ fn give_up(slot: &Slot) {
 }
 
 fn timeout() -> Duration {
-    Duration::from_millis(gucs::REQUEST_TIMEOUT_MS.get().max(1) as u64)
+    gucs::request_timeout()
 }
 
 fn wait_latch(ms: u64) {

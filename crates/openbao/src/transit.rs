@@ -1,0 +1,359 @@
+//! The Transit operations: batched encrypt, decrypt and rewrap (split under OpenBao's request
+//! limits, partial failures per item), data keys, key information and rotation.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::error::item_error;
+use crate::transport::{small_json, On403};
+use crate::{Client, Decrypted, Error, ErrorKind, Item, ItemError, ItemErrorKind};
+
+/// A Transit key's properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key type, e.g. `aes256-gcm96`.
+    pub key_type: String,
+    /// Whether the key is derived (needs a `context`).
+    pub derived: bool,
+    /// Latest version.
+    pub latest_version: u32,
+    /// Oldest version that may decrypt.
+    pub min_decryption_version: u32,
+    /// Whether the key type can encrypt.
+    pub supports_encryption: bool,
+}
+
+/// JSON strings one request may carry (OpenBao's default limit is 1000; keep a margin).
+pub(crate) const MAX_JSON_STRINGS: usize = 900;
+
+/// Body bytes one request may carry.
+pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// A batch answer (`data.batch_results`), parsed into exactly the fields used; plaintexts go
+/// straight into wiping strings.
+#[derive(serde::Deserialize)]
+pub(crate) struct BatchAnswer {
+    data: Option<BatchData>,
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct BatchData {
+    batch_results: Option<Vec<BatchItem>>,
+}
+
+/// One item of a batch answer.
+#[derive(serde::Deserialize)]
+pub(crate) struct BatchItem {
+    ciphertext: Option<String>,
+    plaintext: Option<Zeroizing<String>>,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct DataKeyAnswer {
+    data: Option<DataKeyData>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct DataKeyData {
+    plaintext: Zeroizing<String>,
+    ciphertext: String,
+}
+
+/// Writes a JSON string of base64 or Transit text (no character of which needs escaping).
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One `batch_input` object: the given fields, and the item's associated data if any.
+pub(crate) fn entry(fields: &[(&str, &Zeroizing<String>)], it: &Item) -> Zeroizing<String> {
+    let mut e = Zeroizing::new(String::with_capacity(fields.iter().map(|f| f.1.len() + 20).sum::<usize>() + 64));
+    e.push('{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            e.push(',');
+        }
+        push_json_str(&mut e, k);
+        e.push(':');
+        push_json_str(&mut e, v);
+    }
+    if let Some(a) = &it.associated_data {
+        e.push_str(",\"associated_data\":");
+        push_json_str(&mut e, &b64(a));
+    }
+    e.push('}');
+    e
+}
+
+pub(crate) fn b64(v: &[u8]) -> String {
+    STANDARD.encode(v)
+}
+
+impl Client {
+    fn transit_path(&self, what: &str, key: &str) -> String {
+        format!("{}/{what}/{key}", self.cfg.mount)
+    }
+
+    /// One batch call. `entries` are the `batch_input` items, each already a JSON object text;
+    /// the body is built in a wiping buffer (it carries plaintexts).
+    fn batch_call(
+        &mut self,
+        what: &str,
+        key: &str,
+        entries: &[Zeroizing<String>],
+    ) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
+        let n = entries.len();
+        let mut body = Zeroizing::new(String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 20));
+        body.push_str("{\"batch_input\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e);
+        }
+        body.push_str("]}");
+        let path = self.transit_path(what, key);
+        let (status, text) = self.request("POST", &path, Some(body), On403::Reauthenticate)?;
+        let answer: Option<BatchAnswer> = serde_json::from_str(&text).ok();
+        let errors = answer.as_ref().map(|a| a.errors.join("; ")).unwrap_or_default().to_ascii_lowercase();
+        let results = answer.and_then(|a| a.data).and_then(|d| d.batch_results);
+        match (status, results) {
+            (200 | 400, Some(results)) if results.len() == n => Ok(results
+                .into_iter()
+                .map(|r| if r.error.is_empty() { Ok(r) } else { Err(item_error(&r.error)) })
+                .collect()),
+            (200, Some(results)) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("OpenBao answered {} results for {n} items of {what} on key {key}", results.len()),
+            )),
+            (400, _) => {
+                if errors.contains("key not found") {
+                    Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist")))
+                } else if errors.contains("complexity") || errors.contains("too large") {
+                    Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the batch as too large"))
+                } else {
+                    Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP 400)")))
+                }
+            }
+            (403, _) => {
+                Err(Error::new(ErrorKind::PermissionDenied, format!("OpenBao denied {what} on key {key} (HTTP 403)")))
+            }
+            (404, _) => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+            (413, _) => Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the request body as too large")),
+            (s, _) if (400..500).contains(&s) => {
+                Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP {s})")))
+            }
+            (s, _) => {
+                Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to {what} on key {key}: HTTP {s}")))
+            }
+        }
+    }
+
+    /// Splits items into chunks under the JSON-string and body limits.
+    fn chunks(items: &[Item]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut strings, mut bytes) = (0, 2, 32);
+        for (i, it) in items.iter().enumerate() {
+            let s = 2 + if it.associated_data.is_some() { 2 } else { 0 };
+            let b = 40 + it.data.len() * 4 / 3 + it.associated_data.as_ref().map_or(0, |a| a.len() * 4 / 3 + 24);
+            if i > start && (strings + s > MAX_JSON_STRINGS || bytes + b > MAX_BODY) {
+                out.push(start..i);
+                start = i;
+                strings = 2;
+                bytes = 32;
+            }
+            strings += s;
+            bytes += b;
+        }
+        if start < items.len() {
+            out.push(start..items.len());
+        }
+        out
+    }
+
+    /// Encrypts items with `key`; answers `vault:vN:…` per item, in order.
+    pub fn encrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
+        let mut out = Vec::with_capacity(items.len());
+        for range in Self::chunks(items) {
+            let entries: Vec<Zeroizing<String>> =
+                items[range].iter().map(|it| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it)).collect();
+            for r in self.batch_call("encrypt", key, &entries)? {
+                out.push(r.and_then(|v| {
+                    v.ciphertext.ok_or(ItemError {
+                        kind: ItemErrorKind::Other,
+                        message: "OpenBao answered without a ciphertext".into(),
+                    })
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decrypts `vault:vN:…` items with `key`; answers the plaintext per item, in order.
+    pub fn decrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Decrypted>, Error> {
+        let mut out = Vec::with_capacity(items.len());
+        for range in Self::chunks(items) {
+            let entries: Vec<Zeroizing<String>> = items[range]
+                .iter()
+                .map(|it| entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it))
+                .collect();
+            for r in self.batch_call("decrypt", key, &entries)? {
+                out.push(r.and_then(|v| {
+                    let p = v.plaintext.unwrap_or_default();
+                    STANDARD.decode(p.as_bytes()).map(Zeroizing::new).map_err(|_| ItemError {
+                        kind: ItemErrorKind::Other,
+                        message: "OpenBao answered a plaintext that is not base64".into(),
+                    })
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`).
+    pub fn datakey(&mut self, key: &str) -> Result<(Zeroizing<Vec<u8>>, String), Error> {
+        let path = self.transit_path("datakey/plaintext", key);
+        let (status, text) =
+            self.request("POST", &path, Some(Zeroizing::new("{\"bits\":256}".into())), On403::Reauthenticate)?;
+        match status {
+            200 => {
+                let d = serde_json::from_str::<DataKeyAnswer>(&text)
+                    .ok()
+                    .and_then(|a| a.data)
+                    .ok_or_else(|| Error::new(ErrorKind::Protocol, "datakey answered without a key"))?;
+                let ct = d.ciphertext.as_str();
+                let key_bytes = STANDARD
+                    .decode(d.plaintext.as_bytes())
+                    .map(Zeroizing::new)
+                    .map_err(|_| Error::new(ErrorKind::Protocol, "datakey answered a plaintext that is not base64"))?;
+                if key_bytes.len() != 32 || !ct.starts_with("vault:v") {
+                    return Err(Error::new(ErrorKind::Protocol, "datakey answered an unexpected key"));
+                }
+                Ok((key_bytes, ct.to_owned()))
+            }
+            403 => {
+                Err(Error::new(ErrorKind::PermissionDenied, format!("OpenBao denied datakey on key {key} (HTTP 403)")))
+            }
+            400 | 404 => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+            s => Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to datakey on key {key}: HTTP {s}"))),
+        }
+    }
+
+    /// Rewraps `vault:vN:…` items (no associated data) to the key's latest version.
+    pub fn rewrap(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
+        let mut out = Vec::with_capacity(items.len());
+        for range in Self::chunks(items) {
+            let entries: Vec<Zeroizing<String>> = items[range]
+                .iter()
+                .map(|it| {
+                    let ct = Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned());
+                    entry(&[("ciphertext", &ct)], &Item { data: Zeroizing::new(Vec::new()), associated_data: None })
+                })
+                .collect();
+            for r in self.batch_call("rewrap", key, &entries)? {
+                out.push(r.and_then(|v| {
+                    v.ciphertext.ok_or(ItemError {
+                        kind: ItemErrorKind::Other,
+                        message: "OpenBao answered without a ciphertext".into(),
+                    })
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a key's properties.
+    pub fn key_info(&mut self, key: &str) -> Result<KeyInfo, Error> {
+        let path = self.transit_path("keys", key);
+        let (status, text) = self.request("GET", &path, None, On403::Reauthenticate)?;
+        let v = small_json(&text)?;
+        match status {
+            200 => {
+                let d =
+                    v.get("data").ok_or_else(|| Error::new(ErrorKind::Protocol, "key read answered without data"))?;
+                let num = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0) as u32;
+                Ok(KeyInfo {
+                    key_type: d.get("type").and_then(Value::as_str).unwrap_or("unknown").to_owned(),
+                    derived: d.get("derived").and_then(Value::as_bool).unwrap_or(false),
+                    latest_version: num("latest_version"),
+                    min_decryption_version: num("min_decryption_version"),
+                    supports_encryption: d.get("supports_encryption").and_then(Value::as_bool).unwrap_or(false),
+                })
+            }
+            404 => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+            403 => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("OpenBao denied reading Transit key {key} (HTTP 403)"),
+            )),
+            s => Err(Error::new(ErrorKind::Protocol, format!("unexpected answer reading Transit key {key}: HTTP {s}"))),
+        }
+    }
+
+    /// Rotates a key; returns the new latest version.
+    pub fn rotate(&mut self, key: &str) -> Result<u32, Error> {
+        let path = format!("{}/rotate", self.transit_path("keys", key));
+        let (status, _) = self.request("POST", &path, Some(Zeroizing::new("{}".into())), On403::Reauthenticate)?;
+        match status {
+            200 | 204 => Ok(self.key_info(key)?.latest_version),
+            403 => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("OpenBao denied rotating Transit key {key} (HTTP 403)"),
+            )),
+            400 | 404 => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+            s => {
+                Err(Error::new(ErrorKind::Protocol, format!("unexpected answer rotating Transit key {key}: HTTP {s}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize, ctx: bool) -> Item {
+        Item { data: Zeroizing::new(vec![b'x'; n]), associated_data: ctx.then(|| b"c".to_vec()) }
+    }
+
+    #[test]
+    fn chunks_respect_string_limit() {
+        let items: Vec<Item> = (0..1200).map(|_| item(10, false)).collect();
+        let c = Client::chunks(&items);
+        assert!(c.iter().all(|r| 2 + r.len() * 2 <= MAX_JSON_STRINGS));
+        assert_eq!(c.iter().map(|r| r.len()).sum::<usize>(), 1200);
+        let items: Vec<Item> = (0..500).map(|_| item(10, true)).collect();
+        assert!(Client::chunks(&items).iter().all(|r| 2 + r.len() * 4 <= MAX_JSON_STRINGS));
+        assert!(Client::chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn batch_entries_are_valid_json_and_answers_parse_into_wiping_strings() {
+        let it = Item { data: Zeroizing::new(b"x".to_vec()), associated_data: Some(b"ctx\"\\".to_vec()) };
+        let e = entry(&[("ciphertext", &Zeroizing::new("vault:v1:a\"b\\c\n".into()))], &it);
+        let v: Value = serde_json::from_str(&e).expect("valid JSON");
+        assert_eq!(v["ciphertext"], "vault:v1:a\"b\\c\n");
+        assert_eq!(v["associated_data"], b64(b"ctx\"\\"));
+        let a: BatchAnswer = serde_json::from_str(
+            r#"{"data":{"batch_results":[{"plaintext":"c2VjcmV0"},{"error":"cipher: message authentication failed"}]},"warnings":null}"#,
+        )
+        .expect("parses");
+        let r = a.data.and_then(|d| d.batch_results).expect("results");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].plaintext.as_deref().map(String::as_str), Some("c2VjcmV0"));
+        assert!(r[1].error.contains("authentication"));
+    }
+}

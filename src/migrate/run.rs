@@ -1,0 +1,269 @@
+//! The lifecycle of a re-encryption run (`credcrypt.reencrypt_runs`): prepare (checks, target,
+//! count), progress, the final verification count and the summary.
+
+use std::collections::BTreeMap;
+
+use credcrypt_core::KeyRef;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier as qi;
+use pgrx::PgSqlErrorCode::*;
+
+use super::sources::{bindings_of, designation, target_version, value_expr, Designation};
+use super::spi_fail;
+use crate::errors::{fail, OrRaise as _};
+use crate::postgres::guard::as_catalog_owner;
+use crate::postgres::relation::{leaves, lock_against_writers, table, Table};
+use crate::postgres::scope::maintain;
+use crate::postgres::spi;
+
+/// Values of designation `d` in `leaf` that still need work to be on `target` at `version`,
+/// leaving out the tuple ids in `skip` (read as the table's owner).
+pub(crate) fn count_needed(
+    t: &Table,
+    leaf: &str,
+    d: &Designation,
+    target: &str,
+    version: &str,
+    skip: &[String],
+) -> i64 {
+    let v = value_expr(d);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL \
+            AND credcrypt._reencrypt_needed({v}, $1, $2) AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[]))"
+    );
+    maintain(t.oid, || spi::one::<i64>(&sql, &[target.into(), version.into(), skip.to_vec().into()]))
+        .unwrap_or_else(|e| spi_fail(e))
+        .unwrap_or(0)
+}
+
+/// Starts a run: checks, switches the column to the target key (unless a dry run), counts the
+/// work and records the run. Returns (run id, values to change).
+pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry_run: bool) -> (i64, i64) {
+    // SAFETY: reads the transaction block state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "credcrypt.reencrypt_column cannot run inside a transaction block",
+            Some("it commits after every batch, so that a long migration holds no lock for long and can be resumed".into()),
+            "Run CALL credcrypt.reencrypt_column(…) on its own, not after BEGIN (in psql, not with \\set AUTOCOMMIT off).",
+        );
+    }
+    crate::postgres::catalog::require_current_sql();
+    let t = table(tbl);
+    let bindings = bindings_of(t.oid, Some(col));
+    if bindings.is_empty() {
+        crate::errors::undefined(
+            format!("column \"{col}\" of table {} is not protected", t.sql_name),
+            "Protect it first: SELECT credcrypt.protect_column(tbl, col, …, existing_values => 'migrate'); then CALL credcrypt.reencrypt_column(tbl, col).",
+        );
+    }
+    let source_key = designation(&bindings[0]).key;
+    let target = match target_key {
+        Some(k) => KeyRef::parse(k).or_raise(),
+        None => KeyRef::parse(&source_key).or_raise(),
+    };
+    let version = target_version(&target).or_raise();
+    let target_text = target.to_string();
+    if !dry_run && target_text != source_key {
+        // New writes go to the target key from now on: keep writers out while it changes.
+        lock_against_writers(&t);
+        as_catalog_owner(|| {
+            spi::run(
+                "UPDATE credcrypt.protected_columns SET key_name = $3 WHERE relid OPERATOR(pg_catalog.=) $1 \
+                    AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+                &[t.oid.into(), col.into(), target_text.as_str().into()],
+            )
+        })
+        .unwrap_or_else(|e| spi_fail(e));
+    }
+    // Count the work (all leaf tables, all designations of the column).
+    let mut total = 0i64;
+    for binding in &bindings {
+        let d = designation(binding);
+        for (_, leaf) in leaves(t.oid) {
+            total += count_needed(&t, &leaf, &d, &target_text, &version, &[]);
+        }
+    }
+    let run_id = as_catalog_owner(|| {
+        spi::run(
+            "UPDATE credcrypt.reencrypt_runs SET state = 'interrupted' \
+              WHERE relid OPERATOR(pg_catalog.=) $1 AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                AND state OPERATOR(pg_catalog.=) 'running' \
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a WHERE a.pid OPERATOR(pg_catalog.=) reencrypt_runs.backend_pid)",
+            &[t.oid.into(), col.into()],
+        )?;
+        spi::rows_mut(
+            "INSERT INTO credcrypt.reencrypt_runs (relid, column_name, source_key, target_key, target_version, dry_run, total, run_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, session_user) RETURNING run_id",
+            &[
+                t.oid.into(),
+                col.into(),
+                source_key.as_str().into(),
+                target_text.as_str().into(),
+                version.as_str().into(),
+                dry_run.into(),
+                total.into(),
+            ],
+            |r| r.get::<i64>(1),
+        )
+    })
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or_else(|| fail(ERRCODE_INTERNAL_ERROR, "pg_credcrypt: the run could not be recorded", None, "Report this as a bug."));
+    (run_id, total)
+}
+
+/// The state of a run, as a batch needs it.
+pub(crate) struct Run {
+    pub(crate) root: pg_sys::Oid,
+    pub(crate) source_key: String,
+    pub(crate) target: String,
+    pub(crate) version: String,
+    pub(crate) dry_run: bool,
+}
+
+pub(crate) fn run(run_id: i64) -> Run {
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, source_key, target_key, target_version, dry_run \
+           FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+        |r| {
+            Ok(Run {
+                root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                source_key: r.get::<String>(2)?.unwrap_or_default(),
+                target: r.get::<String>(3)?.unwrap_or_default(),
+                version: r.get::<String>(4)?.unwrap_or_default(),
+                dry_run: r.get::<bool>(5)?.unwrap_or(true),
+            })
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| {
+        crate::errors::undefined(
+            format!("no re-encryption run {run_id}"),
+            "Start it with CALL credcrypt.reencrypt_column(...).",
+        )
+    })
+}
+
+/// Outcome counters of one batch, by source kind.
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub(crate) by_source: BTreeMap<&'static str, i64>,
+}
+
+pub(crate) fn failed_ctids(run_id: i64, leaf: pg_sys::Oid) -> Vec<String> {
+    spi::rows(
+        "SELECT row_ctid::pg_catalog.text FROM credcrypt.reencrypt_failures \
+          WHERE run_id OPERATOR(pg_catalog.=) $1 AND relid OPERATOR(pg_catalog.=) $2",
+        &[run_id.into(), leaf.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+pub(crate) fn record_progress(run_id: i64, seen: i32, changed: i32, failed: i32, counts: &Counts) {
+    as_catalog_owner(|| {
+        let current = spi::one::<String>(
+            "SELECT by_source::pg_catalog.text FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[run_id.into()],
+        )?
+        .unwrap_or_default();
+        let mut merged: BTreeMap<String, i64> = serde_json::from_str(&current).unwrap_or_default();
+        for (k, n) in &counts.by_source {
+            *merged.entry((*k).to_owned()).or_default() += n;
+        }
+        let by_source = serde_json::to_string(&merged).unwrap_or_else(|_| "{}".into());
+        spi::run(
+            "UPDATE credcrypt.reencrypt_runs SET done = done OPERATOR(pg_catalog.+) $2, \
+                    changed = changed OPERATOR(pg_catalog.+) $3, failed = failed OPERATOR(pg_catalog.+) $4, \
+                    by_source = $5::pg_catalog.jsonb, updated_at = pg_catalog.clock_timestamp() \
+              WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[
+                run_id.into(),
+                i64::from(seen).into(),
+                i64::from(changed).into(),
+                i64::from(failed).into(),
+                by_source.as_str().into(),
+            ],
+        )
+    })
+    .unwrap_or_else(|e| spi_fail(e));
+}
+
+/// Values of the designation in `leaf` that still need work (failures of this run excluded).
+pub(crate) fn remaining(run_id: i64, leaf: pg_sys::Oid, binding_id: &str) -> i64 {
+    let run = run(run_id);
+    let root = table(run.root);
+    let d = designation(binding_id);
+    let Some((_, leaf_name)) = leaves(root.oid).into_iter().find(|(o, _)| *o == leaf) else { return 0 };
+    count_needed(&root, &leaf_name, &d, &run.target, &run.version, &failed_ctids(run_id, leaf))
+}
+
+/// How a run ended: the final verification count.
+pub(crate) struct Closed {
+    pub(crate) summary: String,
+    pub(crate) complete: bool,
+    pub(crate) unreadable: i64,
+    pub(crate) remaining: i64,
+}
+
+pub(crate) fn close(run_id: i64) -> Closed {
+    let run = run(run_id);
+    let root = table(run.root);
+    let (column, changed, done, total) = spi::rows(
+        "SELECT column_name::pg_catalog.text, changed, done, total FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0), r.get::<i64>(4)?.unwrap_or(0))),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    // The verification: every value of the column, now, that is not on the target.
+    let mut remaining = 0i64;
+    for binding in bindings_of(root.oid, Some(&column)) {
+        let d = designation(&binding);
+        for (_, leaf) in leaves(root.oid) {
+            remaining += count_needed(&root, &leaf, &d, &run.target, &run.version, &[]);
+        }
+    }
+    let unreadable = spi::one::<i64>(
+        "SELECT pg_catalog.count(*) FROM credcrypt.reencrypt_failures WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .unwrap_or(0);
+    let complete = remaining == 0;
+    let place = format!("{}.{}", root.sql_name, qi(&column));
+    let target = if run.target == "local" || run.target.starts_with("envelope:") {
+        run.target.clone()
+    } else {
+        format!("{} v{}", run.target, run.version)
+    };
+    let summary = if run.dry_run {
+        format!("pg_credcrypt: dry run of {place}: {done} of {total} value(s) would change to {target}; nothing was written")
+    } else if complete {
+        format!("pg_credcrypt: {place}: complete — every value is on {target} ({changed} re-encrypted by this run, run {run_id})")
+    } else {
+        let others = (remaining - unreadable).max(0);
+        format!(
+            "pg_credcrypt: {place}: NOT complete — {remaining} value(s) are not on {target}: {unreadable} could not be read \
+             (see credcrypt.reencrypt_failures, run {run_id}), {others} were written during the run with another key or \
+             not reached yet (CALL credcrypt.reencrypt_column again); {changed} re-encrypted by this run"
+        )
+    };
+    as_catalog_owner(|| {
+        spi::run(
+            "UPDATE credcrypt.reencrypt_runs SET state = 'finished', remaining = $2, complete = $3, \
+                    updated_at = pg_catalog.clock_timestamp() WHERE run_id OPERATOR(pg_catalog.=) $1",
+            &[run_id.into(), remaining.into(), (complete && !run.dry_run).into()],
+        )
+    })
+    .unwrap_or_else(|e| spi_fail(e));
+    Closed { summary, complete: complete || run.dry_run, unreadable, remaining }
+}

@@ -1,0 +1,209 @@
+//! Reading a designation and its stored values: which source each value comes from, whether it
+//! is on the target, and its plaintext (decrypted in batches per provider).
+
+use credcrypt_core::legacy::{self, Source};
+use credcrypt_core::{Error, ErrorKind, KeyRef};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier as qi;
+
+use zeroize::Zeroizing;
+
+use super::spi_fail;
+use crate::errors::OrRaise as _;
+use crate::postgres::spi;
+use crate::providers::{decrypt_each, Decrypted};
+
+/// The version a value must have to count as "on the target": the local key's id, or the
+/// Transit key's latest version.
+pub(crate) fn target_version(key: &KeyRef) -> Result<String, Error> {
+    match key {
+        // Envelope values move between Transit versions by rewrapping their data keys
+        // (rotate_key), not by rewriting rows: any data key of the key is on target.
+        KeyRef::Envelope(_) => Ok("any".into()),
+        KeyRef::Local => crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())),
+        KeyRef::Transit(name) => crate::providers::transit::latest_version(name).map(|v| v.to_string()),
+    }
+}
+
+/// Whether `value` still needs work to be on `target` (a key reference) at `version`.
+pub(crate) fn needed(value: &str, target: &str, version: &str) -> bool {
+    match legacy::classify(value) {
+        Source::Local(kid) => !(target == "local" && kid.to_hex() == version),
+        Source::Transit { key, version: v } => {
+            !(target.strip_prefix("transit:") == Some(key.as_str()) && v.to_string() == version)
+        }
+        Source::Envelope { key, .. } => target.strip_prefix("envelope:") != Some(key.as_str()),
+        _ => true,
+    }
+}
+
+/// Where a stored value comes from, as one short text: `local:<key id>`,
+/// `transit:<key>:<version>`, `envelope:<key>:<data key id>`, `vault:<version>`, `legacy`,
+/// `malformed` or `plaintext`. No secret (a key id is a fingerprint). For `key_usage`, which
+/// groups by it in SQL so that no table is read into memory.
+pub(crate) fn source_of(value: &str) -> String {
+    match legacy::classify(value) {
+        Source::Local(kid) => format!("local:{}", kid.to_hex()),
+        Source::Transit { key, version } => format!("transit:{key}:{version}"),
+        Source::Envelope { key, data_key } => format!("envelope:{key}:{}", data_key.to_hex()),
+        Source::BareVault(v) => format!("vault:{v}"),
+        Source::LegacyNode => "legacy".into(),
+        Source::Malformed => "malformed".into(),
+        Source::Plaintext => "plaintext".into(),
+    }
+}
+
+/// A designation as the migration needs it.
+pub(crate) struct Designation {
+    pub(crate) root: pg_sys::Oid,
+    pub(crate) column: String,
+    pub(crate) path: Vec<String>,
+    pub(crate) binds: Vec<String>,
+    pub(crate) mask: Option<(String, usize, usize)>,
+    pub(crate) key: String,
+}
+
+pub(crate) fn designation(binding_id: &str) -> Designation {
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, column_name::pg_catalog.text, json_path, bind_columns::pg_catalog.text[], \
+                mask_column::pg_catalog.text, mask_prefix, mask_suffix, key_name \
+           FROM credcrypt.protected_columns WHERE binding_id OPERATOR(pg_catalog.=) $1",
+        &[binding_id.into()],
+        |r| {
+            let mask = match r.get::<String>(5)? {
+                Some(m) => Some((
+                    m,
+                    r.get::<i32>(6)?.unwrap_or(0).max(0) as usize,
+                    r.get::<i32>(7)?.unwrap_or(4).max(0) as usize,
+                )),
+                None => None,
+            };
+            Ok(Designation {
+                root: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                column: r.get::<String>(2)?.unwrap_or_default(),
+                path: r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                binds: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+                mask,
+                key: r.get::<String>(8)?.unwrap_or_default(),
+            })
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| {
+        crate::errors::undefined("the designation was removed during the migration", "Run the migration again.")
+    })
+}
+
+/// The binding ids of a table's designations (of one column, or all), in catalog order.
+pub(crate) fn bindings_of(relid: pg_sys::Oid, col: Option<&str>) -> Vec<String> {
+    spi::rows(
+        "SELECT binding_id FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
+            AND ($2::pg_catalog.text IS NULL OR column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name) \
+          ORDER BY column_name, json_path",
+        &[relid.into(), col.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+/// SQL for the value of a designation in row alias `t`.
+pub(crate) fn value_expr(d: &Designation) -> String {
+    crate::protect::sqlgen::value_expr("t", &d.column, &d.path)
+}
+
+/// SQL for the bind values of a designation in row alias `t`, each `, t.x::text`.
+pub(crate) fn bind_exprs(d: &Designation) -> String {
+    d.binds.iter().map(|b| format!(", (t.{})::pg_catalog.text", qi(b))).collect()
+}
+
+/// One row picked for work: ctid, value, bind values.
+pub(crate) struct Picked {
+    pub(crate) ctid: String,
+    pub(crate) value: String,
+    pub(crate) binds: Vec<Option<String>>,
+}
+
+impl Picked {
+    /// The associated-data context of each picked row for designation `binding_id`.
+    pub(crate) fn contexts(picked: &[Picked], binding_id: &str) -> Vec<String> {
+        picked
+            .iter()
+            .map(|p| {
+                let refs: Vec<Option<&str>> = p.binds.iter().map(|b| b.as_deref()).collect();
+                credcrypt_core::column::column_context(binding_id, &refs).or_raise()
+            })
+            .collect()
+    }
+
+    /// A picked row from a query selecting `ctid::text, value, bind values…` (`nb` of them).
+    pub(crate) fn read(r: &pgrx::spi::SpiHeapTupleData<'_>, nb: usize) -> Result<Picked, pgrx::spi::SpiError> {
+        let mut binds = Vec::with_capacity(nb);
+        for k in 0..nb {
+            binds.push(r.get::<String>(3 + k)?);
+        }
+        Ok(Picked {
+            ctid: r.get::<String>(1)?.unwrap_or_default(),
+            value: r.get::<String>(2)?.unwrap_or_default(),
+            binds,
+        })
+    }
+}
+
+/// Plaintext of each picked value, or why it cannot be read. `keys` are the run's source and
+/// target keys: bare vault values are decrypted with the first of them that is a Transit key.
+pub(crate) fn plaintexts(
+    picked: &[Picked],
+    sources: &[Source],
+    contexts: &[String],
+    keys: [&str; 2],
+) -> Result<Vec<Decrypted>, Error> {
+    let mut out: Vec<Decrypted> = picked.iter().map(|_| Err(Error::malformed("not processed"))).collect();
+    // pg_credcrypt values: decrypted with the row's context, Transit ones in one batch per key.
+    let cc1: Vec<usize> =
+        (0..picked.len()).filter(|&i| matches!(sources[i], Source::Local(_) | Source::Transit { .. })).collect();
+    if !cc1.is_empty() {
+        let values: Vec<&str> = cc1.iter().map(|&i| picked[i].value.as_str()).collect();
+        let ctxs: Vec<Option<&str>> = cc1.iter().map(|&i| Some(contexts[i].as_str())).collect();
+        for (&i, r) in cc1.iter().zip(decrypt_each(&values, &ctxs, None)?) {
+            out[i] = r;
+        }
+    }
+    // Bare vault: values written by the application: no context, the column's Transit key.
+    let vault: Vec<usize> = (0..picked.len()).filter(|&i| matches!(sources[i], Source::BareVault(_))).collect();
+    if !vault.is_empty() {
+        let key = keys.into_iter().find(|k| k.starts_with("transit:"));
+        let values: Vec<&str> = vault.iter().map(|&i| picked[i].value.as_str()).collect();
+        let ctxs: Vec<Option<&str>> = vec![None; vault.len()];
+        match key {
+            Some(k) => {
+                for (&i, r) in vault.iter().zip(decrypt_each(&values, &ctxs, Some(k))?) {
+                    out[i] = r;
+                }
+            }
+            None => {
+                for &i in &vault {
+                    out[i] = Err(Error::new(ErrorKind::InvalidKeyRef, "a bare vault: value needs a Transit key")
+                        .with_detail("neither the column's key nor the target is a Transit key"));
+                }
+            }
+        }
+    }
+    let legacy_key = sources.contains(&Source::LegacyNode).then(crate::providers::local::legacy_key);
+    for (i, s) in sources.iter().enumerate() {
+        match s {
+            Source::Plaintext => out[i] = Ok(Zeroizing::new(picked[i].value.as_bytes().to_vec())),
+            Source::Malformed => out[i] = Err(Error::malformed("a cc1: value that does not parse")),
+            Source::LegacyNode => {
+                out[i] = match &legacy_key {
+                    Some(Ok(k)) => legacy::decrypt_node(&picked[i].value, k),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Err(Error::malformed("legacy key not read")),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}

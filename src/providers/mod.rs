@@ -1,0 +1,220 @@
+//! The providers: which key encrypts, where a value is decrypted, and the local fallback.
+//!
+//! - [`local`]: the local AES-256-GCM key ring (`local`);
+//! - [`transit`]: OpenBao Transit through the background worker (`transit:<key>`);
+//! - [`envelope`]: local data keys wrapped by a Transit key (`envelope:<key>`).
+//!
+//! Everything above (the SQL functions, the protection trigger, migrations) calls
+//! [`encrypt_many`]/[`encrypt_with`] and [`decrypt_many`]/[`decrypt_each`] and never a provider
+//! directly. The local fallback applies to outages only (OpenBao unreachable or sealed), and
+//! never to migrations.
+
+pub mod envelope;
+pub mod local;
+pub mod transit;
+
+use credcrypt_core::format::{self, Ciphertext};
+use credcrypt_core::wire::{FailKind, Op, ReqItem};
+pub(crate) use credcrypt_core::Decrypted;
+use credcrypt_core::{Error, ErrorKind, KeyRef, Provider};
+use zeroize::Zeroizing;
+
+use crate::gucs::{self, Fallback};
+use transit::backend::{self, fail_to_error};
+
+/// Resolves a key argument (NULL → `credcrypt.default_key`).
+pub(crate) fn key_ref(key_name: Option<&str>) -> Result<KeyRef, Error> {
+    match key_name {
+        Some(k) => KeyRef::parse(k),
+        None => KeyRef::parse(&gucs::default_key()),
+    }
+}
+
+/// Whether a Transit failure may fall back to the local key (OpenBao unreachable only).
+fn may_fall_back(e: &Error) -> bool {
+    e.kind == ErrorKind::ProviderUnavailable && gucs::fallback() == Fallback::Local
+}
+
+fn fallback_local(plaintexts: &[&[u8]], contexts: &[Option<&str>], cause: &Error) -> Result<Vec<String>, Error> {
+    let out = local::with_keyring(|ring| {
+        plaintexts
+            .iter()
+            .zip(contexts)
+            .map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes)))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    if let Some(q) = crate::providers::transit::queue::get() {
+        q.stats.fallbacks.fetch_add(out.len() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+    pgrx::warning!(
+        "pg_credcrypt: OpenBao unavailable ({}); {} value(s) encrypted with the local key (credcrypt.fallback = local)",
+        cause.message,
+        out.len()
+    );
+    Ok(out)
+}
+
+/// Encrypts many values with one key; one Transit round trip for the whole set. Falls back to
+/// the local key when OpenBao is unreachable and `credcrypt.fallback = local`.
+pub(crate) fn encrypt_many(
+    plaintexts: &[&[u8]],
+    key: &KeyRef,
+    contexts: &[Option<&str>],
+) -> Result<Vec<String>, Error> {
+    encrypt_with(plaintexts, key, contexts, true)
+}
+
+/// [`encrypt_many`], with the local fallback allowed or not (migrations never fall back).
+pub(crate) fn encrypt_with(
+    plaintexts: &[&[u8]],
+    key: &KeyRef,
+    contexts: &[Option<&str>],
+    allow_fallback: bool,
+) -> Result<Vec<String>, Error> {
+    match key {
+        KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
+            Err(e) if allow_fallback && may_fall_back(&e) => {
+                let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+                fallback_local(plaintexts, &contexts, &e)
+            }
+            r => r,
+        },
+        KeyRef::Local => local::with_keyring(|ring| {
+            plaintexts.iter().zip(contexts).map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes))).collect()
+        }),
+        KeyRef::Transit(name) => {
+            let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+            let items: Vec<ReqItem<'_>> = plaintexts
+                .iter()
+                .zip(&contexts)
+                .map(|(p, c)| ReqItem { data: p, context: c.map(str::as_bytes) })
+                .collect();
+            let answers = match backend::call(Op::Encrypt, name, &items) {
+                Ok(a) => a,
+                Err(e) if allow_fallback && may_fall_back(&e) => return fallback_local(plaintexts, &contexts, &e),
+                Err(e) => return Err(e),
+            };
+            answers
+                .into_iter()
+                .zip(&contexts)
+                .map(|(a, c)| {
+                    let vault = a.map_err(|f| fail_to_error(&f))?;
+                    let vault =
+                        std::str::from_utf8(&vault).map_err(|_| Error::malformed("Transit answered non-text"))?;
+                    format::wrap_transit(name, vault, c.is_some())
+                })
+                .collect()
+        }
+    }
+}
+
+/// A Transit value waiting for its batch: (position, `vault:vN:` payload, context).
+type TransitEntry<'a> = (usize, &'a str, Option<&'a str>);
+
+/// Decrypts many values (any provider, mixed); bare `vault:vN:` values use `key_name`.
+/// The first failing value fails the call.
+pub(crate) fn decrypt_many(
+    ciphertexts: &[&str],
+    contexts: &[Option<&str>],
+    key_name: Option<&str>,
+) -> Result<Vec<Zeroizing<Vec<u8>>>, Error> {
+    decrypt_each(ciphertexts, contexts, key_name)?.into_iter().collect()
+}
+
+/// Decrypts many values, one result per value. The outer error is for the whole call
+/// (OpenBao unreachable, worker not configured): no value could be tried.
+pub(crate) fn decrypt_each(
+    ciphertexts: &[&str],
+    contexts: &[Option<&str>],
+    key_name: Option<&str>,
+) -> Result<Vec<Decrypted>, Error> {
+    let mut out: Vec<Decrypted> = ciphertexts.iter().map(|_| Err(Error::malformed("not processed"))).collect();
+    // Transit values grouped by key: (index, payload, context).
+    let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
+    let mut envelope = Vec::new();
+    for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
+        let ctx = ctx.filter(|c| !c.is_empty());
+        match classify_for_decrypt(ct, ctx, key_name) {
+            Ok(Route::Local(parsed)) => {
+                out[i] = local::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)));
+            }
+            Ok(Route::Envelope(parsed)) => envelope.push((i, parsed, ctx)),
+            Ok(Route::Transit(name, payload)) => transit.entry(name).or_default().push((i, payload, ctx)),
+            Err(e) => out[i] = Err(e),
+        }
+    }
+    if !envelope.is_empty() {
+        for (i, r) in envelope::decrypt(&envelope)? {
+            out[i] = r;
+        }
+    }
+    for (name, mut entries) in transit {
+        // Envelope data keys are Transit values without associated data under the same key:
+        // never hand one out through the decrypt functions (it would decrypt values offline).
+        let bare: Vec<String> =
+            entries.iter().filter(|(_, _, c)| c.is_none()).map(|(_, p, _)| (*p).to_owned()).collect();
+        if !bare.is_empty() {
+            let wrapped = envelope::wrapped_among(&bare)?;
+            entries.retain(|(i, p, c)| {
+                let refused = c.is_none() && wrapped.contains(*p);
+                if refused {
+                    out[*i] = Err(Error::new(ErrorKind::InvalidArgument, "the value is an envelope data key")
+                        .with_detail("wrapped data keys in credcrypt.data_keys cannot be decrypted through SQL"));
+                }
+                !refused
+            });
+        }
+        let items: Vec<ReqItem<'_>> =
+            entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
+        let answers = backend::call(Op::Decrypt, &name, &items)?;
+        for ((i, payload, _), a) in entries.iter().zip(answers) {
+            out[*i] = a.map_err(|f| match f.kind {
+                FailKind::AuthenticationFailed => Error::auth_failed(),
+                FailKind::VersionRetired => {
+                    let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
+                    Error::new(
+                        ErrorKind::KeyVersionRetired,
+                        format!(
+                            "version {version} of Transit key {name} is older than the key's min_decryption_version"
+                        ),
+                    )
+                }
+                _ => fail_to_error(&f),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Where a value is decrypted.
+enum Route<'a> {
+    Local(Ciphertext<'a>),
+    Envelope(Ciphertext<'a>),
+    /// Transit key name and `vault:vN:` payload.
+    Transit(String, &'a str),
+}
+
+fn classify_for_decrypt<'a>(ct: &'a str, ctx: Option<&str>, key_name: Option<&str>) -> Result<Route<'a>, Error> {
+    if ct.starts_with("vault:v") {
+        let KeyRef::Transit(name) = key_ref(key_name)? else {
+            return Err(Error::new(ErrorKind::InvalidKeyRef, "a bare vault: value needs a Transit key")
+                .with_detail("pass key_name => 'transit:<name>' or set credcrypt.default_key to it"));
+        };
+        format::wrap_transit(&name, ct, ctx.is_some())?; // validates the value's syntax
+        return Ok(Route::Transit(name, ct));
+    }
+    let parsed = Ciphertext::parse(ct)?;
+    match parsed.provider {
+        Provider::Local => Ok(Route::Local(parsed)),
+        Provider::Envelope => Ok(Route::Envelope(parsed)),
+        Provider::Transit => match (parsed.has_context, ctx.is_some()) {
+            (true, false) => {
+                Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))
+            }
+            (false, true) => {
+                Err(Error::auth_failed().with_detail("the value is bound to no context, and one was given"))
+            }
+            _ => Ok(Route::Transit(parsed.key_name.to_owned(), parsed.payload)),
+        },
+    }
+}

@@ -1,0 +1,182 @@
+//! `credcrypt.key_usage` and `credcrypt.safe_to_retire`: what every protected value is
+//! encrypted with, counted over every row as each table's owner (the maintenance path), grouped
+//! in SQL so that no table is read into memory.
+
+use std::collections::{BTreeMap, HashMap};
+
+use credcrypt_core::{Error, ErrorKind};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier as qi;
+
+use crate::errors::{raise, OrRaise as _};
+use crate::migrate::sources::{designation, value_expr};
+use crate::migrate::spi_fail;
+use crate::postgres::guard::as_catalog_owner;
+use crate::postgres::relation::leaves;
+use crate::postgres::scope::maintain;
+use crate::postgres::spi;
+
+/// One row of `key_usage`: table, column, json path, source, key, version, current, values.
+pub(crate) type UsageRow = (String, String, Vec<String>, String, Option<String>, Option<String>, Option<bool>, i64);
+
+/// A key name and version as `key_usage` shows them: (source, key reference, version).
+pub(crate) type UsageKey = (String, Option<String>, Option<String>);
+
+/// The usage of one designation: values per (source, key, version), read as the table's owner
+/// through the maintenance path (every row, whatever the caller may see), grouped in SQL.
+pub(crate) fn usage_of(
+    relid: pg_sys::Oid,
+    binding: &str,
+    data_key_versions: &HashMap<String, String>,
+) -> BTreeMap<UsageKey, i64> {
+    let d = designation(binding);
+    let v = value_expr(&d);
+    let mut agg: BTreeMap<UsageKey, i64> = BTreeMap::new();
+    let local_known = |kid: &str| match credcrypt_core::KeyId::from_hex(kid) {
+        Some(id) => crate::providers::local::with_keyring(|r| Ok(r.find(id).is_some())).unwrap_or(false),
+        None => false,
+    };
+    for (_, leaf) in leaves(relid) {
+        let sql = format!(
+            "SELECT credcrypt._value_source({v}), pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL GROUP BY 1"
+        );
+        let groups = maintain(relid, || {
+            spi::rows(&sql, &[], |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+        })
+        .unwrap_or_else(|e| spi_fail(e));
+        for (source, n) in groups {
+            let parts: Vec<&str> = source.splitn(3, ':').collect();
+            let key: UsageKey = match parts.as_slice() {
+                ["local", kid] if local_known(kid) => ("local".into(), Some("local".into()), Some((*kid).into())),
+                ["local", kid] => ("unreadable".into(), Some("local".into()), Some((*kid).into())),
+                ["transit", k, ver] => ("transit".into(), Some(format!("transit:{k}")), Some((*ver).into())),
+                ["envelope", k, dek] => match data_key_versions.get(*dek) {
+                    Some(ver) => ("envelope".into(), Some(format!("envelope:{k}")), Some(ver.clone())),
+                    None => ("unreadable".into(), Some(format!("envelope:{k}")), None),
+                },
+                ["vault", ver] => ("vault".into(), None, Some((*ver).into())),
+                ["legacy"] => ("legacy".into(), None, None),
+                ["plaintext"] => ("plaintext".into(), None, None),
+                _ => ("unreadable".into(), None, None),
+            };
+            *agg.entry(key).or_default() += n;
+        }
+    }
+    agg
+}
+
+/// The Transit version each envelope data key is wrapped with.
+pub(crate) fn data_key_versions() -> HashMap<String, String> {
+    as_catalog_owner(|| {
+        spi::rows("SELECT id, pg_catalog.substring(wrapped, '^vault:v([0-9]+):') FROM credcrypt.data_keys", &[], |r| {
+            Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default()))
+        })
+    })
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .collect()
+}
+
+/// The designations to report on: (table OID, binding id), of `tbl` or all.
+pub(crate) fn designations_to_report(tbl: Option<pg_sys::Oid>) -> Vec<(pg_sys::Oid, String, String, Vec<String>)> {
+    spi::rows(
+        "SELECT relid::pg_catalog.oid, binding_id, column_name::pg_catalog.text, json_path FROM credcrypt.protected_columns \
+          WHERE $1::pg_catalog.oid IS NULL OR relid OPERATOR(pg_catalog.=) $1 \
+          ORDER BY relid::pg_catalog.regclass::pg_catalog.text, column_name, json_path",
+        &[tbl.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+pub(crate) fn table_display(relid: pg_sys::Oid) -> String {
+    spi::one::<String>("SELECT $1::pg_catalog.regclass::pg_catalog.text", &[relid.into()])
+        .unwrap_or_else(|e| spi_fail(e))
+        .unwrap_or_default()
+}
+
+/// The rows of `credcrypt.key_usage` (documented at [`crate::api::report::key_usage`]).
+pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>) -> Vec<UsageRow> {
+    crate::postgres::catalog::require_current_sql();
+    let dek = data_key_versions();
+    let local_current = crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (relid, binding, column, path) in designations_to_report(tbl) {
+        let table_name = table_display(relid);
+        for ((source, key, version), n) in usage_of(relid, &binding, &dek) {
+            let current = match (source.as_str(), &key, &version) {
+                ("local", _, Some(v)) => Some(local_current.as_ref() == Some(v)),
+                ("transit" | "envelope", Some(k), Some(v)) => {
+                    let name = k.split_once(':').map(|x| x.1).unwrap_or_default().to_owned();
+                    if !latest.contains_key(&name) {
+                        let l = crate::providers::transit::latest_version(&name).or_raise();
+                        latest.insert(name.clone(), l.to_string());
+                    }
+                    Some(latest.get(&name) == Some(v))
+                }
+                _ => None,
+            };
+            out.push((table_name.clone(), column.clone(), path.clone(), source, key, version, current, n));
+        }
+    }
+    out
+}
+
+/// The answer of `credcrypt.safe_to_retire` (documented at
+/// [`crate::api::report::safe_to_retire`]); NOTICEs name what holds the version.
+pub(crate) fn safe_to_retire(key_name: &str, version: i32) -> bool {
+    crate::postgres::catalog::require_current_sql();
+    let name = key_name.strip_prefix("transit:").or_else(|| key_name.strip_prefix("envelope:")).unwrap_or(key_name);
+    if !credcrypt_core::format::valid_key_name(name) || version < 1 {
+        raise(Error::new(
+            ErrorKind::InvalidArgument,
+            "safe_to_retire needs a Transit key name and a version of 1 or more",
+        ));
+    }
+    let below = |v: &str| v.parse::<i64>().map(|n| n <= i64::from(version)).unwrap_or(true);
+    let dek = data_key_versions();
+    // Data keys wrapped with the version: retiring it would make them (and their values) unreadable.
+    let blocked_keys = spi::one::<i64>(
+        "SELECT pg_catalog.count(*) FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 \
+            AND pg_catalog.substring(wrapped, '^vault:v([0-9]+):')::pg_catalog.int8 OPERATOR(pg_catalog.<=) $2::pg_catalog.int8",
+        &[name.into(), version.into()],
+    );
+    let blocked_keys = as_catalog_owner(|| blocked_keys).unwrap_or_else(|e| spi_fail(e)).unwrap_or(0);
+    let mut safe = blocked_keys == 0;
+    if !safe {
+        pgrx::notice!("pg_credcrypt: {blocked_keys} envelope data key(s) of {name} are wrapped with version {version} or older: SELECT credcrypt.rotate_key('envelope:{name}') rewraps them");
+    }
+    for (relid, binding, column, _) in designations_to_report(None) {
+        let d = designation(&binding);
+        let usage = usage_of(relid, &binding, &dek);
+        let on_it: i64 = usage
+            .iter()
+            .filter(|((source, key, v), _)| match (source.as_str(), key.as_deref(), v.as_deref()) {
+                ("transit", Some(k), Some(v)) => k == format!("transit:{name}") && below(v),
+                ("envelope", Some(k), Some(v)) => k == format!("envelope:{name}") && below(v),
+                // Bare vault: values carry no key name: those of a column on this key count.
+                ("vault", _, Some(v)) => d.key == format!("transit:{name}") && below(v),
+                _ => false,
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        if on_it > 0 {
+            safe = false;
+            pgrx::notice!(
+                "pg_credcrypt: {} value(s) of {}.{} are on {name} version {version} or older",
+                on_it,
+                table_display(relid),
+                qi(&column)
+            );
+        }
+    }
+    safe
+}
