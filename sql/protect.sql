@@ -296,7 +296,8 @@ CREATE EVENT TRIGGER credcrypt_on_alter_table ON ddl_command_end WHEN TAG IN ('A
 -- BEFORE ROW trigger sorting after zz_credcrypt_protect, the protection trigger disabled,
 -- renamed or replaced (on the table or on a partition), a rule, an inheritance child that is
 -- not a partition, a bind or protected column changing type, and a partition attached with
--- values that are not encrypted.
+-- values that are not encrypted, and a table rewritten (ALTER COLUMN … TYPE … USING) into values
+-- that are not ciphertexts.
 CREATE FUNCTION credcrypt._on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -325,21 +326,31 @@ BEGIN
             RAISE EXCEPTION '% would weaken the protection of %: %', prob.object, t::regclass, prob.finding
                 USING ERRCODE = 'object_not_in_prerequisite_state', HINT = prob.fix;
         END IF;
-        -- Partitions attached (or created) by this command: their values must be ciphertexts.
+        -- Leaves this command attached (or created), or rewrote (ALTER COLUMN … TYPE … USING
+        -- rewrites every row without row triggers): every protected value must be a ciphertext.
         FOR part IN
-            SELECT g.tgrelid AS rel FROM pg_partition_tree(t::regclass) pt
-              JOIN pg_trigger g ON g.tgrelid = pt.relid AND g.tgname = 'zz_credcrypt_protect'
-             WHERE pt.relid <> t AND pt.isleaf AND credcrypt._xact_is_current(g.xmin)
+            SELECT l.oid AS rel, credcrypt._rewritten(l.oid) AS rewritten
+              FROM pg_class l
+             WHERE l.relkind = 'r'
+               AND (l.oid = t OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(t::regclass) pt WHERE pt.isleaf))
+               AND (credcrypt._rewritten(l.oid)
+                    OR (l.oid <> t AND EXISTS (SELECT FROM pg_trigger g
+                                                WHERE g.tgrelid = l.oid AND g.tgname = 'zz_credcrypt_protect'
+                                                  AND credcrypt._xact_is_current(g.xmin))))
         LOOP
             FOR d IN SELECT column_name, json_path FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
-                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND NOT starts_with(%s, ''cc1:''))',
+                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND credcrypt._value_source(%s) !~ ''^(local|transit|envelope):'')',
                                part.rel::regclass,
                                CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
                                     ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END,
                                CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
                                     ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END)
                    INTO bad;
-                IF bad THEN
+                IF bad AND part.rewritten THEN
+                    RAISE EXCEPTION 'rewriting % would leave values of protected column % that are not pg_credcrypt ciphertexts', part.rel::regclass, d.column_name
+                        USING ERRCODE = 'object_not_in_prerequisite_state',
+                              HINT = 'Change the type without a USING expression that alters protected values (the values keep their text); to change them, UPDATE the rows (the trigger encrypts), or unprotect_column first. If plaintext was already there (existing_values => ''migrate''), finish CALL credcrypt.reencrypt_column first.';
+                ELSIF bad THEN
                     RAISE EXCEPTION 'partition % holds values of protected column % that are not encrypted', part.rel::regclass, d.column_name
                         USING ERRCODE = 'object_not_in_prerequisite_state',
                               HINT = 'Attach an empty partition and copy the rows in with INSERT … SELECT (the protection trigger encrypts them).';
@@ -352,3 +363,18 @@ $$;
 CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE')
     EXECUTE FUNCTION credcrypt._on_ddl_end();
+
+-- Tables rewritten by DDL, for the check at the command's end (credcrypt._on_ddl_end).
+CREATE FUNCTION credcrypt._on_table_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t oid := pg_event_trigger_table_rewrite_oid();
+BEGIN
+    IF EXISTS (SELECT FROM credcrypt.protected_columns p
+                WHERE p.relid::oid = t OR p.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(t) a)) THEN
+        PERFORM credcrypt._note_rewrite(t);
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER credcrypt_on_table_rewrite ON table_rewrite
+    EXECUTE FUNCTION credcrypt._on_table_rewrite();

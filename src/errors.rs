@@ -64,6 +64,10 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
             ERRCODE_IO_ERROR,
             "Check that OpenBao is running and unsealed at credcrypt.bao_addr, and SELECT * FROM credcrypt.status(). Nothing was written. For encryption during outages a superuser may set credcrypt.fallback = 'local'.",
         ),
+        ErrorKind::WorkerTimeout => (
+            ERRCODE_IO_ERROR,
+            "The worker is busy or OpenBao answers slowly: SELECT * FROM credcrypt.status(); a longer credcrypt.request_timeout_ms waits longer. Nothing was written.",
+        ),
         ErrorKind::ProviderDenied => (
             ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             "Check the worker's token (credcrypt.bao_token_file) or AppRole (credcrypt.bao_role_id, credcrypt.bao_secret_id_file) and that its policy allows update on transit/encrypt/<key> and transit/decrypt/<key>.",

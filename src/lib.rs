@@ -41,6 +41,8 @@ extension_sql_file!(
         api::protect::drop_masked_view,
         api::protect::invalidate_table,
         api::protect::xact_is_current,
+        api::protect::note_rewrite,
+        api::protect::was_rewritten,
         api::protect::type_class_sql,
         api::protect::protect_trigger,
         api::crypto::decrypt_credential,
@@ -74,16 +76,32 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 /// also the shared-memory queue and the background worker of the Transit provider.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    quiet_backtraces();
     gucs::init();
     postgres::log_redact::install();
     protect::catalog::init();
     protect::trigger::init();
+    protect::rewrites::init();
     audit::init();
     providers::envelope::init();
     // SAFETY: read-only flag set by PostgreSQL while processing shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         providers::transit::queue::init(gucs::queue_slots());
         providers::transit::worker::register();
+    }
+}
+
+/// No Rust backtrace in what clients see. pgrx attaches one to the DETAIL of every PostgreSQL
+/// error that passes through the extension's code whenever the standard library captures
+/// backtraces (`RUST_BACKTRACE` in the server's environment): internal detail for anyone who
+/// triggers an error, and the original DETAIL is lost. Capturing is switched off unless an
+/// operator asked for library backtraces explicitly (`RUST_LIB_BACKTRACE`). Panic messages in
+/// the server log are unaffected.
+fn quiet_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY (of the environment): _PG_init runs on the main thread before the extension
+        // starts any thread; nothing reads the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
 

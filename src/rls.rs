@@ -24,15 +24,37 @@ use crate::postgres::spi;
 /// The value of `setting` for this transaction, or None when unset or empty (see
 /// [`crate::api::rls`]'s `_owner_setting`).
 pub(crate) fn owner_setting(setting: &str) -> Option<String> {
+    // Only names an owner setting can have: never a built-in setting (no dot) or one of
+    // credcrypt's own, whatever the caller passes (the function is callable by everyone).
+    if !valid_owner_setting(setting) {
+        return None;
+    }
     let name = std::ffi::CString::new(setting).ok()?;
-    // SAFETY: reads a setting by name (missing_ok: an unset custom setting is NULL).
-    let v = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    // SAFETY: reads a setting by name (missing_ok: an unset custom setting is NULL), with
+    // PostgreSQL's own privilege check (restrict_privileged: a superuser-only setting of another
+    // extension raises an error for a role that may not read it).
+    let v = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, true) };
     if v.is_null() {
         return None;
     }
     // SAFETY: a NUL-terminated string owned by the GUC machinery; copied at once.
     let v = unsafe { std::ffi::CStr::from_ptr(v) }.to_string_lossy().into_owned();
     (!v.is_empty()).then_some(v)
+}
+
+/// Whether `setting` can be an owner setting: a custom `prefix.name` (two or more identifiers
+/// joined by dots, at most 63 bytes), not in the reserved `credcrypt.` namespace.
+fn valid_owner_setting(setting: &str) -> bool {
+    let ident = |s: &str| {
+        let mut c = s.chars();
+        matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    };
+    let parts: Vec<&str> = setting.split('.').collect();
+    setting.len() <= 63
+        && parts.len() >= 2
+        && parts.iter().all(|p| ident(p))
+        && !parts[0].eq_ignore_ascii_case("credcrypt")
 }
 
 /// The policy that lets the owner of masked views (`credcrypt_masker`) read every row.
@@ -50,17 +72,7 @@ pub(crate) const POLICIES: [(&str, &str); 5] = [
 /// Checks a setting name for `enable_owner_rls`/`set_owner`: a custom setting such as
 /// `app.current_user_id` (two or more identifiers joined by dots), not one of credcrypt's.
 pub(crate) fn check_setting(setting: &str) {
-    let ident = |s: &str| {
-        let mut c = s.chars();
-        matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
-            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-    };
-    let parts: Vec<&str> = setting.split('.').collect();
-    if setting.len() > 63
-        || parts.len() < 2
-        || !parts.iter().all(|p| ident(p))
-        || parts[0].eq_ignore_ascii_case("credcrypt")
-    {
+    if !valid_owner_setting(setting) {
         fail(
             ERRCODE_INVALID_PARAMETER_VALUE,
             "the owner setting must be a custom setting name such as app.current_user_id",

@@ -177,6 +177,19 @@ fn sixteen_sessions_insert_while_an_administrator_protects_and_unprotects() {
                 "PREPARE ins(int, int) AS INSERT INTO at_st (s, a, c, d, obs) VALUES ($1, 'A-SECRETMARKER', 'C-SECRETMARKER', 'D-SECRETMARKER', $2);\n",
             );
             for r in 0..ROUNDS {
+                if r == ROUNDS / 2 {
+                    // Half way, wait (at most a minute) until the administrator has protected
+                    // c: the second half then certainly writes after seeing it protected,
+                    // however fast this machine runs the first half.
+                    script.push_str(
+                        "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN
+                           WHILE NOT EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid = 'at_st'::regclass AND column_name = 'c')
+                                 AND clock_timestamp() < t + interval '60 s' LOOP
+                             PERFORM pg_sleep(0.02);
+                           END LOOP;
+                         END $$;\n",
+                    );
+                }
                 // Whether this backend has seen c protected, in a statement of its own.
                 script.push_str(
                     "SELECT (EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid = 'at_st'::regclass AND column_name = 'c'))::int AS obs \\gset\n",
@@ -693,4 +706,182 @@ fn protect_column_refuses_tables_that_are_already_bypassed() {
         .expect_error("55000");
     assert_eq!(c.sql("SELECT count(*) FROM credcrypt.protected_columns WHERE relid = 'at_pre'::regclass"), "0");
     c.sql("DROP TABLE at_pre CASCADE");
+}
+
+// ---------------------------------------------------------------------------------------
+// Second attack (reviews/attack-2.md).
+
+/// Finding 1: a table owner's code that runs during maintenance changes session settings; the
+/// administrator's session must come out of the call with its own settings.
+#[test]
+fn maintenance_leaves_no_setting_of_the_owners_code_in_the_administrators_session() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_owner", "at_g1", "id int PRIMARY KEY, api_key text");
+    c.sql("INSERT INTO at_g1 SELECT g, 'sk-G1-SECRETMARKER-' || g FROM generate_series(1, 5) g");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_g1', 'api_key', bind_columns => ARRAY['id'], existing_values => 'migrate')",
+    )
+    .expect_ok();
+    c.psql(
+        "at_owner",
+        "CREATE OR REPLACE FUNCTION public.at_g1_plant() RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM set_config('search_path', 'public, pg_catalog', false);
+             PERFORM set_config('app.current_user_id', 'planted', false);
+             PERFORM set_config('credcrypt.default_key', 'transit:planted', false);
+             RETURN true;
+         END $$;
+         CREATE OR REPLACE FUNCTION public.at_g1_trig() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM public.at_g1_plant(); RETURN NEW; END $$;
+         CREATE TRIGGER aa_plant BEFORE UPDATE ON at_g1 FOR EACH ROW EXECUTE FUNCTION public.at_g1_trig();
+         ALTER TABLE at_g1 ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+         CREATE POLICY p_all ON at_g1 FOR ALL USING (true);
+         CREATE POLICY p_plant ON at_g1 AS RESTRICTIVE FOR ALL USING (public.at_g1_plant());",
+    )
+    .expect_ok();
+    let settings = "SELECT current_setting('search_path') || '|' || coalesce(current_setting('app.current_user_id', true), '') || '|' || current_setting('credcrypt.default_key')";
+    let before = c.value("at_admin", settings);
+    for call in [
+        "SELECT count(*) FROM credcrypt.key_usage('at_g1') \\g /dev/null",
+        "SELECT count(*) FROM credcrypt.key_usage() \\g /dev/null",
+        "SELECT credcrypt.safe_to_retire('transit:app', 1) \\g /dev/null",
+        "CALL credcrypt.reencrypt_column('at_g1', 'api_key');",
+    ] {
+        let after = c.value("at_admin", &format!("{call}\n{settings};"));
+        assert_eq!(after, before, "after {call}, the owner's settings stayed in the administrator's session");
+    }
+    assert_eq!(plaintext_ids(&c, "at_g1", "api_key", "true"), "", "the migration ran");
+    c.sql("DROP TABLE at_g1 CASCADE; DROP FUNCTION public.at_g1_trig(); DROP FUNCTION public.at_g1_plant()");
+}
+
+/// Finding 2: the migration's own UPDATE lets only its verified values through; whatever the
+/// owner's triggers write meanwhile — into another protected column, or as nested rows — is
+/// protected as usual.
+#[test]
+fn a_migration_lets_only_its_own_values_past_the_trigger() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_owner", "at_g2", "id bigint PRIMARY KEY, secret text, secret2 text");
+    c.sql("INSERT INTO at_g2 SELECT g, 's-G2-SECRETMARKER-' || g, NULL FROM generate_series(1, 20) g");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_g2', 'secret', bind_columns => ARRAY['id'], existing_values => 'migrate');
+         SELECT credcrypt.protect_column('at_g2', 'secret2', bind_columns => ARRAY['id']);",
+    )
+    .expect_ok();
+    c.psql(
+        "at_owner",
+        "CREATE OR REPLACE FUNCTION public.at_g2_evil() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF TG_OP = 'UPDATE' AND NEW.id < 1000 THEN
+                 NEW.secret2 := 'PLAINTEXT-VIA-MIGRATION-' || NEW.id;
+                 INSERT INTO public.at_g2 VALUES (NEW.id + 1000, 'PLAINTEXT-NESTED-INSERT', 'PLAINTEXT-NESTED-2');
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER aa_evil BEFORE UPDATE ON at_g2 FOR EACH ROW EXECUTE FUNCTION public.at_g2_evil();",
+    )
+    .expect_ok();
+    c.psql("at_admin", "CALL credcrypt.reencrypt_column('at_g2', 'secret', batch_size => 7)").expect_ok();
+    assert_eq!(plaintext_ids(&c, "at_g2", "secret2", "true"), "", "the owner's trigger stored plaintext in secret2");
+    assert_eq!(plaintext_ids(&c, "at_g2", "secret", "true"), "", "nested inserts stored plaintext");
+    assert_eq!(c.sql("SELECT count(*) FROM at_g2 WHERE id > 1000"), "20", "the owner's trigger ran");
+    // And the migrated values are the verified ones: they decrypt, bound to their rows.
+    c.psql("at_admin", "SELECT credcrypt.create_decrypted_view('at_g2', 'at_g2_plain')").expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM at_g2_plain WHERE id <= 20 AND secret = 's-G2-SECRETMARKER-' || id"), "20");
+    c.sql("DROP TABLE at_g2 CASCADE; DROP FUNCTION public.at_g2_evil()");
+}
+
+/// Finding 3: `ALTER COLUMN … TYPE … USING` rewrites rows without row triggers: a rewrite
+/// that leaves a protected value that is not a ciphertext is refused; a type change that keeps
+/// the values (a bind column to bigint, as Prisma migrations do) still works.
+#[test]
+fn a_table_rewrite_cannot_store_plaintext_in_a_protected_column() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_owner", "at_g3", "id int PRIMARY KEY, secret text, doc jsonb");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_g3', 'secret', bind_columns => ARRAY['id']);
+         SELECT credcrypt.protect_column('at_g3', 'doc', bind_columns => ARRAY['id'], json_path => ARRAY['llm', 'apiKey']);",
+    )
+    .expect_ok();
+    c.psql(
+        "at_app",
+        "INSERT INTO at_g3 VALUES (1, 'real-SECRETMARKER', '{\"llm\": {\"apiKey\": \"sk-json-SECRETMARKER\"}}')",
+    )
+    .expect_ok();
+    for ddl in [
+        "ALTER TABLE at_g3 ALTER COLUMN secret TYPE text USING 'PLAIN-VIA-USING'",
+        "ALTER TABLE at_g3 ALTER COLUMN secret TYPE varchar USING 'PLAIN-VIA-USING-VARCHAR'",
+        "ALTER TABLE at_g3 ALTER COLUMN secret TYPE text COLLATE \"C\" USING 'PLAIN-VIA-USING-COLLATE'",
+        "ALTER TABLE at_g3 ALTER COLUMN secret TYPE text USING 'cc1:not-a-ciphertext'",
+        "ALTER TABLE at_g3 ALTER COLUMN doc TYPE jsonb USING jsonb_set(doc, '{llm,apiKey}', '\"PLAIN-JSON-VIA-USING\"')",
+    ] {
+        c.psql("at_owner", ddl).expect_error("55000");
+    }
+    assert_eq!(plaintext_ids(&c, "at_g3", "secret", "true"), "");
+    assert!(c.sql("SELECT doc #>> '{llm,apiKey}' FROM at_g3").starts_with("cc1:"));
+    // Type changes that keep every value go through (a rewrite included).
+    c.psql("at_owner", "ALTER TABLE at_g3 ALTER COLUMN id TYPE bigint").expect_ok();
+    c.psql("at_owner", "ALTER TABLE at_g3 ALTER COLUMN secret TYPE varchar(4000)").expect_ok();
+    c.psql("at_app", "INSERT INTO at_g3 (id, secret) VALUES (2, 'after-SECRETMARKER')").expect_ok();
+    assert_eq!(plaintext_ids(&c, "at_g3", "secret", "true"), "");
+    // A partitioned table: the rewrite of every leaf is checked.
+    c.sql("DROP TABLE IF EXISTS at_g3p CASCADE");
+    c.psql(
+        "at_owner",
+        "CREATE TABLE at_g3p (id int, secret text) PARTITION BY RANGE (id);
+         CREATE TABLE at_g3p1 PARTITION OF at_g3p FOR VALUES FROM (0) TO (100);
+         GRANT INSERT ON at_g3p TO at_app;",
+    )
+    .expect_ok();
+    c.psql("at_admin", "SELECT credcrypt.protect_column('at_g3p', 'secret')").expect_ok();
+    c.psql("at_app", "INSERT INTO at_g3p VALUES (1, 'p-SECRETMARKER')").expect_ok();
+    c.psql("at_owner", "ALTER TABLE at_g3p ALTER COLUMN secret TYPE text USING 'PLAIN-IN-A-LEAF'")
+        .expect_error("55000");
+    assert_eq!(plaintext_ids(&c, "at_g3p", "secret", "true"), "");
+    c.sql("DROP TABLE at_g3 CASCADE; DROP TABLE at_g3p CASCADE");
+}
+
+/// Finding 4: the policies' owner-setting helper, callable by everyone, reads only custom
+/// settings that an owner setting can be — never a built-in or a credcrypt setting.
+#[test]
+fn the_owner_setting_helper_reads_only_owner_settings() {
+    let (_g, c) = setup();
+    for name in [
+        "credcrypt.local_key",
+        "credcrypt.local_key_file",
+        "credcrypt.bao_token_file",
+        "data_directory",
+        "config_file",
+        "primary_conninfo",
+    ] {
+        assert_eq!(
+            c.value("at_evil", &format!("SELECT coalesce(credcrypt._owner_setting('{name}'), '<null>')")),
+            "<null>",
+            "{name} was readable"
+        );
+    }
+    assert_eq!(
+        c.value("at_evil", "SELECT set_config('app.current_user_id', 'u-1', false) \\g /dev/null\nSELECT credcrypt._owner_setting('app.current_user_id')"),
+        "u-1"
+    );
+}
+
+/// Finding 9: bad input to a helper anyone can call is a documented error, and no error that
+/// passes through the extension carries a Rust backtrace (the test cluster runs with
+/// RUST_BACKTRACE=1 in its environment).
+#[test]
+fn errors_carry_no_backtrace_and_helpers_refuse_bad_input() {
+    let (_g, c) = setup();
+    let o = c.psql("at_evil", "SELECT credcrypt._type_class(1259, 1)");
+    o.expect_error("42704");
+    fresh_table(&c, "at_owner", "at_g9", "id int PRIMARY KEY, secret text");
+    c.psql("at_admin", "SELECT credcrypt.protect_column('at_g9', 'secret')").expect_ok();
+    let o = c.psql("at_app", "DELETE FROM at_g9");
+    assert_eq!(o.sqlstate(), Some("42501"), "{}", o.err);
+    for out in [&o.err, &c.psql("at_evil", "SELECT credcrypt._type_class(1259, 1)").err] {
+        assert!(!out.contains("pgrx") && !out.contains("pg_credcrypt::"), "a backtrace reached the client: {out}");
+    }
+    c.sql("DROP TABLE at_g9 CASCADE");
 }

@@ -272,3 +272,42 @@ fn wrong_legacy_key_leaves_rows_untouched_and_reported() {
     let o = c.psql("mg_app", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret')");
     assert_eq!(o.sqlstate(), Some("42501"), "{o:?}");
 }
+
+/// Envelope values are read like every other source: a column moves off an envelope key, text
+/// and jsonb path alike (reviews/attack-2.md, finding 6: the documented undo of a move to
+/// `envelope:` failed).
+#[test]
+fn a_column_moves_off_an_envelope_key() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS mg_env CASCADE");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_env (id bigint PRIMARY KEY, s text, j jsonb);
+         SELECT credcrypt.protect_column('mg_env', 's', key_name => 'envelope:app', bind_columns => ARRAY['id']);
+         SELECT credcrypt.protect_column('mg_env', 'j', key_name => 'envelope:app', bind_columns => ARRAY['id'], json_path => ARRAY['k']);
+         INSERT INTO mg_env SELECT g, 'S-' || g, jsonb_build_object('k', 'J-' || g) FROM generate_series(1, 50) g;",
+    )
+    .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM mg_env WHERE starts_with(s, 'cc1:envelope:app:')"), "50");
+    for (col, target) in [("s", "local"), ("j", "transit:app")] {
+        let o = c.psql(
+            "mg_owner",
+            &format!("CALL credcrypt.reencrypt_column('mg_env', '{col}', '{target}', strict => true)"),
+        );
+        o.expect_ok();
+        assert!(o.err.contains("complete — every value is on"), "{}", o.err);
+    }
+    assert_eq!(c.sql("SELECT count(*) FROM mg_env WHERE starts_with(s, 'cc1:local:')"), "50");
+    assert_eq!(c.sql("SELECT count(*) FROM mg_env WHERE starts_with(j->>'k', 'cc1:transit:app:')"), "50");
+    c.psql(
+        "mg_owner",
+        "SELECT credcrypt.create_decrypted_view('mg_env', 'mg_env_plain'); GRANT SELECT ON mg_env_plain TO mg_app",
+    )
+    .expect_ok();
+    assert_eq!(
+        c.value("mg_app", "SELECT count(*) FROM mg_env_plain WHERE s = 'S-' || id AND j->>'k' = 'J-' || id"),
+        "50"
+    );
+    c.sql("DROP TABLE mg_env CASCADE");
+}

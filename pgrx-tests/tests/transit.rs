@@ -527,3 +527,22 @@ fn a_value_below_min_decryption_version_has_its_own_error() {
         "old-SECRETMARKER"
     );
 }
+
+/// A wait the session cut short itself (`credcrypt.request_timeout_ms`, which anyone may set)
+/// is not an outage: even with `credcrypt.fallback = local`, it never sends a value meant for
+/// Transit to the local key (reviews/attack-2.md, finding 5).
+#[test]
+fn a_session_timeout_never_falls_back_to_the_local_key() {
+    let e = setup();
+    let c = &e.c;
+    let pid = freeze(&e);
+    let o = c.psql(
+        "postgres",
+        "SET credcrypt.fallback = 'local'; SET credcrypt.request_timeout_ms = 200;
+         SELECT credcrypt.encrypt_credential('timeout-SECRETMARKER', 'transit:app')",
+    );
+    signal(pid, "CONT");
+    o.expect_error("58030").expect_clean("SECRETMARKER");
+    assert!(o.err.contains("did not answer in time"), "{}", o.err);
+    assert!(!o.out.contains("cc1:local:"), "fell back to the local key: {}", o.out);
+}

@@ -153,6 +153,18 @@ fn xact_is_current(xmin: pg_sys::TransactionId) -> bool {
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xmin) }
 }
 
+/// Records that a table is being rewritten (called by the `table_rewrite` event trigger).
+#[pg_extern(volatile, strict, name = "_note_rewrite")]
+fn note_rewrite(tbl: pg_sys::Oid) {
+    crate::protect::rewrites::note(tbl);
+}
+
+/// Whether a table was rewritten in this transaction (for the DDL check at its end).
+#[pg_extern(volatile, strict, name = "_rewritten")]
+fn was_rewritten(tbl: pg_sys::Oid) -> bool {
+    crate::protect::rewrites::rewritten(tbl)
+}
+
 /// The trigger function installed by `protect_column` (see [`crate::protect::trigger`]).
 #[pg_trigger]
 fn protect_trigger<'a>(

@@ -15,7 +15,7 @@ use super::spi_fail;
 use crate::errors::{fail, raise, OrRaise as _};
 use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{leaves, table, Table};
-use crate::postgres::scope::{maintain, with_bypass};
+use crate::postgres::scope::{maintain, with_writes, Writes};
 use crate::postgres::spi;
 use crate::providers::{decrypt_each, encrypt_with};
 
@@ -152,7 +152,7 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
         }
     }
     if !ctid_w.is_empty() {
-        write_values(&root, &leaf_name, &d, &ctid_w, new_w, Some(mask_w));
+        write_values(&root, (leaf, &leaf_name), &d, binding_id, &ctid_w, new_w, Some(mask_w));
     }
     for (i, reason) in &failures {
         let kind = sources[*i].kind();
@@ -170,17 +170,29 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     Batch { next, seen, changed, failed, finished }
 }
 
-/// Writes `values` (and masks) into the rows `ctids` of `leaf`, as the table's owner, with the
-/// protection trigger bypassed for this table: the values are final (verified ciphertexts, or
-/// the plaintext of `unprotect_column … decrypt_existing`).
+/// Writes `values` (and masks) of designation `binding_id` into the rows `ctids` of leaf table
+/// `leaf`, as the table's owner. The values are final (verified ciphertexts, or the plaintext
+/// of `unprotect_column … decrypt_existing`): they are announced to the protection trigger,
+/// which lets exactly these values through in exactly these rows
+/// ([`crate::postgres::scope::Writes`]) and protects everything else the statement — or a
+/// trigger of the table — writes.
+#[allow(clippy::too_many_arguments)] // one write: where, what, and the values
 pub(crate) fn write_values(
     root: &Table,
-    leaf_name: &str,
+    leaf: (pg_sys::Oid, &str),
     d: &Designation,
+    binding_id: &str,
     ctids: &[String],
     values: Vec<String>,
     masks: Option<Vec<Option<String>>>,
 ) {
+    let (leaf_oid, leaf_name) = leaf;
+    let mut announced = std::collections::HashMap::with_capacity(ctids.len());
+    for (c, v) in ctids.iter().zip(&values) {
+        let tid = crate::postgres::scope::parse_tid(c).unwrap_or_else(|| bad_cursor());
+        announced.insert(tid, zeroize::Zeroizing::new(v.clone()));
+    }
+    let writes = Writes { relid: leaf_oid, binding_id: binding_id.to_owned(), values: announced };
     let set_value = if d.path.is_empty() {
         format!("{} = v.n", qi(&d.column))
     } else {
@@ -197,7 +209,7 @@ pub(crate) fn write_values(
           WHERE t.ctid OPERATOR(pg_catalog.=) v.c"
     );
     let args: [DatumWithOid<'_>; 3] = [ctids.to_vec().into(), values.into(), masks.into()];
-    maintain(root.oid, || with_bypass(root.oid, || spi::run(&update, &args))).unwrap_or_else(|e| spi_fail(e));
+    maintain(root.oid, || with_writes(writes, || spi::run(&update, &args))).unwrap_or_else(|e| spi_fail(e));
 }
 
 pub(crate) fn bad_cursor() -> ! {
@@ -261,7 +273,7 @@ pub(crate) fn decrypt_in_place(t: &Table, binding_id: &str) -> i64 {
             }
             let ctids: Vec<String> = picked.iter().map(|p| p.ctid.clone()).collect();
             done += ctids.len() as i64;
-            write_values(t, &leaf_name, &d, &ctids, plain, None);
+            write_values(t, (leaf, &leaf_name), &d, binding_id, &ctids, plain, None);
         }
     }
     done

@@ -161,8 +161,9 @@ pub(crate) fn plaintexts(
 ) -> Result<Vec<Decrypted>, Error> {
     let mut out: Vec<Decrypted> = picked.iter().map(|_| Err(Error::malformed("not processed"))).collect();
     // pg_credcrypt values: decrypted with the row's context, Transit ones in one batch per key.
-    let cc1: Vec<usize> =
-        (0..picked.len()).filter(|&i| matches!(sources[i], Source::Local(_) | Source::Transit { .. })).collect();
+    let cc1: Vec<usize> = (0..picked.len())
+        .filter(|&i| matches!(sources[i], Source::Local(_) | Source::Transit { .. } | Source::Envelope { .. }))
+        .collect();
     if !cc1.is_empty() {
         let values: Vec<&str> = cc1.iter().map(|&i| picked[i].value.as_str()).collect();
         let ctxs: Vec<Option<&str>> = cc1.iter().map(|&i| Some(contexts[i].as_str())).collect();

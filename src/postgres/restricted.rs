@@ -8,6 +8,14 @@ use pgrx::PgSqlErrorCode::*;
 use crate::errors::fail;
 
 /// Restores a nested GUC level (and optionally an identity) when dropped.
+///
+/// With an identity (code ran as another role, security-restricted), every setting changed
+/// inside is undone — also session-level `set_config(…, false)` and `SET` — as PostgreSQL
+/// does after VACUUM, ANALYZE and index builds (`AtEOXact_GUC(false, …)`): a table owner's
+/// trigger, policy or index function must not leave a `search_path` or an RLS owner setting
+/// in the administrator's session. Without one (the extension's own statements, as the
+/// caller), only the pin is popped and the statements' own transaction-local settings stay
+/// (`set_owner`).
 struct Restore {
     level: std::ffi::c_int,
     identity: Option<(pg_sys::Oid, std::ffi::c_int)>,
@@ -18,7 +26,7 @@ impl Drop for Restore {
         // SAFETY: pops the GUC nest level opened below and restores the identity saved below,
         // on the main thread, in LIFO order with any inner guard.
         unsafe {
-            pg_sys::AtEOXact_GUC(true, self.level);
+            pg_sys::AtEOXact_GUC(self.identity.is_none(), self.level);
             if let Some((user, ctx)) = self.identity {
                 pg_sys::SetUserIdAndSecContext(user, ctx);
             }

@@ -1,6 +1,7 @@
 //! Backend-local switches that only the extension's own code can set, around its own
-//! statements: the maintenance path through row-level security, and the protection trigger's
-//! bypass for writes the extension has already encrypted and verified.
+//! statements: the maintenance path through row-level security, and the list of values the
+//! extension writes itself (already encrypted and verified), which the protection trigger lets
+//! through untouched.
 //!
 //! Neither is a setting: no `SET`, `set_config`, `ALTER ROLE … SET`, connection option or
 //! `SET ROLE` reaches them. Both are scoped to one table, and the maintenance path also to one
@@ -8,15 +9,18 @@
 //! happens to run meanwhile as somebody else — a `SECURITY DEFINER` function called by a
 //! trigger, say — does not get through.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::pg_sys;
+use zeroize::Zeroizing;
 
 thread_local! {
     /// The table under maintenance (its OID) and the role maintenance runs as, or (0, 0).
     static MAINTENANCE: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
-    /// The table (the root of a partition tree) whose writes the extension makes itself, or 0.
-    static BYPASS: Cell<u32> = const { Cell::new(0) };
+    /// The values the extension's current write statement puts into a table, if any.
+    static WRITES: RefCell<Option<Rc<Writes>>> = const { RefCell::new(None) };
 }
 
 /// Restores a cell's previous value when dropped (also when an error unwinds).
@@ -45,14 +49,59 @@ pub(crate) fn maintenance_active(relid: pg_sys::Oid) -> bool {
     table != 0 && table == relid.to_u32() && role == crate::postgres::guard::current_user().to_u32()
 }
 
-/// Runs `f` with the protection trigger switched off for writes to `table` (and its
-/// partitions) in this backend.
-pub(crate) fn with_bypass<R>(table: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let _reset = Reset(&BYPASS, BYPASS.with(|b| b.replace(table.to_u32())));
+/// The values one statement of the extension writes: for one designation of one (leaf) table,
+/// the exact value each row, by tuple id, is to get. The protection trigger lets such a value
+/// through untouched only in that row, for that designation, and only while its bind values are
+/// unchanged; everything else — other protected columns of the row, other rows, rows that other
+/// triggers insert meanwhile, a value another trigger changed — it protects as usual.
+pub(crate) struct Writes {
+    /// The table the statement writes (a leaf of a partition tree: `UPDATE ONLY`).
+    pub relid: pg_sys::Oid,
+    /// The designation whose values are written.
+    pub binding_id: String,
+    /// Value by tuple id (block, offset) of the row before the update.
+    pub values: HashMap<(u32, u16), Zeroizing<String>>,
+}
+
+/// Runs `f` (the extension's write statement) with `writes` announced to the protection trigger.
+pub(crate) fn with_writes<R>(writes: Writes, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Rc<Writes>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            WRITES.with(|w| *w.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(WRITES.with(|w| w.replace(Some(Rc::new(writes)))));
     f()
 }
 
-/// The table whose writes bypass the protection trigger, or 0.
-pub(crate) fn bypassed() -> u32 {
-    BYPASS.with(Cell::get)
+/// The value the extension's current statement writes itself into the row at `tid` of `relid`
+/// for designation `binding_id`, if it does.
+pub(crate) fn own_write(relid: pg_sys::Oid, binding_id: &str, tid: (u32, u16)) -> Option<Zeroizing<String>> {
+    WRITES.with(|w| {
+        let w = w.borrow();
+        let w = w.as_ref()?;
+        if w.relid != relid || w.binding_id != binding_id {
+            return None;
+        }
+        w.values.get(&tid).cloned()
+    })
+}
+
+/// A tuple id in its text form `(block,offset)`.
+pub(crate) fn parse_tid(s: &str) -> Option<(u32, u16)> {
+    let (b, o) = s.trim().strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    Some((b.trim().parse().ok()?, o.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tuple_ids_parse() {
+        assert_eq!(super::parse_tid("(12,3)"), Some((12, 3)));
+        assert_eq!(super::parse_tid("(4294967295,65535)"), Some((u32::MAX, u16::MAX)));
+        assert_eq!(super::parse_tid("12,3"), None);
+        assert_eq!(super::parse_tid("(1,70000)"), None);
+    }
 }

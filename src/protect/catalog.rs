@@ -46,8 +46,24 @@ pub(crate) struct Designation {
 /// class (`format_type` with its modifier). A bind column may change type only within its
 /// class; anything else would change the context of every stored value.
 pub(crate) fn type_class(typ: pg_sys::Oid, typmod: i32) -> String {
+    // SAFETY: a syscache existence probe by OID.
+    let exists = unsafe {
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::TYPEOID as i32,
+            pg_sys::Datum::from(typ),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    };
+    if !exists {
+        crate::errors::undefined(
+            format!("type with OID {} does not exist", typ.to_u32()),
+            "Pass a type OID from pg_type.",
+        );
+    }
     let mut typmod = typmod;
-    // SAFETY: catalog lookups of an existing type (raise on a missing one).
+    // SAFETY: catalog lookups of an existing type (checked above).
     let base = unsafe { pg_sys::getBaseTypeAndTypmod(typ, &mut typmod) };
     match base {
         pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => "integer".into(),

@@ -500,6 +500,16 @@ fn check_position(rel: pg_sys::Relation, me: &pg_sys::Trigger, event: u32) -> Re
     Ok(())
 }
 
+/// The tuple id (block, offset) of a heap tuple.
+///
+/// # Safety
+/// `t` is a valid heap tuple.
+unsafe fn tid_of(t: pg_sys::HeapTuple) -> (u32, u16) {
+    // SAFETY: the caller passes a valid tuple.
+    let tid = unsafe { (*t).t_self };
+    ((u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo), tid.ip_posid)
+}
+
 /// One firing of the trigger function installed by `protect_column` (see the module
 /// documentation); the SQL entry point is `crate::api::protect::protect_trigger`.
 pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
@@ -522,12 +532,6 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     let relid = unsafe { (*rel).rd_id };
     // SAFETY: the descriptor is the relation's own.
     let cfg = unsafe { catalog::lookup(relid, desc) }?;
-    // The extension's own maintenance writes to this table only: writes that other triggers
-    // make meanwhile to other tables are protected as usual.
-    let bypass = crate::postgres::scope::bypassed();
-    if bypass != 0 && (bypass == relid.to_u32() || (cfg.root != 0 && bypass == cfg.root)) {
-        return result(new_tuple);
-    }
     let table = || t.table_name().unwrap_or_default();
     if cfg.designations.is_empty() {
         return Err(refused(
@@ -544,10 +548,25 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     // jsonb documents being edited, by attribute number: (original, current datum, changed).
     let mut docs: Vec<(i16, Option<Jsonb>, Option<pg_sys::Datum>, bool)> = Vec::new();
 
+    // SAFETY: the old tuple of an UPDATE carries its tuple id.
+    let old_tid = old_tuple.map(|t| unsafe { tid_of(t) });
     for d in &cfg.designations {
         let context = new.context(d)?;
         // An old row whose context cannot be built cannot match: re-binding then fails closed.
         let old_context = || old.map(|o| o.context(d).unwrap_or_default()).unwrap_or_default();
+        // A value the extension writes itself (a verified re-encryption, or the plaintext of
+        // unprotect_column … decrypt_existing): through untouched if it is exactly that value,
+        // in that row, with the row's bind values unchanged.
+        if let Some(expected) = old_tid.and_then(|tid| crate::postgres::scope::own_write(relid, &d.binding_id, tid)) {
+            let now = if d.json_path.is_empty() {
+                new.text(d.attnum)
+            } else {
+                json_str(new.jsonb(d.attnum), &d.json_path).map_err(|e| located(e, d, &table))?
+            };
+            if now == Some(expected.as_str()) && context == old_context() {
+                continue;
+            }
+        }
         if d.json_path.is_empty() {
             let old_arg = old.as_ref().map(|o| (o.text(d.attnum), &old_context as &dyn Fn() -> String));
             let outcome = protect_value(d, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;

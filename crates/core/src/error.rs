@@ -32,8 +32,12 @@ pub enum ErrorKind {
     RandomFailure,
     /// The Transit provider needs `shared_preload_libraries = 'pg_credcrypt'` (55000).
     NotPreloaded,
-    /// OpenBao is unreachable or sealed, or the worker did not answer in time (58030).
+    /// OpenBao is unreachable or sealed (58030): an outage, the only failure the local
+    /// fallback applies to.
     ProviderUnavailable,
+    /// The worker did not answer within `credcrypt.request_timeout_ms` (58030). Not an outage
+    /// reported by OpenBao: the wait is the session's choice, so it never falls back.
+    WorkerTimeout,
     /// OpenBao refused the worker's credentials or its policy denies the operation (28000).
     ProviderDenied,
     /// The Transit key does not exist (42704).

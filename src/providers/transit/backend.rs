@@ -141,7 +141,7 @@ fn unanswered(deadline_ms: u128) -> Error {
     if let Some(q) = queue::get() {
         q.stats.timeouts.fetch_add(1, SeqCst);
     }
-    Error::new(ErrorKind::ProviderUnavailable, "the pg_credcrypt worker did not answer in time").with_detail(format!(
+    Error::new(ErrorKind::WorkerTimeout, "the pg_credcrypt worker did not answer in time").with_detail(format!(
         "no answer within credcrypt.request_timeout_ms = {deadline_ms} ms; see credcrypt.status()"
     ))
 }
