@@ -68,8 +68,13 @@ pub(crate) fn decrypted_expr(alias: &str, col: &str, ds: &[&Desig]) -> String {
     expr
 }
 
-#[cfg(test)]
+// The builders quote identifiers with PostgreSQL's own quote_identifier: the tests run inside
+// the server (cargo pgrx test), not in the plain test binary, which links no PostgreSQL.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
 mod tests {
+    use pgrx::prelude::*;
+
     use super::*;
 
     fn d(path: &[&str], binds: &[&str]) -> Desig {
@@ -81,7 +86,7 @@ mod tests {
         }
     }
 
-    #[test]
+    #[pg_test]
     fn paths_are_quoted_text_array_literals() {
         assert_eq!(path_literal(&["apiKey".into()]), r#"'{"apiKey"}'::pg_catalog.text[]"#);
         // Quotes, backslashes and braces stay inside the element; the literal stays one literal.
@@ -89,7 +94,7 @@ mod tests {
         assert_eq!(p, r#"'{"a\"b","c\\d}","it''s"}'::pg_catalog.text[]"#);
     }
 
-    #[test]
+    #[pg_test]
     fn value_and_set_expressions_name_only_qualified_operators_and_functions() {
         assert_eq!(value_expr("t", "api key", &[]), r#"t."api key""#);
         assert_eq!(
@@ -104,7 +109,7 @@ mod tests {
         );
     }
 
-    #[test]
+    #[pg_test]
     fn decryption_expressions_are_fully_qualified() {
         let whole = d(&[], &["id", "Owner"]);
         let e = decrypted_expr("t", "api_key", &[&whole]);
