@@ -5,7 +5,9 @@
 //! Two halves, both ignored in a plain `cargo test` (they need two servers): scripts/test-matrix
 //! runs `write_a_dump_for_another_major` against a PostgreSQL 15 cluster on the host and
 //! `restore_a_dump_from_another_major` in each newer major's chroot, with `CC_DUMP_DIR` naming
-//! the directory between them (dump, key, digest).
+//! the directory between them (dump, key, digest), and `CC_DUMP_BAO_ADDR` and
+//! `CC_DUMP_BAO_TOKEN` an OpenBao server that runs through both halves (its Transit key `app`
+//! holds the Transit values and wraps the envelope data keys).
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -16,7 +18,18 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Digest of every stored value (ciphertexts, masks, jsonb): equal before and after restore
 /// means nothing was re-encrypted or lost.
-const DIGEST: &str = "SELECT md5(string_agg(api_key || access_token || config::text || api_key_mask || owner_id, ',' ORDER BY id)) FROM xm_creds";
+const DIGEST: &str = "SELECT md5((SELECT string_agg(api_key || access_token || config::text || api_key_mask || owner_id, ',' ORDER BY id) FROM xm_creds)
+     || (SELECT string_agg(t, ',' ORDER BY id) FROM xm_transit) || (SELECT string_agg(e, ',' ORDER BY id) FROM xm_env)
+     || (SELECT string_agg(id || wrapped, ',' ORDER BY id) FROM credcrypt.data_keys))";
+
+/// Points the worker at the OpenBao of both halves (and adds `extra` settings).
+fn use_bao(c: &Cluster, extra: &str) {
+    let addr = std::env::var("CC_DUMP_BAO_ADDR").expect("CC_DUMP_BAO_ADDR: the OpenBao of both halves");
+    let token = std::fs::read_to_string(std::env::var("CC_DUMP_BAO_TOKEN").expect("CC_DUMP_BAO_TOKEN: its token file"))
+        .expect("token file");
+    let file = c.write_key("xm_bao.token", token.trim(), 0o600);
+    credcrypt_blackbox::bao::point_at(c, &addr, &format!("credcrypt.bao_token_file = '{file}'\n{extra}"));
+}
 
 fn setup() -> (MutexGuard<'static, ()>, Cluster) {
     let roles =
@@ -39,6 +52,7 @@ fn major(c: &Cluster) -> String {
 fn write_a_dump_for_another_major() {
     let (_g, c) = setup();
     let dir = dump_dir();
+    use_bao(&c, "");
     c.client("dropdb", &["--if-exists", "xm_src"]);
     let (ok, out) = c.client("createdb", &["xm_src"]);
     assert!(ok, "{out}");
@@ -53,7 +67,14 @@ fn write_a_dump_for_another_major() {
          SELECT credcrypt.protect_column('xm_creds', 'config', bind_columns => ARRAY['id'], json_path => ARRAY['apiKey']);
          SELECT credcrypt.enable_owner_rls('xm_creds', 'owner_id');
          SELECT credcrypt.create_masked_view('xm_creds', 'xm_creds_masked');
-         GRANT SELECT ON xm_creds_masked TO xm_report;",
+         GRANT SELECT ON xm_creds_masked TO xm_report;
+         CREATE TABLE xm_transit (id int PRIMARY KEY, t text);
+         SELECT credcrypt.protect_column('xm_transit', 't', key_name => 'transit:app', bind_columns => ARRAY['id']);
+         CREATE TABLE xm_env (id int PRIMARY KEY, e text);
+         SELECT credcrypt.protect_column('xm_env', 'e', key_name => 'envelope:app', bind_columns => ARRAY['id']);
+         GRANT SELECT, INSERT ON xm_transit, xm_env TO xm_app;
+         INSERT INTO xm_transit SELECT g, 'tr-' || g FROM generate_series(1, 10) g;
+         INSERT INTO xm_env SELECT g, 'env-' || g FROM generate_series(1, 10) g;",
     );
     src(
         "xm_app",
@@ -85,10 +106,8 @@ fn restore_a_dump_from_another_major() {
     // The key the values were written with, as a previous key of this cluster.
     let current = c.keys.join("current.key").to_string_lossy().into_owned();
     let old = c.write_key("xm_dump.key", &read("key"), 0o600);
-    c.configure(
-        &format!("credcrypt.local_key_file = '{current}'\ncredcrypt.local_previous_key_files = '{old}'\n"),
-        &current,
-    );
+    use_bao(&c, &format!("credcrypt.local_previous_key_files = '{old}'\n"));
+    assert_eq!(c.sql("SHOW credcrypt.local_key_file"), current);
     c.client("dropdb", &["--if-exists", "xm_restored"]);
     let (ok, out) = c.client("createdb", &["xm_restored"]);
     assert!(ok, "{out}");
@@ -112,6 +131,17 @@ fn restore_a_dump_from_another_major() {
         ),
         "20"
     );
+    // Transit and envelope values (the data keys came back with the dump) decrypt too.
+    r(
+        "xm_owner",
+        "SELECT credcrypt.create_decrypted_view('xm_transit', 'xm_transit_plain'); SELECT credcrypt.create_decrypted_view('xm_env', 'xm_env_plain');
+         GRANT SELECT ON xm_transit_plain, xm_env_plain TO xm_app",
+    );
+    assert_eq!(r("xm_app", "SELECT count(*) FROM xm_transit_plain WHERE t = 'tr-' || id"), "10");
+    assert_eq!(r("xm_app", "SELECT count(*) FROM xm_env_plain WHERE e = 'env-' || id"), "10");
+    r("xm_app", "INSERT INTO xm_transit VALUES (11, 'tr-11'); INSERT INTO xm_env VALUES (11, 'env-11')");
+    assert_eq!(r("xm_app", "SELECT count(*) FROM xm_transit_plain WHERE t = 'tr-' || id"), "11");
+    assert_eq!(r("xm_app", "SELECT count(*) FROM xm_env_plain WHERE e = 'env-' || id"), "11");
     // Another owner sees nothing; the masked view shows masks only.
     assert_eq!(
         r(
