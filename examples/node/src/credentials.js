@@ -62,13 +62,13 @@ async function verifyCredential(pool, userId, id, presented) {
 }
 
 /** What a reporting role sees: masks, never ciphertext or plaintext. */
-async function listMasked(pool, userId) {
-  return asOwner(pool, userId, async (c) => {
-    const { rows } = await c.query(
-      'SELECT id, provider, api_key_mask FROM app.integration_credentials_masked ORDER BY id',
-    );
-    return rows;
-  });
+// The masked view shows every owner's masks (it is the reporting surface across owners): no
+// owner needs to be set, and none of its columns holds a ciphertext or a plaintext.
+async function listMasked(pool) {
+  const { rows } = await pool.query(
+    'SELECT id, user_id, provider, api_key_mask FROM app.integration_credentials_masked ORDER BY id',
+  );
+  return rows;
 }
 
 module.exports = { asOwner, storeCredential, getCredential, verifyCredential, listMasked };

@@ -64,10 +64,14 @@ test('verifies a presented client secret without reading it', async () => {
   assert.equal(await svc.verifyCredential(app, 'user-4', id, 'cs_live_wrong'), false);
 });
 
-test('the reporting role sees masks only, and cannot decrypt', async () => {
+test('the reporting role sees masks only, across owners, and cannot decrypt', async () => {
   const id = await svc.storeCredential(app, 'user-5', 'openai', 'sk-proj-NODEMARKER-5555');
-  const rows = await svc.listMasked(reporting, 'user-5');
-  assert.deepEqual(rows.map((r) => [r.id, r.api_key_mask]), [[id, 'sk-…5555']]);
+  const rows = await svc.listMasked(reporting);
+  const mine = rows.filter((r) => r.id === id);
+  assert.deepEqual(mine.map((r) => [r.user_id, r.api_key_mask]), [['user-5', 'sk-…5555']]);
+  assert.ok(new Set(rows.map((r) => r.user_id)).size > 1, 'masks of every owner');
+  const text = JSON.stringify(rows);
+  assert.ok(!text.includes('cc1:') && !text.includes('NODEMARKER'), text);
   await assert.rejects(
     reporting.query('SELECT api_key FROM app.integration_credentials'),
     (e) => e.code === '42501',
