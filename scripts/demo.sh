@@ -9,8 +9,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib/env.sh"
 
 bash "$here/setup.sh"
-echo "[demo] building and installing pg_credcrypt (release)…"
-cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >/dev/null
+echo "[demo] building and installing pg_credcrypt (release; about 4 minutes the first time, log in target/demo-build.log)…"
+mkdir -p "$root/target"
+cargo pgrx install --release --pg-config "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" >"$root/target/demo-build.log" 2>&1 ||
+    { tail -40 "$root/target/demo-build.log"; exit 1; }
 
 # shellcheck source=lib/cluster.sh
 source "$here/lib/cluster.sh"
