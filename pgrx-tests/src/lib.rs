@@ -112,6 +112,14 @@ impl Cluster {
         self.psql(user, &decrypt(other_ctx)).expect_error("39000").expect_clean(marker);
     }
 
+    /// Creates database `db` afresh (dropped first if it exists).
+    #[track_caller]
+    pub fn fresh_db(&self, db: &str) {
+        self.client("dropdb", &["--if-exists", db]);
+        let (ok, out) = self.client("createdb", &[db]);
+        assert!(ok, "createdb {db}: {out}");
+    }
+
     /// The output of `sql` run as `user`, which must succeed.
     pub fn value(&self, user: &str, sql: &str) -> String {
         self.psql(user, sql).expect_ok().to_owned()

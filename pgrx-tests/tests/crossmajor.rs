@@ -53,9 +53,7 @@ fn write_a_dump_for_another_major() {
     let (_g, c) = setup();
     let dir = dump_dir();
     use_bao(&c, "");
-    c.client("dropdb", &["--if-exists", "xm_src"]);
-    let (ok, out) = c.client("createdb", &["xm_src"]);
-    assert!(ok, "{out}");
+    c.fresh_db("xm_src");
     let src = |user: &str, sql: &str| c.psql_in("xm_src", user, sql).expect_ok().to_owned();
     src("postgres", "CREATE EXTENSION pg_credcrypt; GRANT CREATE ON SCHEMA public TO xm_owner");
     src(
@@ -108,9 +106,7 @@ fn restore_a_dump_from_another_major() {
     let old = c.write_key("xm_dump.key", &read("key"), 0o600);
     use_bao(&c, &format!("credcrypt.local_previous_key_files = '{old}'\n"));
     assert_eq!(c.sql("SHOW credcrypt.local_key_file"), current);
-    c.client("dropdb", &["--if-exists", "xm_restored"]);
-    let (ok, out) = c.client("createdb", &["xm_restored"]);
-    assert!(ok, "{out}");
+    c.fresh_db("xm_restored");
     let file = dir.join("xm_src.pgdump").to_string_lossy().into_owned();
     let (ok, out) = c.client("pg_restore", &["-d", "xm_restored", "--exit-on-error", &file]);
     assert!(ok, "pg_restore of the PostgreSQL {from} dump: {out}");

@@ -292,11 +292,8 @@ fn rename_table_and_columns_keeps_binding() {
 #[test]
 fn dump_and_restore_into_a_fresh_database_keeps_every_value_decryptable() {
     let (_g, c) = setup();
-    for db in ["pc_src", "pc_restored"] {
-        c.client("dropdb", &["--if-exists", db]);
-    }
-    let (ok, out) = c.client("createdb", &["pc_src"]);
-    assert!(ok, "{out}");
+    c.client("dropdb", &["--if-exists", "pc_restored"]);
+    c.fresh_db("pc_src");
     let src = |user: &str, sql: &str| c.psql_in("pc_src", user, sql).expect_ok().to_owned();
     src("postgres", "CREATE EXTENSION pg_credcrypt; GRANT CREATE ON SCHEMA public TO pc_owner");
     src(

@@ -21,6 +21,7 @@ pub(crate) type SubXactListener = fn(pg_sys::SubXactEvent::Type, pg_sys::SubTran
 thread_local! {
     static XACT: RefCell<Vec<XactListener>> = const { RefCell::new(Vec::new()) };
     static SUBXACT: RefCell<Vec<SubXactListener>> = const { RefCell::new(Vec::new()) };
+    static ENDS: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -41,6 +42,26 @@ pub(crate) fn on_transaction(f: XactListener) {
     XACT.with(|l| l.borrow_mut().push(f));
 }
 
+/// Adds a function called once when the transaction ends — committed, aborted or prepared —
+/// for state that lives exactly as long as a transaction (from `_PG_init`).
+pub(crate) fn at_transaction_end(f: fn()) {
+    register_once();
+    ENDS.with(|l| l.borrow_mut().push(f));
+}
+
+/// Whether `event` ends the transaction in this backend.
+fn ends(event: pg_sys::XactEvent::Type) -> bool {
+    use pg_sys::XactEvent::*;
+    matches!(
+        event,
+        XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_COMMIT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PREPARE
+    )
+}
+
 /// Adds a subtransaction listener (from `_PG_init`).
 pub(crate) fn on_subtransaction(f: SubXactListener) {
     register_once();
@@ -53,6 +74,12 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     let listeners: Vec<XactListener> = XACT.with(|l| l.borrow().clone());
     for f in listeners {
         f(event);
+    }
+    if ends(event) {
+        let ends: Vec<fn()> = ENDS.with(|l| l.borrow().clone());
+        for f in ends {
+            f();
+        }
     }
 }
 

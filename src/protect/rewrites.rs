@@ -22,26 +22,16 @@ pub(crate) fn rewritten(relid: pg_sys::Oid) -> bool {
     REWRITTEN.with(|r| r.borrow().contains(&relid.to_u32()))
 }
 
-/// Forgets the list when the transaction ends (transaction listener; never raises).
-fn forget(event: pg_sys::XactEvent::Type) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_ABORT
-            | XACT_EVENT_PARALLEL_ABORT
-            | XACT_EVENT_COMMIT
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PREPARE
-    ) {
-        REWRITTEN.with(|r| {
-            if let Ok(mut r) = r.try_borrow_mut() {
-                r.clear();
-            }
-        });
-    }
+/// Forgets the list when the transaction ends (never raises).
+fn forget() {
+    REWRITTEN.with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            r.clear();
+        }
+    });
 }
 
-/// Registers the transaction listener (from `_PG_init`).
+/// Registers the end-of-transaction cleanup (from `_PG_init`).
 pub fn init() {
-    crate::postgres::xact::on_transaction(forget);
+    crate::postgres::xact::at_transaction_end(forget);
 }

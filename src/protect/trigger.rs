@@ -73,28 +73,18 @@ fn command_id() -> pg_sys::CommandId {
     unsafe { pg_sys::GetCurrentCommandId(false) }
 }
 
-/// Forgets the values produced in the transaction that just ended (transaction listener).
-fn forget_produced(event: pg_sys::XactEvent::Type) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_ABORT
-            | XACT_EVENT_PARALLEL_ABORT
-            | XACT_EVENT_COMMIT
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PREPARE
-    ) {
-        RECENTLY_PRODUCED.with(|r| {
-            if let Ok(mut r) = r.try_borrow_mut() {
-                r.clear();
-            }
-        });
-    }
+/// Forgets the values produced in the transaction that just ended (never raises).
+fn forget_produced() {
+    RECENTLY_PRODUCED.with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            r.clear();
+        }
+    });
 }
 
-/// Registers the trigger's transaction listener (from `_PG_init`).
+/// Registers the end-of-transaction cleanup (from `_PG_init`).
 pub fn init() {
-    crate::postgres::xact::on_transaction(forget_produced);
+    crate::postgres::xact::at_transaction_end(forget_produced);
 }
 
 fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
