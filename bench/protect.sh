@@ -6,6 +6,10 @@
 #      id, with a mask column) vs the same table unprotected (bench/protect.sql): local key
 #      (target <= 1.3x), envelope:app (target <= 1.5x, and >= 20x faster than per-value Transit,
 #      measured on a twentieth of the rows), and decrypting every row, envelope vs local (<= 2x);
+#      beside the trigger's baselines: the same encryption and mask inline in the INSERT (local
+#      protected <= 1.15x of it) and a hand-written PL/pgSQL trigger (>= 1.5x slower than ours);
+#      and a Transit column loaded with credcrypt.transit_bulk_threshold = 100 (>= 20x faster
+#      than per-value Transit);
 #   2. Transit key: single-row INSERTs through pgbench (-M prepared) into a table whose api_key is
 #      protected with transit:app, at 1 and 16 clients, beside the same INSERTs into the
 #      unprotected table. Rows/s and ratios are printed.

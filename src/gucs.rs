@@ -95,6 +95,11 @@ static ENVELOPE_MAX_AGE: GucSetting<i32> = GucSetting::<i32>::new(3600);
 /// `credcrypt.envelope_cache_ttl`: seconds an unwrapped data key stays in a backend's cache.
 static ENVELOPE_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// `credcrypt.transit_bulk_threshold`: after this many values one statement writes into columns
+/// protected with a Transit key, the rest are encrypted with envelope data keys of that Transit
+/// key (0: never).
+static TRANSIT_BULK_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most.
 static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -266,6 +271,16 @@ pub fn init() {
             flags,
         );
     }
+    GucRegistry::define_int_guc(
+        c"credcrypt.transit_bulk_threshold",
+        c"After this many values one statement writes into Transit-protected columns, encrypt the rest with envelope data keys of the same Transit key (0: never).",
+        c"Bulk loads (COPY, INSERT ... SELECT) then need one Transit call per data key instead of one per row. Superuser only: it changes how a column's values are encrypted.",
+        &TRANSIT_BULK_THRESHOLD,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"credcrypt.audit_decrypt",
         c"Record who decrypted how many values of which column: off, log or table (credcrypt.decrypt_audit).",
@@ -389,6 +404,12 @@ pub fn queue_slots() -> usize {
 /// `credcrypt.request_timeout_ms`: how long a backend waits for the worker.
 pub fn request_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(positive(&REQUEST_TIMEOUT_MS))
+}
+
+/// `credcrypt.transit_bulk_threshold`: the number of values a statement writes into
+/// Transit-protected columns before the rest go to envelope data keys; `None` when off.
+pub fn transit_bulk_threshold() -> Option<u64> {
+    u64::try_from(TRANSIT_BULK_THRESHOLD.get()).ok().filter(|&n| n > 0)
 }
 
 /// `credcrypt.envelope_max_uses`: values one data key encrypts before a new one is made.

@@ -172,6 +172,28 @@ fn every_raised_sqlstate_is_documented() {
     assert!(missing.is_empty(), "SQLSTATEs raised but not in docs/errors.md: {missing:#?}");
 }
 
+/// Every setting the library defines (`c"credcrypt.…"` names in src/gucs.rs) has its row in
+/// docs/configuration.md.
+#[test]
+fn every_setting_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let src = std::fs::read_to_string(root.join("src/gucs.rs")).expect("src/gucs.rs");
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).expect("docs/configuration.md");
+    // A setting's name is a whole literal (`c"credcrypt.fallback"`), not a description's first words.
+    let names: std::collections::BTreeSet<String> = src
+        .match_indices("c\"credcrypt.")
+        .filter_map(|(i, _)| {
+            let rest = &src[i + 2..];
+            let name: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.').collect();
+            (name.len() > "credcrypt.".len() && rest[name.len()..].starts_with('"')).then_some(name)
+        })
+        .collect();
+    assert!(names.len() > 20, "the scan found too few settings: {names:?}");
+    let missing: Vec<&String> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
+    assert!(missing.is_empty(), "settings defined but not in docs/configuration.md: {missing:#?}");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

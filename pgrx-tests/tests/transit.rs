@@ -546,3 +546,88 @@ fn a_session_timeout_never_falls_back_to_the_local_key() {
     assert!(o.err.contains("did not answer in time"), "{}", o.err);
     assert!(!o.out.contains("cc1:local:"), "fell back to the local key: {}", o.out);
 }
+
+/// `credcrypt.transit_bulk_threshold` (issue 19): past the threshold, a statement's values for a
+/// Transit-protected column are encrypted with envelope data keys of the same Transit key — one
+/// Transit call per data key instead of one per row — still bound to their rows. Off by
+/// default, superuser only; a data key of a rolled-back load is never left behind; a
+/// re-encryption to the column's key turns the values back into per-value Transit values.
+#[test]
+fn bulk_statements_into_a_transit_column_use_envelope_data_keys_past_the_threshold() {
+    let e = setup();
+    let c = &e.c;
+    c.sql(
+        "DROP TABLE IF EXISTS tr_bulk CASCADE;
+         CREATE TABLE tr_bulk (id int PRIMARY KEY, api_key text);
+         GRANT SELECT, INSERT, UPDATE ON tr_bulk TO tr_app;
+         SELECT credcrypt.protect_column('tr_bulk', 'api_key', 'transit:app', ARRAY['id']);
+         SELECT credcrypt.create_decrypted_view('tr_bulk', 'tr_bulk_plain');
+         GRANT SELECT ON tr_bulk_plain TO tr_app;",
+    );
+    let count = |filter: &str| c.sql(&format!("SELECT count(*) FROM tr_bulk WHERE {filter}"));
+    // Off by default: every value of a bulk statement goes to Transit.
+    c.psql("tr_app", "INSERT INTO tr_bulk SELECT g, 'sk-bulk-' || g FROM generate_series(1, 30) g").expect_ok();
+    assert_eq!(count("api_key LIKE 'cc1:transit:app:%'"), "30");
+    // An ordinary role cannot switch it on for itself.
+    let o = c.psql("tr_app", "SET credcrypt.transit_bulk_threshold = 10");
+    assert_eq!(o.sqlstate(), Some("42501"), "{}", o.err); // PostgreSQL's own refusal (no hint)
+
+    // Set for the loading role by a superuser: the first 10 values of each statement go to
+    // Transit, the rest to one new data key; a single-row statement stays with Transit.
+    let keys_before: i64 = c.sql("SELECT count(*) FROM credcrypt.data_keys").parse().expect("count");
+    c.sql("ALTER ROLE tr_app SET credcrypt.transit_bulk_threshold = 10");
+    let load = c.psql(
+        "tr_app",
+        "INSERT INTO tr_bulk SELECT g, 'sk-bulk-SECRETMARKER-' || g FROM generate_series(31, 1030) g;
+         INSERT INTO tr_bulk VALUES (2000, 'sk-bulk-SECRETMARKER-2000');",
+    );
+    c.sql("ALTER ROLE tr_app RESET credcrypt.transit_bulk_threshold");
+    load.expect_ok();
+    assert_eq!(count("id BETWEEN 31 AND 1030 AND api_key LIKE 'cc1:transit:app:%'"), "10");
+    assert_eq!(count("id BETWEEN 31 AND 1030 AND api_key LIKE 'cc1:envelope:app:%'"), "990");
+    assert_eq!(count("id = 2000 AND api_key LIKE 'cc1:transit:app:%'"), "1");
+    let keys_after: i64 = c.sql("SELECT count(*) FROM credcrypt.data_keys").parse().expect("count");
+    assert_eq!(keys_after - keys_before, 1, "990 values, one data key");
+    assert_eq!(count("api_key LIKE '%SECRETMARKER%'"), "0");
+    // Every value decrypts to its own plaintext, and stays bound to its row.
+    assert_eq!(
+        c.psql(
+            "tr_app",
+            "SELECT count(*) FROM tr_bulk_plain WHERE api_key IN ('sk-bulk-' || id, 'sk-bulk-SECRETMARKER-' || id)"
+        )
+        .expect_ok(),
+        "1031"
+    );
+    c.psql("tr_app", "UPDATE tr_bulk SET api_key = (SELECT api_key FROM tr_bulk WHERE id = 1000) WHERE id = 999")
+        .expect_error("39000")
+        .expect_clean("SECRETMARKER");
+    // An envelope value of the column's Transit key, made for the row, is accepted as written;
+    // a value of another Transit key is not.
+    let made_for = |id: i32, key: &str| {
+        format!(
+            "INSERT INTO tr_bulk SELECT {id}, credcrypt.encrypt_credential('own-{id}', '{key}',
+                 credcrypt.column_context((SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'tr_bulk'::regclass), ARRAY['{id}']))"
+        )
+    };
+    c.psql("tr_app", &made_for(3000, "envelope:app")).expect_ok();
+    c.psql("tr_app", &made_for(3001, "transit:other")).expect_error("22023");
+
+    // A bulk load that rolls back leaves no data key behind.
+    let keys_before = c.sql("SELECT count(*) FROM credcrypt.data_keys");
+    c.sql(
+        "BEGIN; SET LOCAL credcrypt.transit_bulk_threshold = 1;
+         INSERT INTO tr_bulk SELECT g, 'sk-rollback-' || g FROM generate_series(5000, 5100) g;
+         ROLLBACK;",
+    );
+    assert_eq!(c.sql("SELECT count(*) FROM credcrypt.data_keys"), keys_before);
+    assert_eq!(count("id >= 5000"), "0");
+
+    // Re-encryption to the column's own key makes every value a per-value Transit value again.
+    c.sql("SET credcrypt.reencrypt_progress_interval = 0; CALL credcrypt.reencrypt_column('tr_bulk', 'api_key')");
+    assert_eq!(count("api_key NOT LIKE 'cc1:transit:app:%'"), "0");
+    assert_eq!(
+        c.psql("tr_app", "SELECT api_key FROM tr_bulk_plain WHERE id = 500").expect_ok(),
+        "sk-bulk-SECRETMARKER-500"
+    );
+    c.sql("DROP TABLE tr_bulk CASCADE");
+}

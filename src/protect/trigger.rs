@@ -25,6 +25,7 @@
 //! the path is followed inside the stored document without converting it, and the one string
 //! is replaced with `jsonb_set`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -55,6 +56,11 @@ struct Recent {
 }
 
 thread_local! {
+    /// The command id an SPI write inside this statement advanced the counter to, and the
+    /// statement's own command id ([`statement`]).
+    static STATEMENT_ALIAS: std::cell::Cell<Option<(pg_sys::CommandId, pg_sys::CommandId)>> = const { std::cell::Cell::new(None) };
+    /// Values the current statement (command id) encrypted for Transit-protected columns.
+    static TRANSIT_VALUES: std::cell::Cell<(pg_sys::CommandId, u64)> = const { std::cell::Cell::new((0, 0)) };
     static RECENTLY_PRODUCED: RefCell<VecDeque<Recent>> = const { RefCell::new(VecDeque::new()) };
     /// Random SipHash keys, per backend: fingerprints cannot be predicted or forged.
     static HASH_KEYS: RandomState = RandomState::new();
@@ -73,13 +79,44 @@ fn command_id() -> pg_sys::CommandId {
     unsafe { pg_sys::GetCurrentCommandId(false) }
 }
 
-/// Forgets the values produced in the transaction that just ended (never raises).
+/// The statement firing the trigger, as a command id. An envelope data key created while a
+/// value is encrypted is an SPI INSERT, which advances the command counter in the middle of
+/// the statement; [`encrypting`] records that, so the rest of the statement keeps its id and
+/// the next statement gets a new one.
+fn statement() -> pg_sys::CommandId {
+    let now = command_id();
+    STATEMENT_ALIAS.with(|a| match a.get() {
+        Some((after, statement)) if after == now => statement,
+        _ => now,
+    })
+}
+
+/// Runs an encryption (which may write `credcrypt.data_keys` through SPI) without changing
+/// what [`statement`] answers for the rest of this statement.
+fn encrypting<R>(f: impl FnOnce() -> R) -> R {
+    let (before, statement) = (command_id(), statement());
+    let r = f();
+    let after = command_id();
+    if after != before {
+        // Mark the new command id used, so that the next statement gets another one (a fresh
+        // id that cannot be mistaken for this statement's), and map it to this statement.
+        // SAFETY: only reached after an SPI write of this transaction: writes are allowed.
+        let after = unsafe { pg_sys::GetCurrentCommandId(true) };
+        STATEMENT_ALIAS.with(|a| a.set(Some((after, statement))));
+    }
+    r
+}
+
+/// Forgets the values produced in the transaction that just ended, and its count of Transit
+/// values (command ids start again in the next transaction); never raises.
 fn forget_produced() {
     RECENTLY_PRODUCED.with(|r| {
         if let Ok(mut r) = r.try_borrow_mut() {
             r.clear();
         }
     });
+    TRANSIT_VALUES.with(|t| t.set((0, 0)));
+    STATEMENT_ALIAS.with(|a| a.set(None));
 }
 
 /// Registers the end-of-transaction cleanup (from `_PG_init`).
@@ -89,7 +126,7 @@ pub fn init() {
 
 fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
     let fingerprint = fingerprint(ciphertext);
-    let command = command_id();
+    let command = statement();
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == RECENT {
@@ -102,7 +139,7 @@ fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
 /// The context and mask of a value this backend produced in the current statement, if it did.
 fn recently_produced(ciphertext: &str) -> Option<(String, Option<String>)> {
     let fingerprint = fingerprint(ciphertext);
-    let command = command_id();
+    let command = statement();
     RECENTLY_PRODUCED.with(|r| {
         r.borrow()
             .iter()
@@ -173,8 +210,30 @@ fn located(e: Error, d: &Designation, table: &dyn Fn() -> String) -> Error {
     Error { detail: Some(detail), ..e }
 }
 
+/// The key a new value of `d` is encrypted with: the designation's, except for a Transit key
+/// once the statement has written more than `credcrypt.transit_bulk_threshold` Transit values
+/// (a bulk load): then envelope data keys wrapped by the same Transit key, one Transit call per
+/// data key instead of one per row. The value stays bound to its row; the column accepts it as
+/// under its key ([`under_designated_key`]); a migration to the Transit key converts it.
+fn key_for(d: &Designation) -> Cow<'_, KeyRef> {
+    let KeyRef::Transit(name) = &d.key else { return Cow::Borrowed(&d.key) };
+    let Some(threshold) = crate::gucs::transit_bulk_threshold() else { return Cow::Borrowed(&d.key) };
+    let command = statement();
+    let n = TRANSIT_VALUES.with(|t| {
+        let (c, n) = t.get();
+        let n = if c == command { n.saturating_add(1) } else { 1 };
+        t.set((command, n));
+        n
+    });
+    if n > threshold {
+        Cow::Owned(KeyRef::Envelope(name.clone()))
+    } else {
+        Cow::Borrowed(&d.key)
+    }
+}
+
 fn encrypt(d: &Designation, plain: &[u8], context: &str) -> Result<String, Error> {
-    let mut v = encrypt_many(&[plain], &d.key, &[Some(context)])?;
+    let mut v = encrypting(|| encrypt_many(&[plain], &key_for(d), &[Some(context)]))?;
     v.pop().ok_or_else(|| Error::malformed("empty answer"))
 }
 
@@ -201,11 +260,14 @@ enum Outcome {
     KeepWithMask(Option<String>),
 }
 
-/// Whether a parsed ciphertext is under the designation's key (any version of it).
+/// Whether a parsed ciphertext is under the designation's key (any version of it). A Transit
+/// column also holds envelope values of its Transit key (bulk loads, [`key_for`]).
 fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
     match (&d.key, parsed.provider) {
         (KeyRef::Local, Provider::Local) => true,
-        (KeyRef::Transit(n), Provider::Transit) | (KeyRef::Envelope(n), Provider::Envelope) => parsed.key_name == n,
+        (KeyRef::Transit(n), Provider::Transit | Provider::Envelope) | (KeyRef::Envelope(n), Provider::Envelope) => {
+            parsed.key_name == n
+        }
         _ => false,
     }
 }
