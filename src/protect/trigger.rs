@@ -84,7 +84,11 @@ fn command_id() -> pg_sys::CommandId {
 /// the statement; [`encrypting`] records that, so the rest of the statement keeps its id and
 /// the next statement gets a new one.
 fn statement() -> pg_sys::CommandId {
-    let now = command_id();
+    statement_of(command_id())
+}
+
+/// [`statement`] for the current command id `now`.
+fn statement_of(now: pg_sys::CommandId) -> pg_sys::CommandId {
     STATEMENT_ALIAS.with(|a| match a.get() {
         Some((after, statement)) if after == now => statement,
         _ => now,
@@ -92,10 +96,11 @@ fn statement() -> pg_sys::CommandId {
 }
 
 /// Runs an encryption (which may write `credcrypt.data_keys` through SPI) without changing
-/// what [`statement`] answers for the rest of this statement.
-fn encrypting<R>(f: impl FnOnce() -> R) -> R {
-    let (before, statement) = (command_id(), statement());
-    let r = f();
+/// what [`statement`] answers for the rest of this statement; `f` gets the statement.
+fn encrypting<R>(f: impl FnOnce(pg_sys::CommandId) -> R) -> R {
+    let before = command_id();
+    let statement = statement_of(before);
+    let r = f(statement);
     let after = command_id();
     if after != before {
         // Mark the new command id used, so that the next statement gets another one (a fresh
@@ -124,9 +129,8 @@ pub fn init() {
     crate::postgres::xact::at_transaction_end(forget_produced);
 }
 
-fn remember(ciphertext: &str, context: &str, mask: Option<&str>) {
+fn remember(command: pg_sys::CommandId, ciphertext: &str, context: &str, mask: Option<&str>) {
     let fingerprint = fingerprint(ciphertext);
-    let command = statement();
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == RECENT {
@@ -215,10 +219,9 @@ fn located(e: Error, d: &Designation, table: &dyn Fn() -> String) -> Error {
 /// (a bulk load): then envelope data keys wrapped by the same Transit key, one Transit call per
 /// data key instead of one per row. The value stays bound to its row; the column accepts it as
 /// under its key ([`under_designated_key`]); a migration to the Transit key converts it.
-fn key_for(d: &Designation) -> Cow<'_, KeyRef> {
+fn key_for(d: &Designation, command: pg_sys::CommandId) -> Cow<'_, KeyRef> {
     let KeyRef::Transit(name) = &d.key else { return Cow::Borrowed(&d.key) };
     let Some(threshold) = crate::gucs::transit_bulk_threshold() else { return Cow::Borrowed(&d.key) };
-    let command = statement();
     let n = TRANSIT_VALUES.with(|t| {
         let (c, n) = t.get();
         let n = if c == command { n.saturating_add(1) } else { 1 };
@@ -232,9 +235,16 @@ fn key_for(d: &Designation) -> Cow<'_, KeyRef> {
     }
 }
 
-fn encrypt(d: &Designation, plain: &[u8], context: &str) -> Result<String, Error> {
-    let mut v = encrypting(|| encrypt_many(&[plain], &key_for(d), &[Some(context)]))?;
-    v.pop().ok_or_else(|| Error::malformed("empty answer"))
+/// Encrypts a plaintext for `d` and this row (`context`), masks it, and remembers the value as
+/// this statement's own (for the UPDATE half of an upsert).
+fn produce(d: &Designation, plain: &[u8], context: &str) -> Result<Outcome, Error> {
+    let (ct, statement) = encrypting(|statement| {
+        let mut v = encrypt_many(&[plain], &key_for(d, statement), &[Some(context)])?;
+        v.pop().ok_or_else(|| Error::malformed("empty answer")).map(|ct| (ct, statement))
+    })?;
+    let m = mask_of(d, plain);
+    remember(statement, &ct, context, m.as_deref());
+    Ok(Outcome::Store { value: Some(ct), mask: m })
 }
 
 fn decrypt(ciphertext: &str, context: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
@@ -275,10 +285,7 @@ fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
 /// Decrypts `v` (bound to `from`) and encrypts it again for `context`.
 fn rebind(d: &Designation, v: &str, from: &str, context: &str) -> Result<Outcome, Error> {
     let plain = decrypt(v, from)?;
-    let ct = encrypt(d, &plain, context)?;
-    let m = mask_of(d, &plain);
-    remember(&ct, context, m.as_deref());
-    Ok(Outcome::Store { value: Some(ct), mask: m })
+    produce(d, &plain, context)
 }
 
 /// Decides what to store for a protected value. `old` is the OLD row's value and context on
@@ -329,10 +336,7 @@ fn protect_value(
         })?;
         return Ok(Outcome::KeepWithMask(mask_of(d, &plain)));
     }
-    let ct = encrypt(d, v.as_bytes(), context)?;
-    let m = mask_of(d, v.as_bytes());
-    remember(&ct, context, m.as_deref());
-    Ok(Outcome::Store { value: Some(ct), mask: m })
+    produce(d, v.as_bytes(), context)
 }
 
 /// A detoasted jsonb document (palloc'd or in the tuple; valid for the trigger call).

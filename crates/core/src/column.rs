@@ -53,8 +53,9 @@ pub fn column_context(binding_id: &str, bind_values: &[Option<&str>]) -> Result<
         match v {
             None => out.push_str(":-"),
             Some(v) => {
-                use std::fmt::Write as _;
-                let _ = write!(out, ":{}=", v.len());
+                out.push(':');
+                push_decimal(&mut out, v.len());
+                out.push('=');
                 out.push_str(v);
             }
         }
@@ -63,6 +64,23 @@ pub fn column_context(binding_id: &str, bind_values: &[Option<&str>]) -> Result<
         return Err(Error::new(ErrorKind::TooLarge, "the bind columns' values are too long for a context"));
     }
     Ok(out)
+}
+
+/// Appends `n` in decimal (without the formatting machinery: once per bind value per row).
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +96,11 @@ mod tests {
             column_context(ID, &[Some("123"), None, Some("")]).unwrap(),
             "pg_credcrypt/col/v1:00112233445566778899aabbccddeeff:3=123:-:0="
         );
+        for len in [9, 10, 99, 100, 1234, 40_000] {
+            let v = "x".repeat(len);
+            let c = column_context(ID, &[Some(&v)]).unwrap();
+            assert_eq!(c, format!("pg_credcrypt/col/v1:{ID}:{len}={v}"));
+        }
     }
 
     #[test]
