@@ -32,7 +32,9 @@ release_package() {
     echo "$pkg"
 }
 
-# install_package DIR: copies a `cargo pgrx package` tree over the installed files.
+# install_package DIR: copies a `cargo pgrx package` tree over the installed files. Each file
+# is removed before it is written (a new inode), so a running server that has the old library
+# mapped keeps it intact instead of seeing it rewritten under it.
 install_package() {
-    cp -a "$1/usr" /
+    cp -a --remove-destination "$1/usr" /
 }
