@@ -3,7 +3,7 @@
 #   secrets/bao_seal_key          OpenBao static seal key (32 random bytes)
 #   secrets/bao_secret_id         the AppRole secret id of pg_credcrypt's worker
 #   secrets/openbao.hcl           OpenBao's configuration (the template with the secret id)
-#   secrets/pg_superuser_password, secrets/pg_{app,app_owner,reporting}_password
+#   secrets/pg_superuser_password, secrets/pg_{app,app_owner,reporting,monitor}_password
 # Usage: bash docker/gen-secrets.sh [DIR]   (DIR defaults to docker/secrets)
 # File modes: 0640, group 999 (the postgres and openbao users' group in the official images),
 # so the containers can read them and other host users cannot. Run as root, or fix the
@@ -20,7 +20,7 @@ new() {  # new NAME COMMAND…: writes the command's output to DIR/NAME unless i
 }
 new bao_seal_key head -c 32 /dev/urandom
 new bao_secret_id sh -c 'printf "%s" "$(cat /proc/sys/kernel/random/uuid)"'
-for f in pg_superuser_password pg_app_password pg_app_owner_password pg_reporting_password; do
+for f in pg_superuser_password pg_app_password pg_app_owner_password pg_reporting_password pg_monitor_password; do
     new "$f" sh -c 'head -c 24 /dev/urandom | base64 | tr -d "/+=\n"'
 done
 secret_id="$(cat "$dir/bao_secret_id")"

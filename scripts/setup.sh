@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pg_credcrypt needs on Debian 12, skipping what is already there (idempotent):
-# PostgreSQL 15 + server headers, clang/libclang, sudo, cargo-pgrx 0.18.1, `cargo pgrx init`,
+# PostgreSQL 15 + server headers, clang/libclang, sudo, prometheus-postgres-exporter (not
+# started), cargo-pgrx 0.18.1, `cargo pgrx init`,
 # a Python venv (target/tools/venv) with the packages the tests use, and the project's own
 # Node.js (target/tools/node/bin: node, npm, npx) — whatever Node the machine has or lacks.
 set -euo pipefail
@@ -21,6 +22,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Prometheus exporter for the metrics test (docker/prometheus/queries.yaml). Its package
+# would start a system-wide exporter on :9187; a policy-rc.d that refuses service starts keeps
+# it from doing so (the tests start their own, on a free port).
+if ! dpkg-query -W -f='${Status}' prometheus-postgres-exporter 2>/dev/null | grep -q "install ok installed"; then
+    log "apt-get install prometheus-postgres-exporter (service not started)"
+    as_root apt-get update -qq
+    policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null
+    else
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null || {
+            as_root rm -f "$policy"
+            exit 1
+        }
+        as_root rm -f "$policy"
+    fi
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

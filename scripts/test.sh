@@ -8,7 +8,9 @@
 #   6. black-box tests (pgrx-tests/) against a throwaway cluster with the release build:
 #      SQL functions, protected columns, RLS, migrations, Transit (real OpenBao), docker/ pieces,
 #      every SQL example of the docs
-#   7. the node-postgres example's tests (examples/node) against the same cluster
+#   7. the node-postgres example's tests (examples/node) and the NestJS + Prisma example's
+#      (examples/nestjs: generate, tsc, HTTP tests; a dev OpenBao for its Transit table) against
+#      the same cluster
 #   8. the upgrade test: the 0.1.0 release (built once per machine from the commit recorded
 #      in sql/releases) on a cluster of its own, populated, then this build, a restart and
 #      ALTER EXTENSION UPDATE
@@ -69,17 +71,39 @@ export PATH="$root/target/tools/node/bin:$PATH"
 CC_LOG_MIN_MESSAGES=debug1 CC_LOG_VERBOSITY=verbose cluster_start "$work/blackbox"
 run_suite blackbox cargo test -p credcrypt-blackbox -- --test-threads=1
 
-step "node-postgres example (examples/node) against the same cluster"
-( cd "$root/examples/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm test ) >"$logs/node.log" 2>&1 || {
-    tail -60 "$logs/node.log"
-    exit 1
+# node_suite NAME DIR CMD: runs an example's npm commands into target/test-logs/NAME.log, shows
+# its per-test lines and appends node:test's own summary (TAP "# pass N" or the spec reporter's
+# "ℹ pass N", whichever Node chose) in the form the total below adds up; no summary at all is
+# a failure.
+node_suite() {
+    local name="$1" dir="$2" cmd="$3"
+    ( cd "$dir" && eval "$cmd" ) >"$logs/$name.log" 2>&1 || {
+        tail -60 "$logs/$name.log"
+        exit 1
+    }
+    grep -E "^(not )?ok [0-9]+ - |^[✔✖] " "$logs/$name.log" || true
+    awk -v n="$name" '/^(# |ℹ )pass /{p=$3; seen=1} /^(# |ℹ )fail /{f=$3} END {if (!seen) {print n ": no test summary in the log" > "/dev/stderr"; f=1}
+         printf "test result: %s. %d passed; %d failed;\n", (f ? "FAILED" : "ok"), p, f}' \
+        "$logs/$name.log" >>"$logs/$name.log"
 }
-# Per-test lines and node:test's own summary (TAP "# pass N" or the spec reporter's "ℹ pass N",
-# whichever Node chose), in the form the total below adds up; no summary at all is a failure.
-grep -E "^(not )?ok [0-9]+ - |^[✔✖] " "$logs/node.log" || true
-awk '/^(# |ℹ )pass /{p=$3; seen=1} /^(# |ℹ )fail /{f=$3} END {if (!seen) {print "node: no test summary in the log" > "/dev/stderr"; f=1}
-     printf "test result: %s. %d passed; %d failed;\n", (f ? "FAILED" : "ok"), p, f}' \
-    "$logs/node.log" >>"$logs/node.log"
+
+step "node-postgres example (examples/node) against the same cluster"
+node_suite node "$root/examples/node" "npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm test"
+
+step "NestJS 12 + Prisma 7 example (examples/nestjs) against the same cluster, Transit on a dev OpenBao"
+# shellcheck source=lib/bao.sh
+source "$here/lib/bao.sh"
+trap 'bao_dev_stop; cluster_stop "$work/blackbox"; cluster_stop "$work/upgrade"; install_package "$new_pkg"' EXIT
+bao_dev_start "$work/blackbox"
+cc_psql() { as_pg "$PG_BIN/psql" -h "$CC_PGHOST" -p "$CC_PGPORT" -d postgres -XAtq -c "$1"; }
+cc_psql "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 150); do
+    [ "$(cc_psql "SELECT coalesce(active_address, '') FROM credcrypt.status()")" = "$BAO_ADDR" ] && break
+    sleep 0.1
+done
+node_suite nestjs "$root/examples/nestjs" \
+    "npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s generate >/dev/null && npm run -s build && npm test"
+bao_dev_stop
 
 step "log-leak check: no plaintext, key or token in any server or OpenBao log so far"
 run_suite logleak cargo test -p credcrypt-blackbox --test log_leak -- --ignored --test-threads=1
@@ -94,8 +118,8 @@ cluster_stop "$work/upgrade"
 install_package "$new_pkg"
 
 step "summary"
-for f in core pgtest blackbox node logleak upgrade; do
+for f in core pgtest blackbox node nestjs logleak upgrade; do
     grep -E "^test result:" "$logs/$f.log" | grep -vE "^test result: ok\. 0 passed" | sed "s/^/  $f: /" || true
 done
-cat "$logs"/{core,pgtest,blackbox,node,logleak,upgrade}.log | grep -E "^test result:" |
+cat "$logs"/{core,pgtest,blackbox,node,nestjs,logleak,upgrade}.log | grep -E "^test result:" |
     awk '{p+=$4; f+=$6} END {printf "\nall suites: %d passed, %d failed\n", p, f; exit (f > 0)}'

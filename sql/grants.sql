@@ -25,7 +25,8 @@ BEGIN
         ('encrypt_credential', 'credcrypt_encryptor'), ('encrypt_credentials', 'credcrypt_encryptor'),
         ('decrypt_credential', 'credcrypt_decryptor'), ('decrypt_credential_bytea', 'credcrypt_decryptor'),
         ('decrypt_credentials', 'credcrypt_decryptor'), ('verify_credential', 'credcrypt_decryptor'),
-        ('rotate_key', 'credcrypt_admin'), ('status', 'credcrypt_admin'),
+        ('reencrypt_credential', 'credcrypt_decryptor'), ('reencrypt_credentials', 'credcrypt_decryptor'),
+        ('rotate_key', 'credcrypt_admin'), ('status', 'credcrypt_admin'), ('status', 'credcrypt_monitor'),
         ('protect_column', 'credcrypt_admin'), ('unprotect_column', 'credcrypt_admin'),
         ('create_decrypted_view', 'credcrypt_admin'), ('create_masked_view', 'credcrypt_admin'),
         ('_protect_column', 'credcrypt_admin'), ('_unprotect_column', 'credcrypt_admin'),
@@ -52,10 +53,10 @@ BEGIN
 END
 $grants$;
 
--- The worker's state, for monitoring (credcrypt_admin).
+-- The worker's state, for monitoring (credcrypt_admin, credcrypt_monitor).
 CREATE VIEW credcrypt.transit_status AS SELECT * FROM credcrypt.status();
 REVOKE ALL ON credcrypt.transit_status FROM PUBLIC;
-GRANT SELECT ON credcrypt.transit_status TO credcrypt_admin;
+GRANT SELECT ON credcrypt.transit_status TO credcrypt_admin, credcrypt_monitor;
 
 COMMENT ON SCHEMA credcrypt IS 'pg_credcrypt: encrypted credentials (see docs/sql-reference.md)';
 
@@ -68,5 +69,9 @@ REVOKE ALL ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log FROM PUBLIC;
 GRANT SELECT ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log TO credcrypt_admin;
 REVOKE ALL ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures FROM PUBLIC;
 GRANT SELECT ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures, credcrypt.reencrypt_progress TO credcrypt_admin;
+GRANT SELECT ON credcrypt.reencrypt_progress TO credcrypt_monitor;
+-- What monitoring reads (docker/prometheus/queries.yaml): no value, no ciphertext, no key.
+REVOKE ALL ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals FROM PUBLIC;
+GRANT SELECT ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals TO credcrypt_admin, credcrypt_monitor;
 REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;

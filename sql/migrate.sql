@@ -160,6 +160,43 @@ END;
 COMMENT ON FUNCTION credcrypt.key_usage(regclass) IS
     'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column';
 
+-- The last answer of key_usage() per table, with when it was measured: what the Prometheus
+-- queries export (a scrape must not read every protected value). Written by key_usage() as the
+-- catalog's owner; schedule `SELECT count(*) FROM credcrypt.key_usage()` (pg_cron, a cron job)
+-- to keep it fresh. Not carried by pg_dump (it is measured again after a restore).
+CREATE TABLE credcrypt.key_usage_snapshot (
+    relid       oid         NOT NULL,
+    table_name  text        NOT NULL,
+    column_name text        NOT NULL,
+    json_path   text[]      NOT NULL,
+    source      text        NOT NULL,
+    key_name    text,
+    key_version text,
+    current     boolean,
+    "values"    bigint      NOT NULL,
+    measured_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE credcrypt.key_usage_snapshot IS
+    'pg_credcrypt: the last key_usage() answer per table, for monitoring (refresh by calling key_usage())';
+
+-- Re-encryption for applications that rotate in their own code (columns they encrypt
+-- themselves with encrypt_credential(…, context => …)): decrypt with the value's own key and
+-- encrypt with target_key (NULL: credcrypt.default_key), same context. Security invoker: the
+-- caller needs EXECUTE on both decrypt_credential(s) and encrypt_credential(s) — credcrypt_decryptor
+-- and credcrypt_encryptor — and the decryption is audited like any other.
+CREATE FUNCTION credcrypt.reencrypt_credential(ciphertext text, context text DEFAULT NULL, target_key text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN credcrypt.encrypt_credential(credcrypt.decrypt_credential(ciphertext, context), target_key, context);
+COMMENT ON FUNCTION credcrypt.reencrypt_credential(text, text, text) IS
+    'pg_credcrypt: decrypt a value and encrypt it again with target_key (same context); needs credcrypt_decryptor and credcrypt_encryptor';
+CREATE FUNCTION credcrypt.reencrypt_credentials(ciphertexts text[], contexts text[] DEFAULT NULL, target_key text DEFAULT NULL)
+RETURNS text[]
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN credcrypt.encrypt_credentials(credcrypt.decrypt_credentials(ciphertexts, contexts), target_key, contexts);
+COMMENT ON FUNCTION credcrypt.reencrypt_credentials(text[], text[], text) IS
+    'pg_credcrypt: reencrypt_credential for arrays (one Transit batch each way)';
+
 -- Envelope data keys (provider envelope:<Transit key>): one row per data key, its plaintext
 -- wrapped by Transit. Written by the extension; carried by pg_dump. See docs/architecture.md.
 CREATE TABLE credcrypt.data_keys (

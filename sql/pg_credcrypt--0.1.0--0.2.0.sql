@@ -3,14 +3,18 @@
 \echo Use "ALTER EXTENSION pg_credcrypt UPDATE TO '0.2.0'" to load this file. \quit
 
 -- ---------------------------------------------------------------------------------------
--- Roles: the owner of masked views.
+-- Roles: the owner of masked views, and the monitoring role.
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'credcrypt_masker') THEN
         CREATE ROLE credcrypt_masker NOLOGIN NOINHERIT;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'credcrypt_monitor') THEN
+        CREATE ROLE credcrypt_monitor NOLOGIN;
+    END IF;
 END
 $roles$;
+COMMENT ON ROLE credcrypt_monitor IS 'pg_credcrypt: may read the monitoring views (worker status, key usage snapshot, decrypt totals, migration progress); no secret, no ciphertext';
 COMMENT ON ROLE credcrypt_masker IS 'pg_credcrypt: owns the masked views (reads every row of their tables); no login, no members — grant the views, never this role';
 
 -- ---------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'safe_to_retire_wrapper';
 
--- status(): a wider row (timeouts, last time of each failure kind). The 0.1.0 row stays
+-- status(): a wider row (timeouts, last time of each failure kind, queue depth). The 0.1.0 row stays
 -- available as _status_0_1() (same symbol as 0.1.0's status()).
 DROP VIEW credcrypt.transit_status;
 DROP FUNCTION credcrypt.status();
@@ -348,7 +352,8 @@ CREATE FUNCTION credcrypt."status"() RETURNS TABLE (
 	"errors" jsonb,  /* pgrx :: JsonB */
 	"last_error" TEXT,  /* Option < String > */
 	"worker_timeouts" bigint,  /* i64 */
-	"error_details" jsonb  /* pgrx :: JsonB */
+	"error_details" jsonb,  /* pgrx :: JsonB */
+	"queue_depth" bigint  /* i64 */
 )
 STRICT VOLATILE 
 LANGUAGE c /* Rust */
@@ -936,6 +941,21 @@ BEGIN ATOMIC
     SELECT * FROM credcrypt._key_usage(tbl::oid);
 END;
 
+-- Re-encryption for applications that rotate in their own code (security invoker: needs
+-- credcrypt_decryptor and credcrypt_encryptor).
+CREATE FUNCTION credcrypt.reencrypt_credential(ciphertext text, context text DEFAULT NULL, target_key text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN credcrypt.encrypt_credential(credcrypt.decrypt_credential(ciphertext, context), target_key, context);
+COMMENT ON FUNCTION credcrypt.reencrypt_credential(text, text, text) IS
+    'pg_credcrypt: decrypt a value and encrypt it again with target_key (same context); needs credcrypt_decryptor and credcrypt_encryptor';
+CREATE FUNCTION credcrypt.reencrypt_credentials(ciphertexts text[], contexts text[] DEFAULT NULL, target_key text DEFAULT NULL)
+RETURNS text[]
+LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN credcrypt.encrypt_credentials(credcrypt.decrypt_credentials(ciphertexts, contexts), target_key, contexts);
+COMMENT ON FUNCTION credcrypt.reencrypt_credentials(text[], text[], text) IS
+    'pg_credcrypt: reencrypt_credential for arrays (one Transit batch each way)';
+
 -- ---------------------------------------------------------------------------------------
 -- Privileges (the same statements as sql/grants.sql: deny by default, then the lists).
 GRANT USAGE ON SCHEMA credcrypt TO PUBLIC;
@@ -960,7 +980,8 @@ BEGIN
         ('encrypt_credential', 'credcrypt_encryptor'), ('encrypt_credentials', 'credcrypt_encryptor'),
         ('decrypt_credential', 'credcrypt_decryptor'), ('decrypt_credential_bytea', 'credcrypt_decryptor'),
         ('decrypt_credentials', 'credcrypt_decryptor'), ('verify_credential', 'credcrypt_decryptor'),
-        ('rotate_key', 'credcrypt_admin'), ('status', 'credcrypt_admin'),
+        ('reencrypt_credential', 'credcrypt_decryptor'), ('reencrypt_credentials', 'credcrypt_decryptor'),
+        ('rotate_key', 'credcrypt_admin'), ('status', 'credcrypt_admin'), ('status', 'credcrypt_monitor'),
         ('protect_column', 'credcrypt_admin'), ('unprotect_column', 'credcrypt_admin'),
         ('create_decrypted_view', 'credcrypt_admin'), ('create_masked_view', 'credcrypt_admin'),
         ('_protect_column', 'credcrypt_admin'), ('_unprotect_column', 'credcrypt_admin'),
@@ -987,9 +1008,34 @@ BEGIN
 END
 $grants$;
 
--- The worker's state, for monitoring (credcrypt_admin).
+-- The worker's state, for monitoring (credcrypt_admin, credcrypt_monitor).
 REVOKE ALL ON credcrypt.transit_status FROM PUBLIC;
-GRANT SELECT ON credcrypt.transit_status TO credcrypt_admin;
+GRANT SELECT ON credcrypt.transit_status TO credcrypt_admin, credcrypt_monitor;
+
+-- Monitoring (docker/prometheus/queries.yaml): the last key_usage() answer per table, and
+-- decryptions per role and column.
+CREATE TABLE credcrypt.key_usage_snapshot (
+    relid       oid         NOT NULL,
+    table_name  text        NOT NULL,
+    column_name text        NOT NULL,
+    json_path   text[]      NOT NULL,
+    source      text        NOT NULL,
+    key_name    text,
+    key_version text,
+    current     boolean,
+    "values"    bigint      NOT NULL,
+    measured_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE credcrypt.key_usage_snapshot IS
+    'pg_credcrypt: the last key_usage() answer per table, for monitoring (refresh by calling key_usage())';
+CREATE VIEW credcrypt.decrypt_audit_totals AS
+SELECT role_name, coalesce(object, '(values outside protected columns)') AS object,
+       sum(values_decrypted)::bigint AS values_decrypted, count(*) AS records, max(at) AS last_at
+  FROM credcrypt.decrypt_audit
+ GROUP BY 1, 2;
+REVOKE ALL ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals FROM PUBLIC;
+GRANT SELECT ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals TO credcrypt_admin, credcrypt_monitor;
+
 
 
 -- Tables: the catalog of designations is readable by everyone (it holds no secret: binding ids
@@ -1001,6 +1047,7 @@ REVOKE ALL ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log FROM PUBLIC;
 GRANT SELECT ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log TO credcrypt_admin;
 REVOKE ALL ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures FROM PUBLIC;
 GRANT SELECT ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures, credcrypt.reencrypt_progress TO credcrypt_admin;
+GRANT SELECT ON credcrypt.reencrypt_progress TO credcrypt_monitor;
 REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;
 

@@ -43,6 +43,12 @@ CREATE TABLE credcrypt.decrypt_audit (
 );
 COMMENT ON TABLE credcrypt.decrypt_audit IS
     'pg_credcrypt: who decrypted how many values of which protected column (object NULL: values outside protected columns)';
+-- Decryptions per role and column since the audit table was last emptied, for monitoring.
+CREATE VIEW credcrypt.decrypt_audit_totals AS
+SELECT role_name, coalesce(object, '(values outside protected columns)') AS object,
+       sum(values_decrypted)::bigint AS values_decrypted, count(*) AS records, max(at) AS last_at
+  FROM credcrypt.decrypt_audit
+ GROUP BY 1, 2;
 CREATE VIEW credcrypt.decrypt_audit_log AS
 SELECT id, at, role_name, session_role, coalesce(object, '(values outside protected columns)') AS object,
        values_decrypted, backend_pid, application_name

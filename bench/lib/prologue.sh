@@ -7,7 +7,7 @@
 #   bench_prologue [direct]   runs scripts/setup.sh; builds and installs pg_credcrypt
 #                             (release); with `direct`, also builds the direct-load client and
 #                             sets $direct; starts a throwaway cluster in DIR and an OpenBao dev
-#                             server (bench/lib/bao.sh), stopped on exit; defines psql_;
+#                             server (scripts/lib/bao.sh), stopped on exit; defines psql_;
 #                             creates the extension and logs the versions, cores and commit.
 log() { printf '[bench] %s\n' "$*"; }
 
@@ -30,7 +30,7 @@ bench_prologue() {
     # shellcheck source=../../scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     # shellcheck source=bao.sh
-    source "$root/bench/lib/bao.sh"
+    source "$root/scripts/lib/bao.sh"
     trap 'bao_dev_stop; cluster_stop "$DIR"' EXIT
     cluster_start "$DIR"
     bao_dev_start "$DIR"

@@ -150,6 +150,9 @@ fn compose_pieces_work_with_the_real_binaries() {
     let masked = sql("SET ROLE reporting; SELECT api_key_mask FROM app.integration_credentials_masked");
     assert_eq!(masked, "sk-…0001");
     assert!(!c.psql_in("dk_app", "postgres", "SET ROLE reporting; SELECT api_key FROM app.integration_credentials").ok);
+    // The exporter's role reads the monitoring views (the queries file's sources), not the table.
+    assert_eq!(sql("SET ROLE monitor; SELECT worker_pid IS NOT NULL FROM credcrypt.transit_status"), "t");
+    assert!(!c.psql_in("dk_app", "postgres", "SET ROLE monitor; SELECT api_key FROM app.integration_credentials").ok);
     // 5. The compose file check.
     // The venv's Python (scripts/setup.sh); CC_PYTHON elsewhere (the version matrix's chroots).
     let py = std::env::var("CC_PYTHON")

@@ -311,3 +311,65 @@ fn a_column_moves_off_an_envelope_key() {
     );
     c.sql("DROP TABLE mg_env CASCADE");
 }
+
+/// Applications that encrypt a column themselves (`encrypt_credential(…, context => …)`, no
+/// trigger) rotate it with `reencrypt_credential(s)`: same context, new key, verified by reading
+/// back; a role that may decrypt but not encrypt (or the reverse) cannot use it, and a wrong
+/// context is still refused.
+#[test]
+fn applications_reencrypt_their_own_values_with_reencrypt_credential() {
+    let e = setup();
+    let c = &e.c;
+    c.ensure_login_role("mg_reader", "credcrypt_decryptor");
+    c.ensure_login_role("mg_writer", "credcrypt_encryptor");
+    c.psql(
+        "mg_owner",
+        "DROP TABLE IF EXISTS mg_app_keys;
+         CREATE TABLE mg_app_keys (owner text PRIMARY KEY, secret text);
+         GRANT SELECT, INSERT, UPDATE ON mg_app_keys TO mg_app, mg_reader, mg_writer;",
+    )
+    .expect_ok();
+    c.psql(
+        "mg_app",
+        "INSERT INTO mg_app_keys SELECT 'u' || i, credcrypt.encrypt_credential('sk-app-MARKER-' || i, 'local', 'owner:u' || i)
+           FROM generate_series(1, 50) i",
+    )
+    .expect_ok();
+    // One value, then the rest in one array call (one Transit batch each way).
+    c.psql(
+        "mg_app",
+        "UPDATE mg_app_keys SET secret = credcrypt.reencrypt_credential(secret, 'owner:' || owner, 'transit:app') WHERE owner = 'u1';
+         WITH b AS (SELECT array_agg(owner ORDER BY owner) o, array_agg(secret ORDER BY owner) s,
+                           array_agg('owner:' || owner ORDER BY owner) ctx FROM mg_app_keys WHERE owner <> 'u1'),
+              r AS (SELECT unnest(o) owner, unnest(credcrypt.reencrypt_credentials(s, ctx, 'transit:app')) secret FROM b)
+         UPDATE mg_app_keys t SET secret = r.secret FROM r WHERE t.owner = r.owner;",
+    )
+    .expect_ok();
+    assert_eq!(
+        c.value("mg_app", "SELECT count(*) FROM mg_app_keys WHERE secret LIKE 'cc1:transit:app:1:c:vault:v1:%'"),
+        "50"
+    );
+    assert_eq!(
+        c.value(
+            "mg_app",
+            "SELECT count(*) FROM mg_app_keys
+              WHERE credcrypt.decrypt_credential(secret, 'owner:' || owner) = 'sk-app-MARKER-' || substr(owner, 2)"
+        ),
+        "50"
+    );
+    // The context stays bound: another owner's context does not open the value.
+    c.psql(
+        "mg_app",
+        "SELECT credcrypt.reencrypt_credential(secret, 'owner:u2', 'local') FROM mg_app_keys WHERE owner = 'u1'",
+    )
+    .expect_error("39000");
+    // Both roles are needed: decrypting only, or encrypting only, is not enough.
+    for role in ["mg_reader", "mg_writer"] {
+        let o = c.psql(
+            role,
+            "SELECT credcrypt.reencrypt_credential(secret, 'owner:u1', 'local') FROM mg_app_keys WHERE owner = 'u1'",
+        );
+        assert_eq!(o.sqlstate(), Some("42501"), "{role}: {}", o.err);
+    }
+    c.psql("mg_owner", "DROP TABLE mg_app_keys").expect_ok();
+}

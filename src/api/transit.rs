@@ -69,6 +69,8 @@ struct Snapshot {
     token_renewals: i64,
     fallback_encryptions: i64,
     worker_timeouts: i64,
+    /// Requests in the queue now: claimed by a backend and not yet answered.
+    queue_depth: i64,
     /// Per failure kind: (name, count, last time in unix ms).
     errors: Vec<(&'static str, i64, i64)>,
     last_error: Option<String>,
@@ -108,6 +110,7 @@ fn snapshot() -> Snapshot {
             token_renewals: 0,
             fallback_encryptions: 0,
             worker_timeouts: 0,
+            queue_depth: 0,
             errors: Vec::new(),
             last_error: Some("pg_credcrypt is not in shared_preload_libraries".to_owned()),
         };
@@ -146,6 +149,7 @@ fn snapshot() -> Snapshot {
         token_renewals: s.renewals.load(SeqCst) as i64,
         fallback_encryptions: s.fallbacks.load(SeqCst) as i64,
         worker_timeouts: s.timeouts.load(SeqCst) as i64,
+        queue_depth: q.depth() as i64,
         errors,
         last_error: (!last_error.is_empty()).then_some(last_error),
     }
@@ -221,7 +225,8 @@ fn status() -> TableIterator<
 }
 
 /// The Transit provider's state: worker, OpenBao address, token, counters, failures per kind
-/// with the time of the last one, requests that timed out waiting for the worker, last error.
+/// with the time of the last one, requests that timed out waiting for the worker, last error,
+/// and the requests waiting in the queue now.
 #[pg_extern(volatile, name = "status")]
 #[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
 fn status_v2() -> TableIterator<
@@ -243,6 +248,7 @@ fn status_v2() -> TableIterator<
         name!(last_error, Option<String>),
         name!(worker_timeouts, i64),
         name!(error_details, pgrx::JsonB),
+        name!(queue_depth, i64),
     ),
 > {
     let s = snapshot();
@@ -263,5 +269,6 @@ fn status_v2() -> TableIterator<
         s.last_error,
         s.worker_timeouts,
         error_details(&s.errors),
+        s.queue_depth,
     ))
 }

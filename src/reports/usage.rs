@@ -109,6 +109,7 @@ pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>) -> Vec<UsageRow> {
     let local_current = crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut relids = Vec::new();
     for (relid, binding, column, path) in designations_to_report(tbl) {
         let table_name = table_display(relid);
         for ((source, key, version), n) in usage_of(relid, &binding, &dek) {
@@ -125,9 +126,51 @@ pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>) -> Vec<UsageRow> {
                 _ => None,
             };
             out.push((table_name.clone(), column.clone(), path.clone(), source, key, version, current, n));
+            relids.push(relid);
         }
     }
+    record(tbl, &relids, &out);
     out
+}
+
+/// Keeps the answer in `credcrypt.key_usage_snapshot` (replacing what an earlier call recorded
+/// for the same tables), for monitoring: the Prometheus queries read the snapshot, never the
+/// tables. Nothing is recorded where nothing can be written (a standby, a read-only
+/// transaction), and the answer is returned all the same.
+fn record(tbl: Option<pg_sys::Oid>, relids: &[pg_sys::Oid], rows: &[UsageRow]) {
+    // SAFETY: plain reads of backend-global state.
+    let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+    if !writable {
+        return;
+    }
+    as_catalog_owner(|| {
+        // One writer at a time: two concurrent calls would each keep their own rows.
+        spi::run("LOCK TABLE credcrypt.key_usage_snapshot IN SHARE ROW EXCLUSIVE MODE", &[])?;
+        spi::run(
+            "DELETE FROM credcrypt.key_usage_snapshot WHERE $1::pg_catalog.oid IS NULL OR relid OPERATOR(pg_catalog.=) $1",
+            &[tbl.into()],
+        )?;
+        for (relid, (table, column, path, source, key, version, current, n)) in relids.iter().zip(rows) {
+            spi::run(
+                "INSERT INTO credcrypt.key_usage_snapshot \
+                    (relid, table_name, column_name, json_path, source, key_name, key_version, current, \"values\") \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    (*relid).into(),
+                    table.as_str().into(),
+                    column.as_str().into(),
+                    path.clone().into(),
+                    source.as_str().into(),
+                    key.clone().into(),
+                    version.clone().into(),
+                    (*current).into(),
+                    (*n).into(),
+                ],
+            )?;
+        }
+        Ok::<(), pgrx::spi::SpiError>(())
+    })
+    .unwrap_or_else(|e| spi_fail(e));
 }
 
 /// The answer of `credcrypt.safe_to_retire` (documented at

@@ -14,10 +14,14 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reporting') THEN
         CREATE ROLE reporting LOGIN NOSUPERUSER NOBYPASSRLS;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'monitor') THEN
+        CREATE ROLE monitor LOGIN NOSUPERUSER NOBYPASSRLS;   -- the Prometheus exporter
+    END IF;
 END
 $$;
 GRANT credcrypt_encryptor, credcrypt_decryptor TO app;
 GRANT credcrypt_admin TO app_owner;
+GRANT credcrypt_monitor TO monitor;
 CREATE SCHEMA IF NOT EXISTS app AUTHORIZATION app_owner;
 GRANT USAGE ON SCHEMA app TO app, reporting;
 

@@ -211,6 +211,14 @@ impl Header {
         }
     }
 
+    /// Requests in the queue now: slots a backend is filling, that wait for the worker, or that
+    /// the worker is serving (a monitoring figure, read without locking).
+    pub fn depth(&self) -> usize {
+        (0..self.nslots())
+            .filter(|&i| matches!(self.slot(i).state.load(SeqCst), state::FILLING | state::READY | state::WORKING))
+            .count()
+    }
+
     /// Wakes the worker, if one runs.
     pub fn wake_worker(&self) {
         let latch = self.worker_latch.load(SeqCst);

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
-# OpenBao dev server for the benchmarks. Source after scripts/lib/cluster.sh and cluster_start.
+# OpenBao dev server for the benchmarks, the on-demand suites and the example apps' tests.
+# Source after scripts/lib/cluster.sh and cluster_start.
 #
-#   bao_dev_start DIR   starts `bao server -dev` on a free loopback port (log in DIR/bao.log),
+#   bao_dev_start DIR   starts `bao server -dev` on a free loopback port (log in DIR/keys/bao-dev.log,
+#                       where the log-leak check looks),
 #                       mounts transit, creates key `app`, writes a policy-limited service
 #                       token to DIR/keys/bao.token (0600, postgres) and points the cluster's
 #                       worker at it (DIR/data/credcrypt.conf). Exports BAO_ADDR, BAO_TOKEN, BAO.
@@ -13,7 +15,7 @@ bao_dev_start() {
     local dir="$1" port
     port="$(free_port)"
     export BAO BAO_ADDR="http://127.0.0.1:$port" BAO_TOKEN="bench-root-$$"
-    "$BAO" server -dev -dev-no-store-token -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$port" >"$dir/bao.log" 2>&1 &
+    "$BAO" server -dev -dev-no-store-token -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$port" >"$dir/keys/bao-dev.log" 2>&1 &
     bao_pid=$!
     for _ in $(seq 100); do "$BAO" status >/dev/null 2>&1 && break; sleep 0.1; done
     "$BAO" secrets enable transit >/dev/null
