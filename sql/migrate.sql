@@ -204,7 +204,10 @@ CREATE TABLE credcrypt.data_keys (
     transit_key  text NOT NULL,
     wrapped      text NOT NULL CHECK (wrapped ~ '^vault:v[1-9][0-9]*:'),
     created_at   timestamptz NOT NULL DEFAULT now(),
-    rewrapped_at timestamptz
+    rewrapped_at timestamptz,
+    -- wrapped with the associated data pg_credcrypt/data-key/v1:<id> (false: a key of 0.1.0,
+    -- until rotate_key('envelope:…') wraps it again)
+    bound        boolean NOT NULL DEFAULT true
 );
 CREATE INDEX ON credcrypt.data_keys (transit_key);
 COMMENT ON TABLE credcrypt.data_keys IS 'pg_credcrypt: envelope data keys, wrapped by OpenBao Transit (never in plaintext)';

@@ -332,6 +332,13 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'safe_to_retire_wrapper';
 
+CREATE FUNCTION credcrypt."_protect_in_progress"(
+	"tbl" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'protect_in_progress_wrapper';
+
 -- status(): a wider row (timeouts, last time of each failure kind, queue depth). The 0.1.0 row stays
 -- available as _status_0_1() (same symbol as 0.1.0's status()).
 DROP VIEW credcrypt.transit_status;
@@ -480,6 +487,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND CASE WHEN p.json_path = '{}'
                 THEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) NOT IN ('text'::regtype, 'varchar'::regtype)
                 ELSE (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'jsonb'::regtype END
+    UNION ALL
+    SELECT 'partition_owner', format('table %s', r.rel::regclass),
+           format('is owned by %s, not by %s (the owner of %s): maintenance would run its triggers and policies with the owner''s rights',
+                  c.relowner::regrole, o.relowner::regrole, tbl),
+           format('ALTER TABLE %s OWNER TO %s;', r.rel::regclass, o.relowner::regrole)
+      FROM tree r JOIN pg_class c ON c.oid = r.rel JOIN pg_class o ON o.oid = tbl
+     WHERE c.relowner <> o.relowner
+    UNION ALL
+    SELECT 'masked_policy', format('policy %I on %s', p.polname, tbl),
+           'reads other relations in a subquery, which PostgreSQL runs with the rights of credcrypt_masker (the owner of every masked view) whenever a masked view of this table is read',
+           format('DROP POLICY %I ON %s;  -- or drop the masked view (credcrypt.drop_masked_view) before adding such a policy', p.polname, tbl)
+      FROM pg_policy p
+     WHERE p.polrelid = tbl
+       AND p.polcmd IN ('r', '*')
+       AND (0::oid = ANY (p.polroles) OR 'credcrypt_masker'::regrole::oid = ANY (p.polroles))
+       AND p.polqual::text LIKE '%{SUBLINK %'
+       AND EXISTS (SELECT FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+                    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = tbl
+                      AND v.relkind = 'v' AND v.relowner = 'credcrypt_masker'::regrole)
 $$;
 
 CREATE OR REPLACE VIEW credcrypt.protected_columns_info AS
@@ -612,6 +638,7 @@ BEGIN
                          WHEN 'pg_class'::regclass THEN c.objid
                          WHEN 'pg_trigger'::regclass THEN (SELECT g.tgrelid FROM pg_trigger g WHERE g.oid = c.objid)
                          WHEN 'pg_rewrite'::regclass THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = c.objid)
+                         WHEN 'pg_policy'::regclass THEN (SELECT y.polrelid FROM pg_policy y WHERE y.oid = c.objid)
                        END AS rel
                   FROM pg_event_trigger_ddl_commands() c) x
           JOIN pg_class rc ON rc.oid = x.rel
@@ -620,7 +647,8 @@ BEGIN
             OR p.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(x.rel) a)
             OR p.relid::oid IN (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = x.rel)
     LOOP
-        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass) WHERE kind <> 'missing' LIMIT 1;
+        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass)
+         WHERE kind NOT IN ('missing', 'partition_owner') LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION '% would weaken the protection of %: %', prob.object, t::regclass, prob.finding
                 USING ERRCODE = 'object_not_in_prerequisite_state', HINT = prob.fix;
@@ -633,7 +661,7 @@ BEGIN
              WHERE l.relkind = 'r'
                AND (l.oid = t OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(t::regclass) pt WHERE pt.isleaf))
                AND (credcrypt._rewritten(l.oid)
-                    OR (l.oid <> t AND EXISTS (SELECT FROM pg_trigger g
+                    OR (l.oid <> t AND NOT credcrypt._protect_in_progress(t) AND EXISTS (SELECT FROM pg_trigger g
                                                 WHERE g.tgrelid = l.oid AND g.tgname = 'zz_credcrypt_protect'
                                                   AND credcrypt._xact_is_current(g.xmin))))
         LOOP
@@ -660,7 +688,7 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
     EXECUTE FUNCTION credcrypt._on_ddl_end();
 
 -- Tables rewritten by DDL, for the check at the command's end (credcrypt._on_ddl_end).
@@ -1048,6 +1076,10 @@ GRANT SELECT ON credcrypt.decrypt_audit, credcrypt.decrypt_audit_log TO credcryp
 REVOKE ALL ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures FROM PUBLIC;
 GRANT SELECT ON credcrypt.reencrypt_runs, credcrypt.reencrypt_failures, credcrypt.reencrypt_progress TO credcrypt_admin;
 GRANT SELECT ON credcrypt.reencrypt_progress TO credcrypt_monitor;
+-- Envelope data keys are wrapped with associated data from now on; those of 0.1.0 are not
+-- (until rotate_key('envelope:…') wraps them again).
+ALTER TABLE credcrypt.data_keys ADD COLUMN bound boolean NOT NULL DEFAULT false;
+ALTER TABLE credcrypt.data_keys ALTER COLUMN bound SET DEFAULT true;
 REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;
 

@@ -94,7 +94,9 @@ $$;
 -- kind: missing (no protection trigger at all: it is created last by pg_restore, so only the
 -- report flags it; DROP TRIGGER is refused on its own), altered (disabled, renamed, replaced,
 -- restricted to some columns or a condition), later_trigger, rule, inheritance, bind_type,
--- column_type.
+-- column_type, partition_owner (a partition owned by another role: maintenance refuses it, DDL
+-- does not), masked_policy (a policy with a subquery on a table that has a masked view: the
+-- subquery would run with credcrypt_masker's rights).
 CREATE FUNCTION credcrypt._protection_problems(tbl regclass)
 RETURNS TABLE (kind text, object text, finding text, fix text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -151,6 +153,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND CASE WHEN p.json_path = '{}'
                 THEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) NOT IN ('text'::regtype, 'varchar'::regtype)
                 ELSE (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'jsonb'::regtype END
+    UNION ALL
+    SELECT 'partition_owner', format('table %s', r.rel::regclass),
+           format('is owned by %s, not by %s (the owner of %s): maintenance would run its triggers and policies with the owner''s rights',
+                  c.relowner::regrole, o.relowner::regrole, tbl),
+           format('ALTER TABLE %s OWNER TO %s;', r.rel::regclass, o.relowner::regrole)
+      FROM tree r JOIN pg_class c ON c.oid = r.rel JOIN pg_class o ON o.oid = tbl
+     WHERE c.relowner <> o.relowner
+    UNION ALL
+    SELECT 'masked_policy', format('policy %I on %s', p.polname, tbl),
+           'reads other relations in a subquery, which PostgreSQL runs with the rights of credcrypt_masker (the owner of every masked view) whenever a masked view of this table is read',
+           format('DROP POLICY %I ON %s;  -- or drop the masked view (credcrypt.drop_masked_view) before adding such a policy', p.polname, tbl)
+      FROM pg_policy p
+     WHERE p.polrelid = tbl
+       AND p.polcmd IN ('r', '*')
+       AND (0::oid = ANY (p.polroles) OR 'credcrypt_masker'::regrole::oid = ANY (p.polroles))
+       AND p.polqual::text LIKE '%{SUBLINK %'
+       AND EXISTS (SELECT FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+                    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = tbl
+                      AND v.relkind = 'v' AND v.relowner = 'credcrypt_masker'::regrole)
 $$;
 
 -- A readable view of the designations.
@@ -296,8 +317,8 @@ CREATE EVENT TRIGGER credcrypt_on_alter_table ON ddl_command_end WHEN TAG IN ('A
 -- BEFORE ROW trigger sorting after zz_credcrypt_protect, the protection trigger disabled,
 -- renamed or replaced (on the table or on a partition), a rule, an inheritance child that is
 -- not a partition, a bind or protected column changing type, and a partition attached with
--- values that are not encrypted, and a table rewritten (ALTER COLUMN … TYPE … USING) into values
--- that are not ciphertexts.
+-- values that are not encrypted, a table rewritten (ALTER COLUMN … TYPE … USING) into values
+-- that are not ciphertexts, and a policy with a subquery on a table that has a masked view.
 CREATE FUNCTION credcrypt._on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -313,6 +334,7 @@ BEGIN
                          WHEN 'pg_class'::regclass THEN c.objid
                          WHEN 'pg_trigger'::regclass THEN (SELECT g.tgrelid FROM pg_trigger g WHERE g.oid = c.objid)
                          WHEN 'pg_rewrite'::regclass THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = c.objid)
+                         WHEN 'pg_policy'::regclass THEN (SELECT y.polrelid FROM pg_policy y WHERE y.oid = c.objid)
                        END AS rel
                   FROM pg_event_trigger_ddl_commands() c) x
           JOIN pg_class rc ON rc.oid = x.rel
@@ -321,7 +343,8 @@ BEGIN
             OR p.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(x.rel) a)
             OR p.relid::oid IN (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = x.rel)
     LOOP
-        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass) WHERE kind <> 'missing' LIMIT 1;
+        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass)
+         WHERE kind NOT IN ('missing', 'partition_owner') LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION '% would weaken the protection of %: %', prob.object, t::regclass, prob.finding
                 USING ERRCODE = 'object_not_in_prerequisite_state', HINT = prob.fix;
@@ -334,7 +357,7 @@ BEGIN
              WHERE l.relkind = 'r'
                AND (l.oid = t OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(t::regclass) pt WHERE pt.isleaf))
                AND (credcrypt._rewritten(l.oid)
-                    OR (l.oid <> t AND EXISTS (SELECT FROM pg_trigger g
+                    OR (l.oid <> t AND NOT credcrypt._protect_in_progress(t) AND EXISTS (SELECT FROM pg_trigger g
                                                 WHERE g.tgrelid = l.oid AND g.tgname = 'zz_credcrypt_protect'
                                                   AND credcrypt._xact_is_current(g.xmin))))
         LOOP
@@ -361,7 +384,7 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
     EXECUTE FUNCTION credcrypt._on_ddl_end();
 
 -- Tables rewritten by DDL, for the check at the command's end (credcrypt._on_ddl_end).

@@ -720,7 +720,8 @@ fn maintenance_leaves_no_setting_of_the_owners_code_in_the_administrators_sessio
     c.sql("INSERT INTO at_g1 SELECT g, 'sk-G1-SECRETMARKER-' || g FROM generate_series(1, 5) g");
     c.psql(
         "at_admin",
-        "SELECT credcrypt.protect_column('at_g1', 'api_key', bind_columns => ARRAY['id'], existing_values => 'migrate')",
+        "SELECT credcrypt.protect_column('at_g1', 'api_key', bind_columns => ARRAY['id'], existing_values => 'migrate');
+         SELECT credcrypt.enable_owner_rls('at_g1', 'id');",
     )
     .expect_ok();
     c.psql(
@@ -735,9 +736,7 @@ fn maintenance_leaves_no_setting_of_the_owners_code_in_the_administrators_sessio
          CREATE OR REPLACE FUNCTION public.at_g1_trig() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN PERFORM public.at_g1_plant(); RETURN NEW; END $$;
          CREATE TRIGGER aa_plant BEFORE UPDATE ON at_g1 FOR EACH ROW EXECUTE FUNCTION public.at_g1_trig();
-         ALTER TABLE at_g1 ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-         CREATE POLICY p_all ON at_g1 FOR ALL USING (true);
-         CREATE POLICY p_plant ON at_g1 AS RESTRICTIVE FOR ALL USING (public.at_g1_plant());",
+         CREATE POLICY p_plant ON at_g1 FOR ALL USING (public.at_g1_plant());",
     )
     .expect_ok();
     let settings = "SELECT current_setting('search_path') || '|' || coalesce(current_setting('app.current_user_id', true), '') || '|' || current_setting('credcrypt.default_key')";
@@ -884,4 +883,250 @@ fn errors_carry_no_backtrace_and_helpers_refuse_bad_input() {
         assert!(!out.contains("pgrx") && !out.contains("pg_credcrypt::"), "a backtrace reached the client: {out}");
     }
     c.sql("DROP TABLE at_g9 CASCADE");
+}
+
+// ---------------------------------------------------------------------------------------
+// Third attack (reviews/attack-5.md).
+
+/// F1: a row's value re-bound in a statement (its bind column changed) is not the statement's
+/// own plaintext: a data-modifying CTE cannot feed it into another row, where the trigger used
+/// to re-bind it again — a row swap by a role that may only encrypt.
+#[test]
+fn a_value_rebound_in_a_statement_cannot_be_copied_into_another_row() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_admin", "at_f1", "id bigint PRIMARY KEY, user_id text NOT NULL, api_key text, config jsonb");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_f1', 'api_key', bind_columns => ARRAY['id'], mask_column => 'api_key_mask', mask_prefix => 3);
+         SELECT credcrypt.protect_column('at_f1', 'config', bind_columns => ARRAY['id'], json_path => ARRAY['apiKey']);
+         INSERT INTO at_f1 VALUES (1, 'victim', 'sk-VICTIM-SECRETMARKER-1111', '{\"apiKey\": \"VICTIM-JSON-SECRETMARKER\"}'),
+                                  (2, 'attacker', 'sk-attacker-own-2222', NULL);",
+    )
+    .expect_ok();
+    let before = c.sql("SELECT api_key FROM at_f1 WHERE id = 2");
+    for sql in [
+        "WITH v AS (UPDATE at_f1 SET id = 1001 WHERE id = 1 RETURNING api_key)
+         UPDATE at_f1 SET api_key = (SELECT api_key FROM v) WHERE id = 2",
+        "WITH v AS (UPDATE at_f1 SET id = 1001 WHERE id = 1 RETURNING config)
+         UPDATE at_f1 SET config = (SELECT config FROM v) WHERE id = 2",
+        "WITH v AS (UPDATE at_f1 SET id = 1001 WHERE id = 1 RETURNING api_key)
+         INSERT INTO at_f1 (id, user_id, api_key) SELECT 3, 'attacker', api_key FROM v",
+    ] {
+        c.psql("at_app", sql).expect_error("39000");
+    }
+    assert_eq!(c.sql("SELECT api_key FROM at_f1 WHERE id = 2"), before, "the attacker's row changed");
+    assert_eq!(c.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM at_f1"), "1,2");
+    // What the feature is for still works: a bind change re-binds the row's own value, and an
+    // upsert re-binds the value its INSERT half encrypted.
+    c.psql("at_app", "UPDATE at_f1 SET id = 10 WHERE id = 1").expect_ok();
+    c.psql(
+        "at_app",
+        "INSERT INTO at_f1 (id, user_id, api_key) VALUES (99, 'attacker', 'sk-upsert-SECRETMARKER')
+         ON CONFLICT (id) DO NOTHING;
+         INSERT INTO at_f1 (id, user_id, api_key) VALUES (2, 'attacker', 'sk-upsert-SECRETMARKER-2')
+         ON CONFLICT (id) DO UPDATE SET api_key = EXCLUDED.api_key",
+    )
+    .expect_ok();
+    let ctx = |id: i32| {
+        c.sql(&format!(
+            "SELECT credcrypt.column_context(binding_id, ARRAY['{id}']) FROM credcrypt.protected_columns
+              WHERE relid = 'at_f1'::regclass AND column_name = 'api_key'"
+        ))
+    };
+    let read = |id: i32| {
+        c.sql(&format!("SELECT credcrypt.decrypt_credential(api_key, '{}') FROM at_f1 WHERE id = {id}", ctx(id)))
+    };
+    assert_eq!(read(10), "sk-VICTIM-SECRETMARKER-1111");
+    assert_eq!(read(2), "sk-upsert-SECRETMARKER-2");
+    c.sql("DROP TABLE at_f1 CASCADE");
+}
+
+/// F2: a policy whose subquery would run with `credcrypt_masker`'s rights (which reach every
+/// table with a masked view) is refused on a table with a masked view, and a masked view is
+/// refused on a table with such a policy; an owner's policy cannot read another owner's table.
+#[test]
+fn a_masked_view_lends_no_rights_to_its_tables_policies() {
+    let (_g, c) = setup();
+    // The victim's table, with a masked view (so credcrypt_masker may read it).
+    fresh_table(&c, "at_admin", "at_f2_victim", "id int PRIMARY KEY, api_key text");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_f2_victim', 'api_key', bind_columns => ARRAY['id']);
+         INSERT INTO at_f2_victim VALUES (1, 'sk-F2-VICTIM-SECRETMARKER');
+         SELECT credcrypt.create_masked_view('at_f2_victim', 'at_f2_victim_masked');",
+    )
+    .expect_ok();
+    // Another administrator's own table, also with a masked view.
+    c.ensure_login_role("at_admin2", "credcrypt_admin");
+    c.sql("GRANT CREATE ON SCHEMA public TO at_admin2; DROP TABLE IF EXISTS at_f2_mine CASCADE");
+    c.psql(
+        "at_admin2",
+        "CREATE TABLE at_f2_mine (id int PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('at_f2_mine', 'secret', bind_columns => ARRAY['id']);
+         INSERT INTO at_f2_mine VALUES (1, 'x');
+         SELECT credcrypt.create_masked_view('at_f2_mine', 'at_f2_mine_masked');
+         ALTER TABLE at_f2_mine ENABLE ROW LEVEL SECURITY;",
+    )
+    .expect_ok();
+    let steal = "CREATE POLICY p ON at_f2_mine FOR SELECT TO credcrypt_masker
+                   USING ((SELECT string_agg(api_key, ',') FROM public.at_f2_victim)::int > 0)";
+    c.psql("at_admin2", steal).expect_error("55000");
+    c.psql("at_admin2", "CREATE POLICY p ON at_f2_mine FOR SELECT USING (id > 0)").expect_ok();
+    c.psql(
+        "at_admin2",
+        "ALTER POLICY p ON at_f2_mine USING ((SELECT count(*) FROM public.at_f2_victim WHERE api_key LIKE 'cc1:%') >= 0)",
+    )
+    .expect_error("55000");
+    // Nothing of the victim's comes out of the attacker's masked view.
+    let o = c.psql("at_admin2", "SELECT * FROM at_f2_mine_masked");
+    assert!(!o.out.contains("cc1:") && !o.err.contains("cc1:"), "{o:?}");
+    // The other order: the policy first, then the masked view.
+    c.psql(
+        "at_admin2",
+        "SELECT credcrypt.drop_masked_view('at_f2_mine_masked');
+         DROP POLICY p ON at_f2_mine;
+         CREATE POLICY p ON at_f2_mine FOR SELECT USING ((SELECT count(*) FROM public.at_f2_victim) >= 0);",
+    )
+    .expect_ok();
+    c.psql("at_admin2", "SELECT credcrypt.create_masked_view('at_f2_mine', 'at_f2_mine_masked')").expect_error("55000");
+    c.sql("DROP TABLE at_f2_mine CASCADE; DROP TABLE at_f2_victim CASCADE");
+}
+
+/// F3: a partition owned by another role is never maintained with the table owner's rights:
+/// every maintenance routine refuses it, `protect_column` refuses it, and the report lists it.
+#[test]
+fn partitions_owned_by_another_role_are_not_maintained_as_the_owner() {
+    let (_g, c) = setup();
+    c.sql("DROP TABLE IF EXISTS at_f3 CASCADE; DROP TABLE IF EXISTS at_f3_loot");
+    c.psql(
+        "at_admin",
+        "CREATE TABLE at_f3 (id bigint, grp int, tok text) PARTITION BY LIST (grp);
+         CREATE TABLE at_f3_a PARTITION OF at_f3 FOR VALUES IN (1);
+         SELECT credcrypt.protect_column('at_f3', 'tok', bind_columns => ARRAY['id']);
+         INSERT INTO at_f3 VALUES (1, 1, 'k-F3-SECRETMARKER');",
+    )
+    .expect_ok();
+    // A DBA hands the partition to another role, which plants code that runs when it is read or
+    // updated. (The DDL check lets the ownership change through: the table's owner could not
+    // change it back otherwise; maintenance is what refuses.)
+    c.sql("ALTER TABLE at_f3_a OWNER TO at_owner");
+    c.psql(
+        "at_owner",
+        "CREATE TABLE public.at_f3_loot (who name); GRANT INSERT ON public.at_f3_loot TO PUBLIC;
+         CREATE FUNCTION public.at_f3_spy() RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.at_f3_loot VALUES (current_user); RETURN true; END $$;
+         CREATE FUNCTION public.at_f3_spy_trg() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM public.at_f3_spy(); RETURN NEW; END $$;
+         GRANT ALL ON at_f3_a TO at_admin;
+         CREATE TRIGGER aa_spy BEFORE UPDATE ON at_f3_a FOR EACH ROW EXECUTE FUNCTION public.at_f3_spy_trg();",
+    )
+    .expect_ok();
+    for call in [
+        "SELECT count(*) FROM credcrypt.key_usage('at_f3')",
+        "SELECT credcrypt.safe_to_retire('transit:app', 1)",
+        "CALL credcrypt.reencrypt_column('at_f3', 'tok', 'local')",
+        "SELECT * FROM credcrypt.unprotect_column('at_f3', 'tok', decrypt_existing => true)",
+    ] {
+        c.psql("at_admin", call).expect_error("55000");
+    }
+    assert_eq!(c.sql("SELECT count(*) FROM at_f3_loot"), "0", "the partition owner's code ran as the administrator");
+    assert!(
+        c.sql("SELECT string_agg(object, ',') FROM credcrypt.security_report() WHERE severity = 'critical'")
+            .contains("at_f3_a"),
+        "the report does not name the partition"
+    );
+    c.sql("DROP TABLE at_f3 CASCADE; DROP TABLE at_f3_loot; DROP FUNCTION public.at_f3_spy_trg(); DROP FUNCTION public.at_f3_spy()");
+}
+
+/// F4: row-level security that hides rows from the table's owner makes every maintenance
+/// routine refuse to answer, instead of answering from the rows it sees.
+#[test]
+fn maintenance_refuses_tables_whose_policies_hide_rows_from_it() {
+    let (_g, c) = setup();
+    fresh_table(
+        &c,
+        "at_admin",
+        "at_f4",
+        "id bigint PRIMARY KEY, owner_id text NOT NULL, deleted boolean NOT NULL DEFAULT false, tok text",
+    );
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_f4', 'tok', bind_columns => ARRAY['id']);
+         SELECT credcrypt.enable_owner_rls('at_f4', 'owner_id');
+         BEGIN; SELECT credcrypt.set_owner('u1');
+         INSERT INTO at_f4 VALUES (1, 'u1', false, 't-live-SECRETMARKER'), (2, 'u1', true, 't-deleted-SECRETMARKER');
+         COMMIT;",
+    )
+    .expect_ok();
+    assert_eq!(c.value("at_admin", "SELECT sum(\"values\") FROM credcrypt.key_usage('at_f4')"), "2");
+    c.psql("at_admin", "CREATE POLICY hide_deleted ON at_f4 AS RESTRICTIVE FOR SELECT USING (NOT deleted)").expect_ok();
+    for call in [
+        "SELECT count(*) FROM credcrypt.key_usage('at_f4')",
+        "SELECT credcrypt.safe_to_retire('transit:app', 1)",
+        "CALL credcrypt.reencrypt_column('at_f4', 'tok', strict => true)",
+    ] {
+        c.psql("at_admin", call).expect_error("55000");
+    }
+    // Forced row-level security without the maintenance path hides rows the same way.
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.disable_owner_rls('at_f4'); DROP POLICY hide_deleted ON at_f4;
+                        ALTER TABLE at_f4 ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+                        CREATE POLICY only_live ON at_f4 USING (NOT deleted);",
+    )
+    .expect_ok();
+    c.psql("at_admin", "SELECT count(*) FROM credcrypt.key_usage('at_f4')").expect_error("55000");
+    c.psql("at_admin", "ALTER TABLE at_f4 NO FORCE ROW LEVEL SECURITY").expect_ok();
+    assert_eq!(c.value("at_admin", "SELECT sum(\"values\") FROM credcrypt.key_usage('at_f4')"), "2");
+    c.sql("DROP TABLE at_f4 CASCADE");
+}
+
+/// F5: a protected or mask column cannot be a bind column (its stored text changes with every
+/// write, and its plaintext would become associated data), nor the other way round.
+#[test]
+fn protected_and_mask_columns_cannot_be_bound_to() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_admin", "at_f5", "id int PRIMARY KEY, s text, n text, m text");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_f5', 's', bind_columns => ARRAY['id'], mask_column => 's_mask')",
+    )
+    .expect_ok();
+    for call in [
+        "SELECT credcrypt.protect_column('at_f5', 'n', bind_columns => ARRAY['s'])",
+        "SELECT credcrypt.protect_column('at_f5', 'n', bind_columns => ARRAY['s_mask'])",
+        "SELECT credcrypt.protect_column('at_f5', 'id', bind_columns => ARRAY['m'])",
+    ] {
+        c.psql("at_admin", call).expect_error("22023");
+    }
+    c.psql("at_admin", "SELECT credcrypt.protect_column('at_f5', 'n', bind_columns => ARRAY['id'])").expect_ok();
+    c.sql("DROP TABLE at_f5 CASCADE");
+}
+
+/// F7: `existing_values => 'migrate'` works on a partitioned table that holds plaintext (the
+/// trigger protect_column clones to the partitions is not a partition being attached), and the
+/// partitions are migrated.
+#[test]
+fn a_partitioned_table_with_plaintext_can_be_designated_for_migration() {
+    let (_g, c) = setup();
+    c.sql("DROP TABLE IF EXISTS at_f7 CASCADE");
+    c.psql(
+        "at_admin",
+        "CREATE TABLE at_f7 (id bigint, grp int, tok text) PARTITION BY LIST (grp);
+         CREATE TABLE at_f7_1 PARTITION OF at_f7 FOR VALUES IN (1);
+         CREATE TABLE at_f7_2 PARTITION OF at_f7 FOR VALUES IN (2);
+         INSERT INTO at_f7 VALUES (1, 1, 'legacy-F7-SECRETMARKER-1'), (2, 2, 'legacy-F7-SECRETMARKER-2');
+         SELECT credcrypt.protect_column('at_f7', 'tok', bind_columns => ARRAY['id'], existing_values => 'migrate');
+         CALL credcrypt.reencrypt_column('at_f7', 'tok');",
+    )
+    .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM at_f7 WHERE starts_with(tok, 'cc1:local:')"), "2");
+    // Attaching a partition that holds plaintext is still refused.
+    c.psql(
+        "at_admin",
+        "CREATE TABLE at_f7_3 (id bigint, grp int, tok text); INSERT INTO at_f7_3 VALUES (3, 3, 'plain-F7-SECRETMARKER');
+         ALTER TABLE at_f7 ATTACH PARTITION at_f7_3 FOR VALUES IN (3);",
+    )
+    .expect_error("55000");
+    c.sql("DROP TABLE at_f7 CASCADE; DROP TABLE IF EXISTS at_f7_3");
 }

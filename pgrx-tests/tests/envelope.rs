@@ -136,7 +136,8 @@ fn restart_dump_restore_and_tampered_wrapped_keys() {
     assert!(!out.contains("data_keys"), "data keys did not restore: {out}");
     assert_eq!(correct(c, "ev_restored", "ev_dur"), "1000");
     c.client("dropdb", &["ev_restored"]);
-    // A wrapped key replaced by another data key's: refused (authentication), never wrong data.
+    // A wrapped key replaced by another data key's: it does not unwrap (each is bound to its own
+    // id by its associated data), so the value is refused, never decrypted with the wrong key.
     c.sql(
         "WITH k AS (SELECT id, wrapped, lead(wrapped) OVER (ORDER BY id) AS other FROM credcrypt.data_keys WHERE transit_key = 'app')
          UPDATE credcrypt.data_keys d SET wrapped = k.other FROM k WHERE d.id = k.id AND k.other IS NOT NULL
@@ -144,7 +145,7 @@ fn restart_dump_restore_and_tampered_wrapped_keys() {
     );
     let swapped = c.sql("SELECT id FROM ev_dur, credcrypt.ciphertext_info(secret) i WHERE i.key_id = (SELECT min(id) FROM credcrypt.data_keys) LIMIT 1");
     assert!(!swapped.is_empty());
-    c.psql("ev_app", &format!("SELECT secret FROM ev_dur_plain WHERE id = {swapped}")).expect_error("39000");
+    c.psql("ev_app", &format!("SELECT secret FROM ev_dur_plain WHERE id = {swapped}")).expect_error("42704");
     // A wrapped key that does not unwrap at all: a clear error.
     c.sql("UPDATE credcrypt.data_keys SET wrapped = 'vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' WHERE id = (SELECT max(id) FROM credcrypt.data_keys)");
     let broken = c.sql("SELECT id FROM ev_dur, credcrypt.ciphertext_info(secret) i WHERE i.key_id = (SELECT max(id) FROM credcrypt.data_keys) LIMIT 1");
@@ -215,4 +216,57 @@ fn an_upsert_that_creates_a_data_key_is_rebound_to_the_existing_row() {
     o.expect_error("39000").expect_clean("SECRETMARKER");
     assert_eq!(c.psql("ev_app", "SELECT secret FROM ev_upsert_plain WHERE user_id = 'u1'").expect_ok(), "sk-second");
     c.sql("DROP TABLE ev_upsert CASCADE");
+}
+
+/// Third attack, F6: a wrapped data key unwraps only with its associated data, which no SQL
+/// caller may pass — so neither a copy kept from before a rotation nor one taken to another
+/// database (a dump) decrypts through `decrypt_credential_bytea`; values keep decrypting.
+#[test]
+fn wrapped_data_keys_never_unwrap_through_sql_not_even_old_copies_or_other_databases() {
+    let e = setup();
+    let c = &e.c;
+    table(c, "ev_f6", 0);
+    c.psql("ev_app", "INSERT INTO ev_f6 SELECT g, 'sk-F6-SECRETMARKER-' || g FROM generate_series(1, 5) g").expect_ok();
+    assert_eq!(c.sql("SELECT bool_and(bound) FROM credcrypt.data_keys"), "t");
+    let (id, wrapped) = {
+        let row = c.sql("SELECT id || ' ' || wrapped FROM credcrypt.data_keys LIMIT 1");
+        let (a, b) = row.split_once(' ').expect("a data key");
+        (a.to_owned(), b.to_owned())
+    };
+    let unwrap = |db: &str, ctx: &str| {
+        c.psql_in(
+            db,
+            "postgres",
+            &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', {ctx}, 'transit:app')"),
+        )
+    };
+    // The current key: refused by value; with its associated data as context: refused.
+    unwrap("postgres", "NULL").expect_error("22023");
+    unwrap("postgres", &format!("'pg_credcrypt/data-key/v1:{id}'")).expect_error("22023");
+    // After a rotation the kept copy is no longer in the table: Transit refuses it without its
+    // associated data.
+    c.psql("ev_owner", "SELECT credcrypt.rotate_key('envelope:app')").expect_ok();
+    assert_ne!(c.sql(&format!("SELECT wrapped FROM credcrypt.data_keys WHERE id = '{id}'")), wrapped);
+    unwrap("postgres", "NULL").expect_error("39000");
+    // Another database (a restored dump elsewhere) does not have the row: the same.
+    c.client("dropdb", &["--if-exists", "ev_f6_other"]);
+    let (ok, out) = c.client("createdb", &["ev_f6_other"]);
+    assert!(ok, "{out}");
+    c.psql_in("ev_f6_other", "postgres", "CREATE EXTENSION pg_credcrypt").expect_ok();
+    let o = c.psql_in(
+        "ev_f6_other",
+        "postgres",
+        &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', NULL, 'transit:app')"),
+    );
+    assert_eq!(o.sqlstate(), Some("39000"), "{o:?}");
+    c.client("dropdb", &["ev_f6_other"]);
+    // Encrypting with the reserved context is refused too (no forged wrapped key).
+    c.psql(
+        "ev_app",
+        &format!("SELECT credcrypt.encrypt_credential('x', 'transit:app', 'pg_credcrypt/data-key/v1:{id}')"),
+    )
+    .expect_error("22023");
+    // The values read back after the rotation, through a fresh unwrap.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(c.value("ev_app", "SELECT count(*) FROM ev_f6_plain WHERE secret LIKE 'sk-F6-SECRETMARKER-%'"), "5");
 }

@@ -153,6 +153,13 @@ fn xact_is_current(xmin: pg_sys::TransactionId) -> bool {
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xmin) }
 }
 
+/// Whether `protect_column` is creating the protection trigger of `tbl` right now (for the DDL
+/// check, which then does not take the trigger's clones for partitions being attached).
+#[pg_extern(volatile, strict, parallel_safe, name = "_protect_in_progress")]
+fn protect_in_progress(tbl: pg_sys::Oid) -> bool {
+    crate::protect::designations::protect_in_progress(tbl)
+}
+
 /// Records that a table is being rewritten (called by the `table_rewrite` event trigger).
 #[pg_extern(volatile, strict, name = "_note_rewrite")]
 fn note_rewrite(tbl: pg_sys::Oid) {

@@ -117,11 +117,32 @@ pub(crate) fn lock_against_writers(t: &Table) {
 }
 
 /// The tables that hold a protected table's rows: itself (a plain table) or its leaf
-/// partitions, as (OID, quoted qualified name).
+/// partitions, as (OID, quoted qualified name) — the tables every maintenance routine reads and
+/// writes as the table's owner. Refused (`55000`), so that maintenance never runs another
+/// role's code with the owner's rights nor answers from part of the rows:
+/// - a leaf owned by another role than the table (its triggers and policies would run as the
+///   table's owner);
+/// - a leaf whose row-level security hides rows from its owner: forced, with a restrictive
+///   policy that applies to the owner, or without the maintenance path of `enable_owner_rls`.
 pub(crate) fn leaves(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
-    spi::rows(
-        "SELECT c.oid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
+    let rows = spi::rows(
+        "SELECT c.oid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
+                CASE WHEN c.relowner OPERATOR(pg_catalog.<>) o.relowner THEN \
+                          pg_catalog.format('partition %s is owned by %s, not by %s (the owner of %s): maintenance would run that role''s triggers and policies with the owner''s rights', \
+                                            c.oid::pg_catalog.regclass, c.relowner::pg_catalog.regrole, o.relowner::pg_catalog.regrole, o.oid::pg_catalog.regclass) \
+                     WHEN c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ( \
+                          SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND NOT p.polpermissive \
+                             AND EXISTS (SELECT FROM pg_catalog.unnest(p.polroles) r(role) \
+                                          WHERE r.role OPERATOR(pg_catalog.=) 0::pg_catalog.oid OR pg_catalog.pg_has_role(c.relowner, r.role, 'MEMBER'))) THEN \
+                          pg_catalog.format('table %s has a restrictive row-level security policy that applies to its owner: it hides rows from maintenance', c.oid::pg_catalog.regclass) \
+                     WHEN c.relrowsecurity AND c.relforcerowsecurity AND NOT EXISTS ( \
+                          SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid AND p.polpermissive \
+                             AND p.polcmd OPERATOR(pg_catalog.=) ANY ('{r,*}'::pg_catalog.\"char\"[]) \
+                             AND pg_catalog.strpos(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'credcrypt._maintenance_active(') OPERATOR(pg_catalog.>) 0) THEN \
+                          pg_catalog.format('table %s forces row-level security on its owner without the maintenance path of credcrypt.enable_owner_rls: maintenance cannot see every row', c.oid::pg_catalog.regclass) \
+                END \
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+           JOIN pg_catalog.pg_class o ON o.oid OPERATOR(pg_catalog.=) $1 \
           WHERE (c.oid OPERATOR(pg_catalog.=) $1 AND c.relkind OPERATOR(pg_catalog.=) 'r') \
              OR c.oid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf) \
           ORDER BY 1",
@@ -134,8 +155,18 @@ pub(crate) fn leaves(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
                     qi(r.get::<String>(2)?.unwrap_or_default()),
                     qi(r.get::<String>(3)?.unwrap_or_default())
                 ),
+                r.get::<String>(4)?,
             ))
         },
     )
-    .unwrap_or_else(|e| spi_fail(e))
+    .unwrap_or_else(|e| spi_fail(e));
+    if let Some(problem) = rows.iter().find_map(|r| r.2.clone()) {
+        fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pg_credcrypt cannot maintain this table: {problem}"),
+            None,
+            "Give every partition the table's owner (ALTER TABLE … OWNER TO), or let the owner see every row while the maintenance runs (drop the restrictive policy, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY, or credcrypt.enable_owner_rls), then run it again.",
+        );
+    }
+    rows.into_iter().map(|(o, n, _)| (o, n)).collect()
 }

@@ -65,7 +65,7 @@ fn has_values(t: &Table, col: &str, path: &[String], encrypted_only: bool) -> bo
 /// Refuses the designation if the table's protection has a problem (see
 /// `credcrypt._protection_problems`): a trigger that would fire after the protection trigger,
 /// a rule, an inheritance child, a bind column whose type changed…
-fn refuse_problems(t: &Table) {
+pub(crate) fn refuse_problems(t: &Table) {
     let problem = spi::two::<String, String>(
         "SELECT finding, fix FROM credcrypt._protection_problems($1::pg_catalog.regclass) LIMIT 1",
         &[t.oid.into()],
@@ -233,6 +233,30 @@ pub(crate) fn protect(
             "SELECT * FROM credcrypt.protected_columns_info shows the designation; unprotect_column removes it.",
         );
     }
+    // A bind column's text form is associated data: it must be the row's own, stable value. A
+    // protected column (its stored form is a ciphertext that changes on every write, and its
+    // plaintext would become associated data) or a mask column cannot be one; nor can this
+    // column be a bind column of another designation.
+    let clash = get::<String>(
+        "SELECT pg_catalog.format('%s \"%s\"', CASE WHEN column_name OPERATOR(pg_catalog.=) ANY ($2) THEN 'protected column' \
+                                  ELSE 'mask column' END, \
+                                  CASE WHEN column_name OPERATOR(pg_catalog.=) ANY ($2) THEN column_name ELSE mask_column END) \
+           FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
+            AND (column_name OPERATOR(pg_catalog.=) ANY ($2) OR mask_column OPERATOR(pg_catalog.=) ANY ($2)) \
+         UNION ALL \
+         SELECT pg_catalog.format('bind column of protected column \"%s\"', column_name) \
+           FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
+            AND ($3::pg_catalog.name OPERATOR(pg_catalog.=) ANY (bind_columns) \
+                 OR $4::pg_catalog.name OPERATOR(pg_catalog.=) ANY (bind_columns)) \
+         LIMIT 1",
+        &[t.oid.into(), binds.clone().into(), col.into(), mask_column.into()],
+    );
+    if let Some(clash) = clash {
+        bad_arg(
+            format!("a bind column cannot be protected or masked, and a protected or mask column cannot be bound to: {clash} is in the way"),
+            "Bind every protected column of the table to its key columns (e.g. ARRAY['id']), which are neither protected nor masks.",
+        );
+    }
     if !migrate && has_values(&t, col, &path, false) {
         fail(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -272,6 +296,16 @@ pub(crate) fn protect(
         &[t.oid.into(), TRIGGER_NAME.into()],
     );
     if has_trigger.is_none() {
+        // The trigger is cloned to every partition: the DDL check must not take that for
+        // partitions being attached (which must hold only ciphertexts) while protect_column
+        // itself creates it — with existing_values => 'migrate' they hold plaintext by design.
+        struct Done(u32);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                PROTECTING.with(|p| p.set(self.0));
+            }
+        }
+        let _done = Done(PROTECTING.with(|p| p.replace(t.oid.to_u32())));
         run(
             &format!(
                 "CREATE TRIGGER {TRIGGER_NAME} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION credcrypt.protect_trigger()",
@@ -282,6 +316,18 @@ pub(crate) fn protect(
     }
     refuse_problems(&t);
     Protected { binding_id, key: key_text, trigger_created: has_trigger.is_none() }
+}
+
+thread_local! {
+    /// The table whose protection trigger `protect_column` is creating right now, or 0.
+    static PROTECTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `protect_column` is creating the protection trigger of `relid` (for the DDL check;
+/// nothing but that statement sets it).
+pub(crate) fn protect_in_progress(relid: pg_sys::Oid) -> bool {
+    let p = PROTECTING.with(std::cell::Cell::get);
+    p != 0 && p == relid.to_u32()
 }
 
 pub(crate) fn designations(t: &Table, only_column: Option<&str>) -> Vec<Desig> {

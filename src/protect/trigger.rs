@@ -235,15 +235,28 @@ fn key_for(d: &Designation, command: pg_sys::CommandId) -> Cow<'_, KeyRef> {
     }
 }
 
-/// Encrypts a plaintext for `d` and this row (`context`), masks it, and remembers the value as
-/// this statement's own (for the UPDATE half of an upsert).
-fn produce(d: &Designation, plain: &[u8], context: &str) -> Result<Outcome, Error> {
+/// Where a value to encrypt comes from: the statement's own plaintext, or a value already stored
+/// in a row (re-binding it after a bind column changed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Plaintext,
+    StoredValue,
+}
+
+/// Encrypts a plaintext for `d` and this row (`context`) and masks it. A value encrypted from the
+/// statement's own plaintext is remembered as this statement's own (for the UPDATE half of an
+/// upsert, which may re-bind it to the existing row); a re-bound stored value never is: the
+/// writer did not supply its plaintext, and another row of the same statement (a data-modifying
+/// CTE feeding it on) must not get it.
+fn produce(d: &Designation, plain: &[u8], context: &str, origin: Origin) -> Result<Outcome, Error> {
     let (ct, statement) = encrypting(|statement| {
         let mut v = encrypt_many(&[plain], &key_for(d, statement), &[Some(context)])?;
         v.pop().ok_or_else(|| Error::malformed("empty answer")).map(|ct| (ct, statement))
     })?;
     let m = mask_of(d, plain);
-    remember(statement, &ct, context, m.as_deref());
+    if origin == Origin::Plaintext {
+        remember(statement, &ct, context, m.as_deref());
+    }
     Ok(Outcome::Store { value: Some(ct), mask: m })
 }
 
@@ -285,7 +298,7 @@ fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
 /// Decrypts `v` (bound to `from`) and encrypts it again for `context`.
 fn rebind(d: &Designation, v: &str, from: &str, context: &str) -> Result<Outcome, Error> {
     let plain = decrypt(v, from)?;
-    produce(d, &plain, context)
+    produce(d, &plain, context, Origin::StoredValue)
 }
 
 /// Decides what to store for a protected value. `old` is the OLD row's value and context on
@@ -336,7 +349,7 @@ fn protect_value(
         })?;
         return Ok(Outcome::KeepWithMask(mask_of(d, &plain)));
     }
-    produce(d, v.as_bytes(), context)
+    produce(d, v.as_bytes(), context, Origin::Plaintext)
 }
 
 /// A detoasted jsonb document (palloc'd or in the tuple; valid for the trigger call).

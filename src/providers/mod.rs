@@ -84,6 +84,9 @@ pub(crate) fn encrypt_with(
         }),
         KeyRef::Transit(name) => {
             let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+            if contexts.iter().flatten().any(|c| reserved(c)) {
+                return Err(reserved_error());
+            }
             let items: Vec<ReqItem<'_>> = plaintexts
                 .iter()
                 .zip(&contexts)
@@ -149,8 +152,18 @@ pub(crate) fn decrypt_each(
         }
     }
     for (name, mut entries) in transit {
-        // Envelope data keys are Transit values without associated data under the same key:
-        // never hand one out through the decrypt functions (it would decrypt values offline).
+        // Envelope data keys are wrapped with associated data that starts with the reserved
+        // prefix: no caller may pass it, so no data key unwraps through the decrypt functions
+        // (it would decrypt values offline) — not even a copy from a dump or another database.
+        entries.retain(|(i, _, c)| {
+            let refused = c.is_some_and(reserved);
+            if refused {
+                out[*i] = Err(reserved_error());
+            }
+            !refused
+        });
+        // Data keys of 0.1.0 were wrapped without associated data: those still in the table are
+        // refused by value.
         let bare: Vec<String> =
             entries.iter().filter(|(_, _, c)| c.is_none()).map(|(_, p, _)| (*p).to_owned()).collect();
         if !bare.is_empty() {
@@ -184,6 +197,18 @@ pub(crate) fn decrypt_each(
         }
     }
     Ok(out)
+}
+
+/// Whether a context is in the namespace of the envelope data keys' associated data.
+fn reserved(context: &str) -> bool {
+    context.starts_with(envelope::RESERVED_CONTEXT)
+}
+
+fn reserved_error() -> Error {
+    Error::new(ErrorKind::InvalidArgument, "the context is reserved for envelope data keys").with_detail(format!(
+        "contexts that start with {} cannot be used with Transit keys",
+        envelope::RESERVED_CONTEXT
+    ))
 }
 
 /// Where a value is decrypted.

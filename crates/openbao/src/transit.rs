@@ -224,11 +224,21 @@ impl Client {
         Ok(out)
     }
 
-    /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`).
-    pub fn datakey(&mut self, key: &str) -> Result<(Zeroizing<Vec<u8>>, String), Error> {
+    /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`). With
+    /// `associated_data`, the wrapped key decrypts only with the same associated data.
+    pub fn datakey(
+        &mut self,
+        key: &str,
+        associated_data: Option<&[u8]>,
+    ) -> Result<(Zeroizing<Vec<u8>>, String), Error> {
         let path = self.transit_path("datakey/plaintext", key);
-        let (status, text) =
-            self.request("POST", &path, Some(Zeroizing::new("{\"bits\":256}".into())), On403::Reauthenticate)?;
+        let mut body = String::from("{\"bits\":256");
+        if let Some(a) = associated_data {
+            body.push_str(",\"associated_data\":");
+            push_json_str(&mut body, &b64(a));
+        }
+        body.push('}');
+        let (status, text) = self.request("POST", &path, Some(Zeroizing::new(body)), On403::Reauthenticate)?;
         match status {
             200 => {
                 let d = serde_json::from_str::<DataKeyAnswer>(&text)

@@ -265,7 +265,7 @@ impl Worker {
                         .collect();
                     answers[k] = self.rewrap(r.key, &items);
                 }
-                Ok(r) => answers[k] = self.admin(r.op, r.key),
+                Ok(r) => answers[k] = self.admin(r.op, r.key, r.items.first().and_then(|it| it.context)),
                 Err(_) => answers[k] = Err(Fail { kind: FailKind::Other, message: "corrupt request".into() }),
             }
         }
@@ -340,10 +340,12 @@ impl Worker {
         Ok(v.into_iter().map(|r| r.map(|s| Zeroizing::new(s.into_bytes())).map_err(|e| item_fail_of(&e))).collect())
     }
 
-    fn admin(&mut self, op: Op, key: &str) -> Answer {
+    /// Key administration: a data key (with the request's associated data, if any), a rotation,
+    /// the latest version.
+    fn admin(&mut self, op: Op, key: &str, associated_data: Option<&[u8]>) -> Answer {
         let client = self.client.as_mut().map_err(|f| f.clone())?;
         if op == Op::DataKey {
-            let (plain, wrapped) = client.datakey(key).map_err(|e| fail_of(&e))?;
+            let (plain, wrapped) = client.datakey(key, associated_data).map_err(|e| fail_of(&e))?;
             return Ok(vec![Ok(plain), Ok(Zeroizing::new(wrapped.into_bytes()))]);
         }
         let version = match op {
