@@ -157,7 +157,7 @@ fn xact_is_current(xmin: pg_sys::TransactionId) -> bool {
 /// check, which then does not take the trigger's clones for partitions being attached).
 #[pg_extern(volatile, strict, parallel_safe, name = "_protect_in_progress")]
 fn protect_in_progress(tbl: pg_sys::Oid) -> bool {
-    crate::protect::designations::protect_in_progress(tbl)
+    crate::postgres::scope::protect_in_progress(tbl)
 }
 
 /// Records that a table is being rewritten (called by the `table_rewrite` event trigger).

@@ -19,6 +19,8 @@ use zeroize::Zeroizing;
 thread_local! {
     /// The table under maintenance (its OID) and the role maintenance runs as, or (0, 0).
     static MAINTENANCE: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// The table whose protection trigger `protect_column` is creating right now, or 0.
+    static PROTECTING: Cell<u32> = const { Cell::new(0) };
     /// The values the extension's current write statement puts into a table, if any.
     static WRITES: RefCell<Option<Rc<Writes>>> = const { RefCell::new(None) };
 }
@@ -41,6 +43,19 @@ pub(crate) fn maintain<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         let _reset = Reset(&MAINTENANCE, MAINTENANCE.with(|m| m.replace((relid.to_u32(), role.to_u32()))));
         f()
     })
+}
+
+/// Runs `f` (protect_column's CREATE TRIGGER on `relid`) with that announced to the DDL check.
+pub(crate) fn protecting<R>(relid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let _reset = Reset(&PROTECTING, PROTECTING.with(|p| p.replace(relid.to_u32())));
+    f()
+}
+
+/// Whether `protect_column` is creating the protection trigger of `relid` (for the DDL check;
+/// nothing but that statement sets it).
+pub(crate) fn protect_in_progress(relid: pg_sys::Oid) -> bool {
+    let p = PROTECTING.with(Cell::get);
+    p != 0 && p == relid.to_u32()
 }
 
 /// Whether the maintenance path is open for table `relid` and the current user.

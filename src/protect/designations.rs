@@ -299,35 +299,18 @@ pub(crate) fn protect(
         // The trigger is cloned to every partition: the DDL check must not take that for
         // partitions being attached (which must hold only ciphertexts) while protect_column
         // itself creates it — with existing_values => 'migrate' they hold plaintext by design.
-        struct Done(u32);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                PROTECTING.with(|p| p.set(self.0));
-            }
-        }
-        let _done = Done(PROTECTING.with(|p| p.replace(t.oid.to_u32())));
-        run(
-            &format!(
-                "CREATE TRIGGER {TRIGGER_NAME} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION credcrypt.protect_trigger()",
-                t.sql_name
-            ),
-            &[],
-        );
+        crate::postgres::scope::protecting(t.oid, || {
+            run(
+                &format!(
+                    "CREATE TRIGGER {TRIGGER_NAME} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION credcrypt.protect_trigger()",
+                    t.sql_name
+                ),
+                &[],
+            );
+        });
     }
     refuse_problems(&t);
     Protected { binding_id, key: key_text, trigger_created: has_trigger.is_none() }
-}
-
-thread_local! {
-    /// The table whose protection trigger `protect_column` is creating right now, or 0.
-    static PROTECTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Whether `protect_column` is creating the protection trigger of `relid` (for the DDL check;
-/// nothing but that statement sets it).
-pub(crate) fn protect_in_progress(relid: pg_sys::Oid) -> bool {
-    let p = PROTECTING.with(std::cell::Cell::get);
-    p != 0 && p == relid.to_u32()
 }
 
 pub(crate) fn designations(t: &Table, only_column: Option<&str>) -> Vec<Desig> {
