@@ -289,7 +289,6 @@ fn upgrade_from_0_1_0_with_live_data() {
         assert_eq!(&values(&c, t, col, *n), v, "0.1.0: {t}");
     }
     let keys = "SELECT md5(string_agg(id || wrapped, ',' ORDER BY id)) FROM credcrypt.data_keys";
-    let keys_before = c.sql(keys);
 
     // The 0.2.0 library, a restart, and the 0.1.0 SQL still served by it.
     pg_ctl(&c, "stop");
@@ -306,6 +305,13 @@ fn upgrade_from_0_1_0_with_live_data() {
     let o = c.psql("up_owner", "SELECT credcrypt.protect_column('up_local', 'user_id')");
     o.expect_error("55000");
     assert!(o.err.contains("ALTER EXTENSION pg_credcrypt UPDATE"), "{}", o.err);
+    // Envelope keys made and rewrapped while the 0.1.0 SQL is served (no `bound` column):
+    // wrapped as 0.1.0 wrapped them, so they unwrap after the update marks them unbound.
+    c.psql("up_app", "INSERT INTO up_env VALUES (22, 'env-between')").expect_ok();
+    assert!(c.sql("SELECT secret FROM up_env WHERE id = 22").starts_with("cc1:envelope:app:"));
+    c.sql("SELECT credcrypt.rotate_key('envelope:app')");
+    assert_eq!(c.sql("SELECT credcrypt.decrypt_credential(secret, credcrypt.column_context(p.binding_id, ARRAY[t.id::text])) FROM up_env t, credcrypt.protected_columns p WHERE p.relid = 'up_env'::regclass AND t.id = 22"), "env-between");
+    let keys_before = c.sql(keys);
 
     // The update.
     c.sql("ALTER EXTENSION pg_credcrypt UPDATE");
@@ -350,6 +356,19 @@ fn upgrade_from_0_1_0_with_live_data() {
     );
     assert!(c.sql("SELECT secret FROM up_transit WHERE id = 11").starts_with("cc1:transit:app:"));
     assert!(c.sql("SELECT secret FROM up_env WHERE id = 21").starts_with("cc1:envelope:app:"));
+    // Every envelope value, old, in between and new, decrypts; a rotation binds every data key.
+    let env_all = (1..=20)
+        .map(|g| format!("env-{g}"))
+        .chain(["env-after".into(), "env-between".into()])
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(values(&c, "up_env", "secret", 22), env_all);
+    assert!(
+        c.sql("SELECT count(*) FILTER (WHERE NOT bound) FROM credcrypt.data_keys").parse::<i64>().unwrap_or(0) >= 1
+    );
+    c.sql("SELECT credcrypt.rotate_key('envelope:app')");
+    assert_eq!(c.sql("SELECT count(*) FILTER (WHERE NOT bound) FROM credcrypt.data_keys"), "0");
+    assert_eq!(values(&c, "up_env", "secret", 22), env_all);
     // The interrupted run is seen as such, and a new CALL finishes the column.
     assert!(c
         .sql("SELECT string_agg(state, ',') FROM credcrypt.reencrypt_progress WHERE table_name = 'up_mig'::regclass")

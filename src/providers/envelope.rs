@@ -3,7 +3,9 @@
 //! associated data `pg_credcrypt/data-key/v1:<id>` (so it unwraps only with that, which no SQL
 //! caller may pass: a wrapped key copied from a dump or another database does not decrypt
 //! through SQL), stored in `credcrypt.data_keys`, and referenced by id from every value it
-//! encrypted. Keys made by 0.1.0 have no associated data (`bound = false`) until rotated.
+//! encrypted. Keys made by 0.1.0 have no associated data (`bound = false`) until rotated; so
+//! have keys made while this library serves the 0.1.0 SQL (between the library's installation
+//! and `ALTER EXTENSION … UPDATE`), whose `credcrypt.data_keys` has no `bound` column yet.
 //!
 //! - Encryption: a backend uses its current data key for a Transit key until it has encrypted
 //!   `credcrypt.envelope_max_uses` values or is `credcrypt.envelope_max_age` old, then asks the
@@ -100,23 +102,36 @@ fn wrapping_aad(id: KeyId) -> String {
 /// The prefix of the data keys' associated data, which no SQL caller may use as a context.
 pub(crate) const RESERVED_CONTEXT: &str = "pg_credcrypt/data-key/v1:";
 
-/// Asks the worker for a new data key of `name` (wrapped with its associated data), records
-/// it, and makes it current.
+/// Whether `credcrypt.data_keys` records which keys are wrapped with associated data (its
+/// `bound` column, from 0.2.0's SQL). Without it (the 0.1.0 SQL, still served after the new
+/// library is installed until `ALTER EXTENSION … UPDATE`) keys are made and rewrapped as 0.1.0
+/// did, without associated data, so that the update's `bound = false` is true of them.
+/// Looked up each time: the answer changes with the update, in any session.
+fn binding_recorded() -> bool {
+    crate::postgres::catalog::has_column(c"data_keys", c"bound")
+}
+
+/// Asks the worker for a new data key of `name` (wrapped with its associated data where that is
+/// recorded), records it, and makes it current.
 fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
     let id = KeyId::random()?;
+    let bound = binding_recorded();
     let aad = wrapping_aad(id);
-    let answer = backend::call(Op::DataKey, name, &[ReqItem { data: &[], context: Some(aad.as_bytes()) }])?;
+    let context = bound.then_some(aad.as_bytes());
+    let answer = backend::call(Op::DataKey, name, &[ReqItem { data: &[], context }])?;
     let mut it = answer.into_iter();
     let plain = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
     let wrapped = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
     let wrapped = String::from_utf8(wrapped.to_vec()).map_err(|_| Error::malformed("wrapped key is not text"))?;
     let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| Error::malformed("data key is not 32 bytes"))?;
     let key = Rc::new(LocalKey::new(bytes));
+    let insert = if bound {
+        "INSERT INTO credcrypt.data_keys (id, transit_key, wrapped, bound) VALUES ($1, $2, $3, true)"
+    } else {
+        "INSERT INTO credcrypt.data_keys (id, transit_key, wrapped) VALUES ($1, $2, $3)"
+    };
     as_catalog_owner(|| {
-        crate::postgres::spi::run(
-            "INSERT INTO credcrypt.data_keys (id, transit_key, wrapped, bound) VALUES ($1, $2, $3, true)",
-            &[id.to_hex().as_str().into(), name.into(), wrapped.as_str().into()],
-        )
+        crate::postgres::spi::run(insert, &[id.to_hex().as_str().into(), name.into(), wrapped.as_str().into()])
     })
     .map_err(spi_error)?;
     // SAFETY: reads the current subtransaction id.
@@ -186,19 +201,20 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
     // With the latest snapshot: a data key committed after this transaction's snapshot (by a
     // concurrent writer) is found, never reported missing.
     let hex_datum = hex.clone().into_datum();
+    let query = if binding_recorded() {
+        c"SELECT id, transit_key, wrapped, bound FROM credcrypt.data_keys WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
+    } else {
+        c"SELECT id, transit_key, wrapped, false FROM credcrypt.data_keys WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
+    };
     let rows: Vec<(String, String, String, bool)> = as_catalog_owner(|| {
-        crate::postgres::spi::rows_latest(
-            c"SELECT id, transit_key, wrapped, bound FROM credcrypt.data_keys WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-            &[(pg_sys::TEXTARRAYOID, hex_datum)],
-            |r| {
-                (
-                    r.get::<String>(1).unwrap_or_default(),
-                    r.get::<String>(2).unwrap_or_default(),
-                    r.get::<String>(3).unwrap_or_default(),
-                    r.get::<bool>(4).unwrap_or(true),
-                )
-            },
-        )
+        crate::postgres::spi::rows_latest(query, &[(pg_sys::TEXTARRAYOID, hex_datum)], |r| {
+            (
+                r.get::<String>(1).unwrap_or_default(),
+                r.get::<String>(2).unwrap_or_default(),
+                r.get::<String>(3).unwrap_or_default(),
+                r.get::<bool>(4).unwrap_or(true),
+            )
+        })
     })
     .map_err(spi_error)?;
     // Unwrap per Transit key, one batch each; keys of 0.1.0 (not bound) without associated data.
@@ -272,20 +288,23 @@ pub(crate) fn wrapped_among(values: &[String]) -> Result<std::collections::HashS
 /// Rewraps every data key of Transit key `name` with its latest version (after a rotation),
 /// bound to its associated data: each is unwrapped (with its associated data, or without for a
 /// key of 0.1.0) and wrapped again in one Transit batch each way; Transit's own rewrap cannot
-/// carry associated data. Returns how many were rewrapped.
+/// carry associated data. While the 0.1.0 SQL is served (no `bound` column) keys are unwrapped
+/// and wrapped again without associated data, as 0.1.0 did. Returns how many were rewrapped.
 pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
+    let recorded = binding_recorded();
+    let query = if recorded {
+        "SELECT id, wrapped, bound FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 ORDER BY id"
+    } else {
+        "SELECT id, wrapped, false FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 ORDER BY id"
+    };
     let rows: Vec<(String, String, bool)> = as_catalog_owner(|| {
-        crate::postgres::spi::rows(
-            "SELECT id, wrapped, bound FROM credcrypt.data_keys WHERE transit_key OPERATOR(pg_catalog.=) $1 ORDER BY id",
-            &[name.into()],
-            |r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<bool>(3)?.unwrap_or(true),
-                ))
-            },
-        )
+        crate::postgres::spi::rows(query, &[name.into()], |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(true),
+            ))
+        })
     })
     .map_err(spi_error)?;
     let mut done = 0i64;
@@ -310,7 +329,7 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
         let wrap: Vec<ReqItem<'_>> = plain
             .iter()
             .zip(&aads)
-            .map(|(p, aad)| ReqItem { data: p.as_slice(), context: Some(aad.as_bytes()) })
+            .map(|(p, aad)| ReqItem { data: p.as_slice(), context: recorded.then_some(aad.as_bytes()) })
             .collect();
         let mut ids = Vec::new();
         let mut wrapped = Vec::new();
@@ -319,15 +338,16 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
             ids.push(id.clone());
             wrapped.push(String::from_utf8_lossy(&w).into_owned());
         }
-        as_catalog_owner(|| {
-            crate::postgres::spi::run(
-                "UPDATE credcrypt.data_keys d SET wrapped = v.w, bound = true, rewrapped_at = pg_catalog.now() \
-                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS v(id, w) \
-                  WHERE d.id OPERATOR(pg_catalog.=) v.id",
-                &[ids.into(), wrapped.into()],
-            )
-        })
-        .map_err(spi_error)?;
+        let update = if recorded {
+            "UPDATE credcrypt.data_keys d SET wrapped = v.w, bound = true, rewrapped_at = pg_catalog.now() \
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS v(id, w) \
+              WHERE d.id OPERATOR(pg_catalog.=) v.id"
+        } else {
+            "UPDATE credcrypt.data_keys d SET wrapped = v.w, rewrapped_at = pg_catalog.now() \
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS v(id, w) \
+              WHERE d.id OPERATOR(pg_catalog.=) v.id"
+        };
+        as_catalog_owner(|| crate::postgres::spi::run(update, &[ids.into(), wrapped.into()])).map_err(spi_error)?;
         done += chunk.len() as i64;
     }
     Ok(done)
