@@ -412,6 +412,19 @@ fn protected_column_with_a_transit_key_fails_closed_during_an_outage() {
 fn backends_terminated_while_waiting_do_not_leak_queue_slots() {
     let e = setup();
     let c = &e.c;
+    // The worker's own HTTP timeout must not answer (and so end) a waiting session while the
+    // 70 sessions are still starting, however slow the machine: give it two minutes here
+    // (the next test's setup writes the configuration afresh).
+    let conf = c.data.join("credcrypt.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("read credcrypt.conf");
+    text.push_str("credcrypt.bao_request_timeout_ms = 120000\n");
+    std::fs::write(&conf, text).expect("write credcrypt.conf");
+    c.sql("SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.sql("SHOW credcrypt.bao_request_timeout_ms") != "2min" {
+        assert!(Instant::now() < deadline, "the longer OpenBao timeout was not loaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pid = freeze(&e);
     // More waiting sessions than queue slots (64), each stuck behind the frozen OpenBao.
     let children: Vec<std::process::Child> = (0..70)
