@@ -6,11 +6,14 @@ the vectors the Rust tests assert (crates/core/tests/vectors.rs). Exit 0 when al
 """
 import base64
 import hashlib
+import hmac
 import pathlib
 import re
 import sys
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY = bytes(range(32))
 NONCE = bytes(range(0xA0, 0xAC))
@@ -28,5 +31,14 @@ rust = (root / "crates/core/tests/vectors.rs").read_text()
 docs = (root / "docs/format.md").read_text()
 published = re.findall(r'"(cc1:local:[^"]+)"', rust)
 ok = published == expected and all(v in docs for v in expected) and f'"{kid}"' in rust
-print(f"key id {kid}; {len(expected)} vectors; rust/docs match python: {ok}")
+
+# Blind index (crates/core/src/blind.rs): root 0x42 x 32, binding id, version 3.
+binding = "00112233445566778899aabbccddeeff"
+index_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pg_credcrypt/blind-index-root/v1",
+                 info=f"pg_credcrypt/blind-index/v1:{binding}:3".encode()).derive(b"\x42" * 32)
+blind = (3).to_bytes(2, "big").hex() + hmac.new(index_key, b"sk-live-51HxAbCdEf0123456789a1b2", hashlib.sha256).digest()[:16].hex()
+blind_rust = (root / "crates/core/src/blind.rs").read_text()
+ok_blind = f'"{blind}"' in blind_rust and blind in docs
+print(f"key id {kid}; {len(expected)} vectors; rust/docs match python: {ok}; blind index vector: {ok_blind}")
+ok = ok and ok_blind
 sys.exit(0 if ok else 1)

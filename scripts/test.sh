@@ -11,8 +11,8 @@
 #   7. the node-postgres example's tests (examples/node) and the NestJS + Prisma example's
 #      (examples/nestjs: generate, tsc, HTTP tests; a dev OpenBao for its Transit table) against
 #      the same cluster
-#   8. the upgrade test: the 0.1.0 release (built once per machine from the commit recorded
-#      in sql/releases) on a cluster of its own, populated, then this build, a restart and
+#   8. the upgrade tests: each release in sql/releases (built once per machine from the commit
+#      recorded there) on a cluster of its own, populated, then this build, a restart and
 #      ALTER EXTENSION UPDATE
 # Prints each runner's own summary, then one total line.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -108,14 +108,19 @@ bao_dev_stop
 step "log-leak check: no plaintext, key or token in any server or OpenBao log so far"
 run_suite logleak cargo test -p credcrypt-blackbox --test log_leak -- --ignored --test-threads=1
 
-step "upgrade from 0.1.0 with live data (a cluster of its own)"
 cluster_stop "$work/blackbox"
-old_pkg="$(release_package 0.1.0)"
-install_package "$old_pkg"
-cluster_start "$work/upgrade"
-CC_UPGRADE_NEW_PKG="$new_pkg" run_suite upgrade cargo test -p credcrypt-blackbox --test upgrade -- --ignored --test-threads=1
-cluster_stop "$work/upgrade"
-install_package "$new_pkg"
+: >"$logs/upgrade.log"
+for from in $(awk '!/^#/ && NF { print $1 }' "$root/sql/releases"); do
+    step "upgrade from $from with live data (a cluster of its own)"
+    old_pkg="$(release_package "$from")"
+    install_package "$old_pkg"
+    cluster_start "$work/upgrade"
+    CC_UPGRADE_FROM="$from" CC_UPGRADE_NEW_PKG="$new_pkg" run_suite "upgrade-$from" \
+        cargo test -p credcrypt-blackbox --test upgrade -- --ignored --test-threads=1
+    cat "$logs/upgrade-$from.log" >>"$logs/upgrade.log"
+    cluster_stop "$work/upgrade"
+    install_package "$new_pkg"
+done
 
 step "summary"
 for f in core pgtest blackbox node nestjs logleak upgrade; do

@@ -42,7 +42,13 @@ BEGIN
         ('_reencrypt_prepare', 'credcrypt_admin'), ('_reencrypt_batch', 'credcrypt_admin'),
         ('_reencrypt_step', 'credcrypt_admin'), ('_reencrypt_remaining', 'credcrypt_admin'),
         ('_reencrypt_finish', 'credcrypt_admin'), ('_reencrypt_close', 'credcrypt_admin'),
-        ('_reencrypt_leaves', 'credcrypt_admin')
+        ('_reencrypt_leaves', 'credcrypt_admin'),
+        ('_protect_designation', 'credcrypt_admin'),
+        ('blind_index', 'credcrypt_encryptor'), ('blind_indexes', 'credcrypt_encryptor'),
+        ('_blind_index', 'credcrypt_encryptor'), ('_blind_indexes', 'credcrypt_encryptor'),
+        ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
+        ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
+        ('_index_keys_changed', 'PUBLIC')
     ) AS v(routine, grantee) LOOP
         FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace
@@ -75,3 +81,5 @@ REVOKE ALL ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals FROM 
 GRANT SELECT ON credcrypt.key_usage_snapshot, credcrypt.decrypt_audit_totals TO credcrypt_admin, credcrypt_monitor;
 REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;
+REVOKE ALL ON credcrypt.index_keys FROM PUBLIC;
+GRANT SELECT ON credcrypt.index_keys TO credcrypt_admin;

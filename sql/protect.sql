@@ -23,6 +23,9 @@ CREATE TABLE credcrypt.protected_columns (
     created_at    timestamptz NOT NULL DEFAULT now(),
     created_by    name     NOT NULL DEFAULT current_user,
     bind_types    text[],
+    -- the bytea column the trigger writes the value's blind index into (credcrypt.blind_index)
+    blind_index_column name,
+    blind_index_attnum smallint,
     PRIMARY KEY (relid, column_name, json_path)
 );
 COMMENT ON TABLE credcrypt.protected_columns IS
@@ -48,6 +51,8 @@ BEGIN
                                ORDER BY b.i);
     NEW.mask_attnum := (SELECT attnum FROM pg_attribute
                          WHERE attrelid = NEW.relid AND attname = NEW.mask_column AND NOT attisdropped);
+    NEW.blind_index_attnum := (SELECT attnum FROM pg_attribute
+                                WHERE attrelid = NEW.relid AND attname = NEW.blind_index_column AND NOT attisdropped);
     RETURN NEW;
 END
 $$;
@@ -154,6 +159,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) NOT IN ('text'::regtype, 'varchar'::regtype)
                 ELSE (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'jsonb'::regtype END
     UNION ALL
+    SELECT 'column_type', format('column %I of %s', p.blind_index_column, tbl),
+           format('blind index column changed type to %s: the protection trigger refuses to write it', format_type(a.atttypid, a.atttypmod)),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE bytea;', tbl, p.blind_index_column)
+      FROM credcrypt.protected_columns p
+      JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.blind_index_column AND NOT a.attisdropped
+      JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE p.relid = tbl
+       AND (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'bytea'::regtype
+    UNION ALL
     SELECT 'partition_owner', format('table %s', r.rel::regclass),
            format('is owned by %s, not by %s (the owner of %s): maintenance would run its triggers and policies with the owner''s rights',
                   c.relowner::regrole, o.relowner::regrole, tbl),
@@ -188,7 +202,8 @@ SELECT n.nspname   AS table_schema,
        p.binding_id,
        credcrypt._protection_trigger_ok(p.relid) AS trigger_enabled,
        p.created_at,
-       p.created_by
+       p.created_by,
+       p.blind_index_column
   FROM credcrypt.protected_columns p
   JOIN pg_catalog.pg_class c ON c.oid = p.relid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
@@ -198,14 +213,15 @@ COMMENT ON VIEW credcrypt.protected_columns_info IS 'pg_credcrypt: protected col
 CREATE FUNCTION credcrypt.protect_column(
     tbl regclass, col name, key_name text DEFAULT NULL, bind_columns name[] DEFAULT NULL,
     mask_column name DEFAULT NULL, mask_prefix integer DEFAULT 0, mask_suffix integer DEFAULT 4,
-    json_path text[] DEFAULT NULL, existing_values text DEFAULT 'refuse')
+    json_path text[] DEFAULT NULL, existing_values text DEFAULT 'refuse', blind_index_column name DEFAULT NULL)
 RETURNS TABLE (binding_id text, key_name text, trigger_created boolean)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT * FROM credcrypt._protect(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
-                                     mask_prefix, mask_suffix, json_path, existing_values);
+    SELECT * FROM credcrypt._protect_designation(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
+                                                 mask_prefix, mask_suffix, json_path, existing_values,
+                                                 blind_index_column::text);
 END;
-COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text) IS
+COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text, name) IS
     'pg_credcrypt: encrypt a column (or a jsonb key) transparently from now on';
 
 CREATE FUNCTION credcrypt.unprotect_column(tbl regclass, col name, decrypt_existing boolean DEFAULT false)
@@ -251,6 +267,8 @@ BEGIN
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid AND column_attnum = o.objsubid;
             UPDATE credcrypt.protected_columns SET mask_column = NULL
              WHERE relid::oid = o.objid AND mask_attnum = o.objsubid;
+            UPDATE credcrypt.protected_columns SET blind_index_column = NULL
+             WHERE relid::oid = o.objid AND blind_index_attnum = o.objsubid;
             -- The last protected column is gone: so goes the trigger (it would refuse every write).
             IF NOT EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid::oid = o.objid)
                AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = o.objid AND tgname = 'zz_credcrypt_protect') THEN
@@ -296,17 +314,20 @@ BEGIN
         UPDATE credcrypt.protected_columns p
            SET column_name = coalesce(x.col, p.column_name),
                bind_columns = coalesce(x.binds, p.bind_columns),
-               mask_column = CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END
+               mask_column = CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END,
+               blind_index_column = CASE WHEN p.blind_index_column IS NULL THEN NULL ELSE coalesce(x.bidx, p.blind_index_column) END
           FROM (SELECT q.relid, q.column_name AS old_name, q.json_path AS old_path,
                        (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.column_attnum AND NOT attisdropped) AS col,
                        ARRAY(SELECT a.attname FROM unnest(q.bind_attnums) WITH ORDINALITY AS b(n, i)
                                JOIN pg_attribute a ON a.attrelid = q.relid AND a.attnum = b.n ORDER BY b.i) AS binds,
-                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.mask_attnum AND NOT attisdropped) AS mask
+                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.mask_attnum AND NOT attisdropped) AS mask,
+                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.blind_index_attnum AND NOT attisdropped) AS bidx
                   FROM credcrypt.protected_columns q WHERE q.relid::oid = c.objid) x
          WHERE p.relid = x.relid AND p.column_name = x.old_name AND p.json_path = x.old_path
            AND (p.column_name IS DISTINCT FROM coalesce(x.col, p.column_name)
                 OR p.bind_columns IS DISTINCT FROM coalesce(x.binds, p.bind_columns)
-                OR p.mask_column IS DISTINCT FROM CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END);
+                OR p.mask_column IS DISTINCT FROM CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END
+                OR p.blind_index_column IS DISTINCT FROM CASE WHEN p.blind_index_column IS NULL THEN NULL ELSE coalesce(x.bidx, p.blind_index_column) END);
     END LOOP;
 END
 $$;

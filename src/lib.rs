@@ -35,6 +35,7 @@ extension_sql_file!(
     name = "protect",
     requires = [
         api::protect::protect_column_v2,
+        api::protect::protect_column_v3,
         api::protect::unprotect_column_v2,
         api::protect::create_decrypted_view_v2,
         api::protect::create_masked_view_v2,
@@ -49,10 +50,21 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/blind.sql",
+    name = "blind",
+    requires = [
+        "protect",
+        api::blind::blind_index,
+        api::blind::blind_indexes,
+        api::blind::add_blind_index,
+        api::blind::rotate_blind_index,
+    ]
+);
+extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
     requires =
-        ["protect", api::rls::enable_owner_rls_v2, api::rls::disable_owner_rls_v2, api::report::environment_findings]
+        ["blind", api::rls::enable_owner_rls_v2, api::rls::disable_owner_rls_v2, api::report::environment_findings]
 );
 extension_sql_file!(
     "../sql/migrate.sql",

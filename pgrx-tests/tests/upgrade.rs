@@ -1,22 +1,23 @@
 //! Upgrades in place.
 //!
-//! - `the_upgrade_scripts_reach_exactly_a_fresh_install` (always): in one database, the
-//!   extension as released (the frozen `sql/pg_credcrypt--0.1.0.sql`, served by the current
-//!   library — which proves that every C symbol the old SQL names still exists), then
-//!   `ALTER EXTENSION … UPDATE`; in another, a fresh install of the current version. A
-//!   normalized listing of both catalogs must be equal: this is the schema-drift check — a
-//!   change to the SQL surface without an upgrade script fails here, printing what differs.
-//! - `upgrade_from_0_1_0_with_live_data` (`--ignored`; scripts/test.sh runs it on a cluster of
-//!   its own): the 0.1.0 *library* and SQL, populated with every kind of state, then the
-//!   current library, a restart and `ALTER EXTENSION … UPDATE`; every value reads back and
-//!   everything keeps working as before.
+//! - `the_upgrade_scripts_reach_exactly_a_fresh_install` (always): for every released version,
+//!   in a database of its own, the extension as released (its frozen
+//!   `sql/pg_credcrypt--<version>.sql`, served by the current library — which proves that
+//!   every C symbol the old SQL names still exists), then `ALTER EXTENSION … UPDATE`; in
+//!   another, a fresh install of the current version. A normalized listing of both catalogs
+//!   must be equal: this is the schema-drift check — a change to the SQL surface without an
+//!   upgrade script fails here, printing what differs.
+//! - `upgrade_from_a_release_with_live_data` (`--ignored`; scripts/test.sh runs it once per
+//!   release in sql/releases, each on a cluster of its own): the release's *library* and SQL,
+//!   populated with every kind of state, then the current library, a restart and
+//!   `ALTER EXTENSION … UPDATE`; every value reads back and everything keeps working as before.
 
 use std::path::{Path, PathBuf};
 
 use credcrypt_blackbox::Cluster;
 
 /// The released versions, oldest first, and the current one.
-const RELEASED: &[&str] = &["0.1.0"];
+const RELEASED: &[&str] = &["0.1.0", "0.2.0"];
 const CURRENT: &str = env!("CARGO_PKG_VERSION");
 
 fn repo(p: &str) -> PathBuf {
@@ -128,45 +129,44 @@ fn diff(a: &[String], b: &[String]) -> String {
 fn the_upgrade_scripts_reach_exactly_a_fresh_install() {
     let c = Cluster::from_env();
     install_frozen_scripts();
-    for db in ["cc_up_fresh", "cc_up_upgraded"] {
-        c.client("dropdb", &["--if-exists", db]);
-        let (ok, out) = c.client("createdb", &[db]);
-        assert!(ok, "{out}");
-    }
+    c.client("dropdb", &["--if-exists", "cc_up_fresh"]);
+    assert!(c.client("createdb", &["cc_up_fresh"]).0);
     c.psql_in("cc_up_fresh", "postgres", "CREATE EXTENSION pg_credcrypt").expect_ok();
-    c.psql_in("cc_up_upgraded", "postgres", &format!("CREATE EXTENSION pg_credcrypt VERSION '{}'", RELEASED[0]))
-        .expect_ok();
-    let paths = c
-        .psql_in(
-            "cc_up_upgraded",
-            "postgres",
-            &format!(
-            "SELECT path FROM pg_extension_update_paths('pg_credcrypt') WHERE source = '{}' AND target = '{CURRENT}'",
-            RELEASED[0]
-        ),
-        )
-        .expect_ok()
-        .to_owned();
-    assert!(!paths.is_empty(), "no update path from {} to {CURRENT}", RELEASED[0]);
-    c.psql_in("cc_up_upgraded", "postgres", "ALTER EXTENSION pg_credcrypt UPDATE").expect_ok();
-    assert_eq!(
-        c.psql_in("cc_up_upgraded", "postgres", "SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'")
-            .expect_ok(),
-        CURRENT
-    );
     let fresh = listing(&c, "cc_up_fresh");
-    let upgraded = listing(&c, "cc_up_upgraded");
     assert!(fresh.len() > 150, "the listing is too short to mean anything: {}", fresh.len());
-    let d = diff(&upgraded, &fresh);
-    assert!(
-        d.is_empty(),
-        "the extension updated from {} differs from a fresh install of {CURRENT} — write the change into sql/pg_credcrypt--{}--{CURRENT}.sql:\n{d}",
-        RELEASED[0],
-        RELEASED[0]
-    );
-    for db in ["cc_up_fresh", "cc_up_upgraded"] {
-        c.client("dropdb", &[db]);
+    // From every released version: its frozen install script (served by the current library,
+    // which proves every C symbol it names still exists), then the update path to this one.
+    for from in RELEASED {
+        let db = format!("cc_up_from_{}", from.replace('.', "_"));
+        c.client("dropdb", &["--if-exists", &db]);
+        assert!(c.client("createdb", &[&db]).0);
+        c.psql_in(&db, "postgres", &format!("CREATE EXTENSION pg_credcrypt VERSION '{from}'")).expect_ok();
+        let paths = c
+            .psql_in(
+                &db,
+                "postgres",
+                &format!(
+                    "SELECT path FROM pg_extension_update_paths('pg_credcrypt') WHERE source = '{from}' AND target = '{CURRENT}'"
+                ),
+            )
+            .expect_ok()
+            .to_owned();
+        assert!(!paths.is_empty(), "no update path from {from} to {CURRENT}");
+        c.psql_in(&db, "postgres", "ALTER EXTENSION pg_credcrypt UPDATE").expect_ok();
+        assert_eq!(
+            c.psql_in(&db, "postgres", "SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'")
+                .expect_ok(),
+            CURRENT
+        );
+        let d = diff(&listing(&c, &db), &fresh);
+        let last = RELEASED.last().copied().unwrap_or(from);
+        assert!(
+            d.is_empty(),
+            "the extension updated from {from} differs from a fresh install of {CURRENT} — write the change into sql/pg_credcrypt--{last}--{CURRENT}.sql:\n{d}"
+        );
+        c.client("dropdb", &[&db]);
     }
+    c.client("dropdb", &["cc_up_fresh"]);
 }
 
 /// Copies a `cargo pgrx package` tree (`<pkg>/usr/…`) over the installed files.
@@ -200,13 +200,17 @@ fn values(c: &Cluster, table: &str, col: &str, max_id: usize) -> String {
 }
 
 #[test]
-#[ignore = "needs a cluster of its own with the 0.1.0 library installed: scripts/test.sh runs it"]
-fn upgrade_from_0_1_0_with_live_data() {
+#[ignore = "needs a cluster of its own with a released library installed: scripts/test.sh runs it"]
+fn upgrade_from_a_release_with_live_data() {
     let c = Cluster::from_env();
-    // scripts/test.sh installed the old package before starting this cluster.
+    // scripts/test.sh installed the package of release CC_UPGRADE_FROM before starting this
+    // cluster.
     let new_pkg = PathBuf::from(std::env::var("CC_UPGRADE_NEW_PKG").expect("CC_UPGRADE_NEW_PKG"));
+    let from = std::env::var("CC_UPGRADE_FROM").expect("CC_UPGRADE_FROM");
+    assert!(RELEASED.contains(&from.as_str()), "{from} is not a release");
+    let from_0_1 = from == "0.1.0";
     assert!(new_pkg.join("usr").exists());
-    assert_eq!(c.sql("SELECT default_version FROM pg_available_extensions WHERE name = 'pg_credcrypt'"), "0.1.0");
+    assert_eq!(c.sql("SELECT default_version FROM pg_available_extensions WHERE name = 'pg_credcrypt'"), from);
     c.sql("CREATE EXTENSION pg_credcrypt");
     let bao = credcrypt_blackbox::bao::start_for(&c);
     credcrypt_blackbox::bao::point_at(
@@ -220,9 +224,9 @@ fn upgrade_from_0_1_0_with_live_data() {
     c.ensure_login_role("up_owner", "credcrypt_admin");
     c.ensure_login_role("up_app", "credcrypt_encryptor, credcrypt_decryptor");
     c.ensure_login_role("up_report", "");
-    assert_eq!(c.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'"), "0.1.0");
+    assert_eq!(c.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'"), from);
     c.sql("GRANT CREATE ON SCHEMA public TO up_owner; ALTER ROLE up_app SET credcrypt.audit_decrypt = 'table'");
-    // 0.1.0: every kind of state.
+    // The release: every kind of state (with the SQL API every release has).
     c.psql(
         "up_owner",
         "CREATE TABLE up_local (id int PRIMARY KEY, user_id text, api_key text, cfg jsonb);
@@ -286,18 +290,18 @@ fn upgrade_from_0_1_0_with_live_data() {
         ("up_done", "secret", 50, (1..=50).map(|g| format!("done-{g}")).collect::<Vec<_>>().join(",")),
     ];
     for (t, col, n, v) in &expected {
-        assert_eq!(&values(&c, t, col, *n), v, "0.1.0: {t}");
+        assert_eq!(&values(&c, t, col, *n), v, "{from}: {t}");
     }
     let keys = "SELECT md5(string_agg(id || wrapped, ',' ORDER BY id)) FROM credcrypt.data_keys";
 
-    // The 0.2.0 library, a restart, and the 0.1.0 SQL still served by it.
+    // The current library, a restart, and the release's SQL still served by it.
     pg_ctl(&c, "stop");
     install_package(&new_pkg);
     install_frozen_scripts();
     pg_ctl(&c, "start");
-    assert_eq!(c.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'"), "0.1.0");
+    assert_eq!(c.sql("SELECT extversion FROM pg_extension WHERE extname = 'pg_credcrypt'"), from);
     for (t, col, n, v) in &expected {
-        assert_eq!(&values(&c, t, col, *n), v, "0.1.0 SQL on the new library: {t}");
+        assert_eq!(&values(&c, t, col, *n), v, "{from} SQL on the new library: {t}");
     }
     c.psql("up_app", "INSERT INTO up_local (id, user_id, api_key) VALUES (11, 'u11', 'sk-between')").expect_ok();
     assert!(c.sql("SELECT api_key FROM up_local WHERE id = 11").starts_with("cc1:local:"));
@@ -305,8 +309,9 @@ fn upgrade_from_0_1_0_with_live_data() {
     let o = c.psql("up_owner", "SELECT credcrypt.protect_column('up_local', 'user_id')");
     o.expect_error("55000");
     assert!(o.err.contains("ALTER EXTENSION pg_credcrypt UPDATE"), "{}", o.err);
-    // Envelope keys made and rewrapped while the 0.1.0 SQL is served (no `bound` column):
-    // wrapped as 0.1.0 wrapped them, so they unwrap after the update marks them unbound.
+    // Envelope keys made and rewrapped while the release's SQL is served (for 0.1.0, without
+    // a `bound` column: wrapped as 0.1.0 wrapped them, so they unwrap after the update marks
+    // them unbound).
     c.psql("up_app", "INSERT INTO up_env VALUES (22, 'env-between')").expect_ok();
     assert!(c.sql("SELECT secret FROM up_env WHERE id = 22").starts_with("cc1:envelope:app:"));
     c.sql("SELECT credcrypt.rotate_key('envelope:app')");
@@ -363,8 +368,11 @@ fn upgrade_from_0_1_0_with_live_data() {
         .collect::<Vec<_>>()
         .join(",");
     assert_eq!(values(&c, "up_env", "secret", 22), env_all);
+    let unbound =
+        c.sql("SELECT count(*) FILTER (WHERE NOT bound) FROM credcrypt.data_keys").parse::<i64>().unwrap_or(-1);
     assert!(
-        c.sql("SELECT count(*) FILTER (WHERE NOT bound) FROM credcrypt.data_keys").parse::<i64>().unwrap_or(0) >= 1
+        if from_0_1 { unbound >= 1 } else { unbound == 0 },
+        "{unbound} unbound data keys after an update from {from}"
     );
     c.sql("SELECT credcrypt.rotate_key('envelope:app')");
     assert_eq!(c.sql("SELECT count(*) FILTER (WHERE NOT bound) FROM credcrypt.data_keys"), "0");
@@ -383,6 +391,19 @@ fn upgrade_from_0_1_0_with_live_data() {
     assert!(c.client("createdb", &["cc_up_fresh_live"]).0);
     c.psql_in("cc_up_fresh_live", "postgres", "CREATE EXTENSION pg_credcrypt").expect_ok();
     let d = diff(&listing(&c, "postgres"), &listing(&c, "cc_up_fresh_live"));
-    assert!(d.is_empty(), "after a live update from 0.1.0:\n{d}");
+    assert!(d.is_empty(), "after a live update from {from}:\n{d}");
     c.client("dropdb", &["cc_up_fresh_live"]);
+    // What the update brought works on the tables made before it: a blind index, filled by a
+    // migration, found through a btree index.
+    c.psql(
+        "up_owner",
+        "SELECT credcrypt.add_blind_index('up_local', 'api_key', 'api_key_bidx');
+         CALL credcrypt.reencrypt_column('up_local', 'api_key');
+         CREATE UNIQUE INDEX ON up_local (api_key_bidx);",
+    )
+    .expect_ok();
+    assert_eq!(
+        c.value("up_app", "SELECT id FROM up_local WHERE api_key_bidx = credcrypt.blind_index('up_local', 'api_key', 'sk-local-7-a1b2')"),
+        "7"
+    );
 }

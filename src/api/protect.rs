@@ -26,7 +26,7 @@ fn protect_column_impl(
     json_path: Option<Vec<Option<String>>>,
     existing_values: &str,
 ) {
-    protect(tbl, col, key_name, bind_columns, mask_column, mask_prefix, mask_suffix, json_path, existing_values);
+    protect(tbl, col, key_name, bind_columns, mask_column, mask_prefix, mask_suffix, json_path, existing_values, None);
 }
 
 /// `protect_column(…)` — see docs/protected-columns.md. SQL wrapper: `credcrypt.protect_column`.
@@ -46,8 +46,51 @@ fn protect_column_v2(
     json_path: Option<Vec<Option<String>>>,
     existing_values: &str,
 ) -> TableIterator<'static, (name!(binding_id, String), name!(key_name, String), name!(trigger_created, bool))> {
-    let p =
-        protect(tbl, col, key_name, bind_columns, mask_column, mask_prefix, mask_suffix, json_path, existing_values);
+    let p = protect(
+        tbl,
+        col,
+        key_name,
+        bind_columns,
+        mask_column,
+        mask_prefix,
+        mask_suffix,
+        json_path,
+        existing_values,
+        None,
+    );
+    TableIterator::once((p.binding_id, p.key, p.trigger_created))
+}
+
+/// `protect_column(…, blind_index_column)` — see docs/protected-columns.md. SQL wrapper:
+/// `credcrypt.protect_column`. Returns the designation's binding id, the key it resolved to,
+/// and whether it created the table's trigger.
+#[pg_extern(volatile, name = "_protect_designation")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)] // mirrors the SQL signature
+fn protect_column_v3(
+    tbl: pg_sys::Oid,
+    col: &str,
+    key_name: Option<&str>,
+    bind_columns: Option<Vec<Option<String>>>,
+    mask_column: Option<&str>,
+    mask_prefix: i32,
+    mask_suffix: i32,
+    json_path: Option<Vec<Option<String>>>,
+    existing_values: &str,
+    blind_index_column: Option<&str>,
+) -> TableIterator<'static, (name!(binding_id, String), name!(key_name, String), name!(trigger_created, bool))> {
+    let p = protect(
+        tbl,
+        col,
+        key_name,
+        bind_columns,
+        mask_column,
+        mask_prefix,
+        mask_suffix,
+        json_path,
+        existing_values,
+        blind_index_column,
+    );
     TableIterator::once((p.binding_id, p.key, p.trigger_created))
 }
 

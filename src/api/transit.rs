@@ -30,7 +30,7 @@ fn import_transit_ciphertext(ciphertext: &str, key_name: &str, has_context: defa
 /// Rotates a Transit key and returns its new latest version. New values use the new
 /// version; old values still decrypt until `min_decryption_version` is raised in OpenBao.
 /// For `envelope:<key>`, also rewraps every data key of that Transit key (table rows are not
-/// touched).
+/// touched); for both, the blind-index roots it wraps.
 #[pg_extern(volatile)]
 fn rotate_key(key_name: &str) -> i32 {
     let envelope = matches!(KeyRef::parse(key_name).or_raise(), KeyRef::Envelope(_));
@@ -51,6 +51,8 @@ fn rotate_key(key_name: &str) -> i32 {
     if envelope {
         crate::providers::envelope::rewrap_all(&name).or_raise();
     }
+    // Blind-index roots wrapped by this key move to the new version too.
+    crate::protect::blind::rewrap_roots(&name).or_raise();
     version
 }
 

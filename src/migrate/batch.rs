@@ -10,12 +10,12 @@ use pgrx::spi::quote_identifier as qi;
 use pgrx::PgSqlErrorCode::*;
 
 use super::run::{failed_ctids, record_progress, run, Counts};
-use super::sources::{bind_exprs, designation, plaintexts, value_expr, Designation, Picked};
+use super::sources::{bind_exprs, designation, needed_sql, plaintexts, value_expr, Designation, Picked};
 use super::spi_fail;
 use crate::errors::{fail, raise, OrRaise as _};
 use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{leaves, table, Table};
-use crate::postgres::scope::{maintain, with_writes, Writes};
+use crate::postgres::scope::{maintain, with_writes, Announced, Writes};
 use crate::postgres::spi;
 use crate::providers::{decrypt_each, encrypt_with};
 
@@ -76,11 +76,12 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     let end = start_block + step;
 
     let v = value_expr(&d);
+    let needed = needed_sql(&d, &v);
     let lock = if run.dry_run { "" } else { " FOR UPDATE OF t SKIP LOCKED" };
     let sql = format!(
         "SELECT t.ctid::pg_catalog.text, {v}{binds} FROM ONLY {leaf_name} t \
           WHERE t.ctid OPERATOR(pg_catalog.>) $4::pg_catalog.tid AND t.ctid OPERATOR(pg_catalog.<) '({end},0)'::pg_catalog.tid \
-            AND {v} IS NOT NULL AND credcrypt._reencrypt_needed({v}, $1, $2) \
+            AND {v} IS NOT NULL AND {needed} \
             AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[])) \
           ORDER BY t.ctid LIMIT {limit}{lock}",
         binds = bind_exprs(&d),
@@ -139,6 +140,8 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     let mut ctid_w = Vec::new();
     let mut new_w = Vec::new();
     let mut mask_w: Vec<Option<String>> = Vec::new();
+    let mut index_w: Vec<Option<Vec<u8>>> = Vec::new();
+    let index_key = d.blind.as_ref().map(|b| b.current(binding_id)).transpose().or_raise();
     for (k, &i) in ok.iter().enumerate() {
         match &check[k] {
             Ok(p) if p.as_slice() == bytes[k] => {
@@ -147,12 +150,13 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
                 mask_w.push(
                     d.mask.as_ref().map(|(_, pre, suf)| mask::mask(&String::from_utf8_lossy(bytes[k]), *pre, *suf)),
                 );
+                index_w.push(index_key.as_ref().map(|key| key.index(bytes[k]).to_vec()));
             }
             _ => failures.push((i, "the new ciphertext did not decrypt to the original; nothing was written".into())),
         }
     }
     if !ctid_w.is_empty() {
-        write_values(&root, (leaf, &leaf_name), &d, binding_id, &ctid_w, new_w, Some(mask_w));
+        write_values(&root, (leaf, &leaf_name), &d, binding_id, &ctid_w, new_w, Some(mask_w), index_w);
     }
     for (i, reason) in &failures {
         let kind = sources[*i].kind();
@@ -173,8 +177,9 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
 /// Writes `values` (and masks) of designation `binding_id` into the rows `ctids` of leaf table
 /// `leaf`, as the table's owner. The values are final (verified ciphertexts, or the plaintext
 /// of `unprotect_column … decrypt_existing`): they are announced to the protection trigger,
-/// which lets exactly these values through in exactly these rows
-/// ([`crate::postgres::scope::Writes`]) and protects everything else the statement — or a
+/// with their blind indexes (`indexes`, in order; missing entries are NULL), and the trigger
+/// lets exactly these values through in exactly these rows, writing the announced index
+/// ([`crate::postgres::scope::Writes`]), and protects everything else the statement — or a
 /// trigger of the table — writes.
 #[allow(clippy::too_many_arguments)] // one write: where, what, and the values
 pub(crate) fn write_values(
@@ -185,12 +190,15 @@ pub(crate) fn write_values(
     ctids: &[String],
     values: Vec<String>,
     masks: Option<Vec<Option<String>>>,
+    indexes: Vec<Option<Vec<u8>>>,
 ) {
     let (leaf_oid, leaf_name) = leaf;
     let mut announced = std::collections::HashMap::with_capacity(ctids.len());
+    let mut indexes = indexes.into_iter();
     for (c, v) in ctids.iter().zip(&values) {
         let tid = crate::postgres::scope::parse_tid(c).unwrap_or_else(|| bad_cursor());
-        announced.insert(tid, zeroize::Zeroizing::new(v.clone()));
+        let index = indexes.next().flatten();
+        announced.insert(tid, Announced { value: zeroize::Zeroizing::new(v.clone()), index });
     }
     let writes = Writes { relid: leaf_oid, binding_id: binding_id.to_owned(), values: announced };
     let set_value = if d.path.is_empty() {
@@ -273,7 +281,7 @@ pub(crate) fn decrypt_in_place(t: &Table, binding_id: &str) -> i64 {
             }
             let ctids: Vec<String> = picked.iter().map(|p| p.ctid.clone()).collect();
             done += ctids.len() as i64;
-            write_values(t, (leaf, &leaf_name), &d, binding_id, &ctids, plain, None);
+            write_values(t, (leaf, &leaf_name), &d, binding_id, &ctids, plain, None, Vec::new());
         }
     }
     done

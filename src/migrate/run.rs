@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::spi::quote_identifier as qi;
 use pgrx::PgSqlErrorCode::*;
 
-use super::sources::{bindings_of, designation, target_version, value_expr, Designation};
+use super::sources::{bindings_of, designation, needed_sql, target_version, value_expr, Designation};
 use super::spi_fail;
 use crate::errors::{fail, OrRaise as _};
 use crate::postgres::guard::as_catalog_owner;
@@ -27,9 +27,10 @@ pub(crate) fn count_needed(
     skip: &[String],
 ) -> i64 {
     let v = value_expr(d);
+    let needed = needed_sql(d, &v);
     let sql = format!(
         "SELECT pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL \
-            AND credcrypt._reencrypt_needed({v}, $1, $2) AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[]))"
+            AND {needed} AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[]))"
     );
     maintain(t.oid, || spi::one::<i64>(&sql, &[target.into(), version.into(), skip.to_vec().into()]))
         .unwrap_or_else(|e| spi_fail(e))
@@ -75,6 +76,14 @@ pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry
             )
         })
         .unwrap_or_else(|e| spi_fail(e));
+        // A blind index follows the column to the new key's root (the local key, or the Transit
+        // key): a new index key version, which this run computes for every row.
+        for binding in &bindings {
+            let has_index = crate::protect::blind::of_designation(binding).or_raise().is_some();
+            if has_index && !crate::protect::blind::rooted_in(binding, &target).or_raise() {
+                crate::protect::blind::new_version(binding, &target);
+            }
+        }
     }
     // Count the work (all leaf tables, all designations of the column).
     let mut total = 0i64;
@@ -239,6 +248,12 @@ pub(crate) fn close(run_id: i64) -> Closed {
     .unwrap_or_else(|e| spi_fail(e))
     .unwrap_or(0);
     let complete = remaining == 0;
+    if complete && !run.dry_run {
+        // Every row's blind index is of the current key version: the previous ones can go.
+        for binding in bindings_of(root.oid, Some(&column)) {
+            crate::protect::blind::retire_previous(&binding);
+        }
+    }
     let place = format!("{}.{}", root.sql_name, qi(&column));
     let target = if run.target == "local" || run.target.starts_with("envelope:") {
         run.target.clone()

@@ -61,6 +61,8 @@ pub(crate) struct Designation {
     pub(crate) binds: Vec<String>,
     pub(crate) mask: Option<(String, usize, usize)>,
     pub(crate) key: String,
+    /// The blind index, if the designation has one.
+    pub(crate) blind: Option<crate::protect::blind::BlindIndex>,
 }
 
 pub(crate) fn designation(binding_id: &str) -> Designation {
@@ -85,15 +87,32 @@ pub(crate) fn designation(binding_id: &str) -> Designation {
                 binds: r.get::<Vec<String>>(4)?.unwrap_or_default(),
                 mask,
                 key: r.get::<String>(8)?.unwrap_or_default(),
+                blind: None,
             })
         },
     )
     .unwrap_or_else(|e| spi_fail(e))
     .into_iter()
     .next()
+    .map(|d| Designation { blind: crate::protect::blind::of_designation(binding_id).or_raise(), ..d })
     .unwrap_or_else(|| {
         crate::errors::undefined("the designation was removed during the migration", "Run the migration again.")
     })
+}
+
+/// SQL: whether the value `v` of designation `d` in row alias `t` needs work — it is not on the
+/// target (`$1` target key, `$2` version), or its blind index is missing or not of the current
+/// index key version.
+pub(crate) fn needed_sql(d: &Designation, v: &str) -> String {
+    let value = format!("credcrypt._reencrypt_needed({v}, $1, $2)");
+    let current = d.blind.as_ref().and_then(|b| b.versions.iter().find(|x| x.current).map(|x| (b, x.version)));
+    match current {
+        Some((b, version)) => {
+            let prefix = format!("'\\x{version:04x}'");
+            format!("({value} OR {})", crate::protect::blind::stale_filter(&b.column, &prefix))
+        }
+        None => value,
+    }
 }
 
 /// The binding ids of a table's designations (of one column, or all), in catalog order.

@@ -74,8 +74,18 @@ pub(crate) struct Writes {
     pub relid: pg_sys::Oid,
     /// The designation whose values are written.
     pub binding_id: String,
-    /// Value by tuple id (block, offset) of the row before the update.
-    pub values: HashMap<(u32, u16), Zeroizing<String>>,
+    /// Value (and its blind index, for a designation with one) by tuple id (block, offset) of
+    /// the row before the update.
+    pub values: HashMap<(u32, u16), Announced>,
+}
+
+/// One value the extension writes itself, and the blind index that goes with it.
+#[derive(Clone)]
+pub(crate) struct Announced {
+    /// The value to store (a verified ciphertext, or a plaintext being decrypted back).
+    pub value: Zeroizing<String>,
+    /// Its blind index (None: NULL).
+    pub index: Option<Vec<u8>>,
 }
 
 /// Runs `f` (the extension's write statement) with `writes` announced to the protection trigger.
@@ -93,7 +103,7 @@ pub(crate) fn with_writes<R>(writes: Writes, f: impl FnOnce() -> R) -> R {
 
 /// The value the extension's current statement writes itself into the row at `tid` of `relid`
 /// for designation `binding_id`, if it does.
-pub(crate) fn own_write(relid: pg_sys::Oid, binding_id: &str, tid: (u32, u16)) -> Option<Zeroizing<String>> {
+pub(crate) fn own_write(relid: pg_sys::Oid, binding_id: &str, tid: (u32, u16)) -> Option<Announced> {
     WRITES.with(|w| {
         let w = w.borrow();
         let w = w.as_ref()?;

@@ -39,6 +39,8 @@ pub(crate) struct Designation {
     pub mask: Option<(i16, usize, usize)>,
     /// The designation's binding id.
     pub binding_id: String,
+    /// Attribute number of the blind index column, and the index keys.
+    pub blind: Option<(i16, super::blind::BlindIndex)>,
 }
 
 /// The class of a bind column's type whose text form a context is built from: integer types
@@ -140,6 +142,7 @@ struct Row {
     binding_id: String,
     root: u32,
     bind_types: Option<Vec<String>>,
+    blind_index_column: Option<String>,
 }
 
 fn missing_column(name: &str) -> Error {
@@ -159,7 +162,7 @@ fn bind_type_changed(name: &str) -> Error {
 fn wrong_type(name: &str) -> Error {
     Error::new(
         ErrorKind::CatalogMismatch,
-        format!("column \"{name}\" no longer has the type protect_column accepted (text, varchar or jsonb; text for a mask)"),
+        format!("column \"{name}\" no longer has the type protect_column accepted (text, varchar or jsonb; text for a mask; bytea for a blind index)"),
     )
 }
 
@@ -190,27 +193,24 @@ unsafe fn find_attr_mod(tupdesc: pg_sys::TupleDesc, name: &str) -> Option<(i16, 
 /// Reads the catalog rows of `relid` (or of the partitioned table it belongs to), with the
 /// latest snapshot.
 unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableConfig, Error> {
-    // The SQL of 0.1.0 (before ALTER EXTENSION … UPDATE) records no bind types.
+    // The SQL of 0.1.0 (before ALTER EXTENSION … UPDATE) records no bind types, and that of
+    // 0.1.0 and 0.2.0 no blind index column.
     let recorded_types = crate::postgres::catalog::has_column(c"protected_columns", c"bind_types");
-    let query: &std::ffi::CStr = if recorded_types {
-        c"SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
-                 p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
-                 p.bind_types \
-            FROM credcrypt.protected_columns p \
-           WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-              OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
-                 ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
-           ORDER BY p.column_name, p.json_path"
-    } else {
-        c"SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
-                 p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
-                 NULL::pg_catalog.text[] \
-            FROM credcrypt.protected_columns p \
-           WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
-              OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
-                 ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
-           ORDER BY p.column_name, p.json_path"
-    };
+    let blind = super::blind::available();
+    let query = std::ffi::CString::new(format!(
+        "SELECT p.column_name::pg_catalog.text, p.json_path, p.key_name, p.bind_columns::pg_catalog.text[], \
+                p.mask_column::pg_catalog.text, p.mask_prefix, p.mask_suffix, p.binding_id, p.relid::pg_catalog.oid, \
+                {types}, {index} \
+           FROM credcrypt.protected_columns p \
+          WHERE p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+             OR p.relid::pg_catalog.oid OPERATOR(pg_catalog.=) \
+                ANY (SELECT a.relid::pg_catalog.oid FROM pg_catalog.pg_partition_ancestors($1) a) \
+          ORDER BY p.column_name, p.json_path",
+        types = if recorded_types { "p.bind_types" } else { "NULL::pg_catalog.text[]" },
+        index = if blind { "p.blind_index_column::pg_catalog.text" } else { "NULL::pg_catalog.text" },
+    ))
+    .map_err(|_| Error::internal("catalog query"))?;
+    let query = query.as_c_str();
     let rows: Vec<Row> =
         crate::postgres::spi::rows_latest(query, &[(pg_sys::OIDOID, Some(pg_sys::Datum::from(relid)))], |r| Row {
             column: r.get::<String>(1).unwrap_or_default(),
@@ -223,11 +223,24 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             binding_id: r.get::<String>(8).unwrap_or_default(),
             root: r.get::<pg_sys::Oid>(9).map_or(0, |o| o.to_u32()),
             bind_types: r.get::<Vec<String>>(10),
+            blind_index_column: r.get::<String>(11),
         })
         .map_err(|_| Error::new(ErrorKind::CatalogMismatch, "credcrypt.protected_columns could not be read"))?;
 
     let mut cfg = TableConfig::default();
-    for Row { column, json_path, key, bind_columns, mask_column, prefix, suffix, binding_id, root, bind_types } in rows
+    for Row {
+        column,
+        json_path,
+        key,
+        bind_columns,
+        mask_column,
+        prefix,
+        suffix,
+        binding_id,
+        root,
+        bind_types,
+        blind_index_column,
+    } in rows
     {
         cfg.root = root;
         // SAFETY: valid descriptor (caller).
@@ -269,6 +282,19 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             }
             None => None,
         };
+        let blind = match blind_index_column {
+            Some(b) => {
+                // SAFETY: valid descriptor (caller).
+                let (n, btyp) = unsafe { find_attr(tupdesc, &b) }.ok_or_else(|| missing_column(&b))?;
+                // SAFETY: catalog lookup of an existing type.
+                if unsafe { pg_sys::getBaseType(btyp) } != pg_sys::BYTEAOID {
+                    return Err(wrong_type(&b));
+                }
+                let versions = super::blind::versions(&binding_id)?;
+                Some((n, super::blind::BlindIndex { column: b, versions }))
+            }
+            None => None,
+        };
         cfg.designations.push(Designation {
             attnum,
             column,
@@ -277,6 +303,7 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             binds,
             mask,
             binding_id,
+            blind,
         });
     }
     Ok(cfg)

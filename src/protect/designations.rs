@@ -99,6 +99,7 @@ pub(crate) fn protect(
     mask_suffix: i32,
     json_path: Option<Vec<Option<String>>>,
     existing_values: &str,
+    blind_index_column: Option<&str>,
 ) -> Protected {
     crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
@@ -239,10 +240,12 @@ pub(crate) fn protect(
     // column be a bind column of another designation.
     let clash = get::<String>(
         "SELECT pg_catalog.format('%s \"%s\"', CASE WHEN column_name OPERATOR(pg_catalog.=) ANY ($2) THEN 'protected column' \
-                                  ELSE 'mask column' END, \
-                                  CASE WHEN column_name OPERATOR(pg_catalog.=) ANY ($2) THEN column_name ELSE mask_column END) \
+                                  WHEN mask_column OPERATOR(pg_catalog.=) ANY ($2) THEN 'mask column' ELSE 'blind index column' END, \
+                                  CASE WHEN column_name OPERATOR(pg_catalog.=) ANY ($2) THEN column_name \
+                                       WHEN mask_column OPERATOR(pg_catalog.=) ANY ($2) THEN mask_column ELSE blind_index_column END) \
            FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
-            AND (column_name OPERATOR(pg_catalog.=) ANY ($2) OR mask_column OPERATOR(pg_catalog.=) ANY ($2)) \
+            AND (column_name OPERATOR(pg_catalog.=) ANY ($2) OR mask_column OPERATOR(pg_catalog.=) ANY ($2) \
+                 OR blind_index_column OPERATOR(pg_catalog.=) ANY ($2)) \
          UNION ALL \
          SELECT pg_catalog.format('bind column of protected column \"%s\"', column_name) \
            FROM credcrypt.protected_columns WHERE relid OPERATOR(pg_catalog.=) $1 \
@@ -256,6 +259,17 @@ pub(crate) fn protect(
             format!("a bind column cannot be protected or masked, and a protected or mask column cannot be bound to: {clash} is in the way"),
             "Bind every protected column of the table to its key columns (e.g. ARRAY['id']), which are neither protected nor masks.",
         );
+    }
+    if let Some(ix) = blind_index_column {
+        if !super::blind::available() {
+            fail(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "blind indexes need the extension's current SQL",
+                None,
+                "Run ALTER EXTENSION pg_credcrypt UPDATE.",
+            );
+        }
+        super::blind::prepare_column(&t, col, ix, &binds, mask_column);
     }
     if !migrate && has_values(&t, col, &path, false) {
         fail(
@@ -288,8 +302,17 @@ pub(crate) fn protect(
                 binding_id.as_str().into(),
                 caller.as_str().into(),
             ],
-        )
+        );
+        if let Some(ix) = blind_index_column {
+            run(
+                "UPDATE credcrypt.protected_columns SET blind_index_column = $2 WHERE binding_id OPERATOR(pg_catalog.=) $1",
+                &[binding_id.as_str().into(), ix.into()],
+            );
+        }
     });
+    if blind_index_column.is_some() {
+        super::blind::new_version(&binding_id, &key);
+    }
     let has_trigger = get::<bool>(
         "SELECT true FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 \
             AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name AND NOT tgisinternal",

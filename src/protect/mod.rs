@@ -3,6 +3,7 @@
 //! catalog table, its upkeep triggers and the event triggers are in sql/protect.sql; the SQL
 //! entry points in [`crate::api::protect`].
 
+pub mod blind;
 pub mod catalog;
 pub mod designations;
 pub mod rewrites;

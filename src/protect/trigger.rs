@@ -47,12 +47,20 @@ use crate::providers::{decrypt_many, encrypt_many};
 const RECENT: usize = 32;
 
 /// A ciphertext this backend produced: a keyed hash of it, the context it is bound to, its
-/// mask, and the statement (command id) that produced it.
+/// mask and blind index, and the statement (command id) that produced it.
 struct Recent {
     fingerprint: u64,
     context: String,
-    mask: Option<String>,
+    derived: Derived,
     command: pg_sys::CommandId,
+}
+
+/// What the trigger derives from a plaintext besides its ciphertext: the mask and the blind
+/// index (each None when the designation has none, or the value is NULL).
+#[derive(Clone, Default)]
+struct Derived {
+    mask: Option<String>,
+    index: Option<[u8; credcrypt_core::blind::INDEX_LEN]>,
 }
 
 thread_local! {
@@ -129,19 +137,20 @@ pub fn init() {
     crate::postgres::xact::at_transaction_end(forget_produced);
 }
 
-fn remember(command: pg_sys::CommandId, ciphertext: &str, context: &str, mask: Option<&str>) {
+fn remember(command: pg_sys::CommandId, ciphertext: &str, context: &str, derived: &Derived) {
     let fingerprint = fingerprint(ciphertext);
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == RECENT {
             r.pop_front();
         }
-        r.push_back(Recent { fingerprint, context: context.to_owned(), mask: mask.map(str::to_owned), command });
+        r.push_back(Recent { fingerprint, context: context.to_owned(), derived: derived.clone(), command });
     });
 }
 
-/// The context and mask of a value this backend produced in the current statement, if it did.
-fn recently_produced(ciphertext: &str) -> Option<(String, Option<String>)> {
+/// The context, mask and index of a value this backend produced in the current statement, if
+/// it did.
+fn recently_produced(ciphertext: &str) -> Option<(String, Derived)> {
     let fingerprint = fingerprint(ciphertext);
     let command = statement();
     RECENTLY_PRODUCED.with(|r| {
@@ -149,7 +158,7 @@ fn recently_produced(ciphertext: &str) -> Option<(String, Option<String>)> {
             .iter()
             .rev()
             .find(|e| e.fingerprint == fingerprint && e.command == command)
-            .map(|e| (e.context.clone(), e.mask.clone()))
+            .map(|e| (e.context.clone(), e.derived.clone()))
     })
 }
 
@@ -253,11 +262,20 @@ fn produce(d: &Designation, plain: &[u8], context: &str, origin: Origin) -> Resu
         let mut v = encrypt_many(&[plain], &key_for(d, statement), &[Some(context)])?;
         v.pop().ok_or_else(|| Error::malformed("empty answer")).map(|ct| (ct, statement))
     })?;
-    let m = mask_of(d, plain);
+    let derived = derive(d, plain)?;
     if origin == Origin::Plaintext {
-        remember(statement, &ct, context, m.as_deref());
+        remember(statement, &ct, context, &derived);
     }
-    Ok(Outcome::Store { value: Some(ct), mask: m })
+    Ok(Outcome::Store { value: Some(ct), derived })
+}
+
+/// The mask and blind index of a plaintext of `d`.
+fn derive(d: &Designation, plain: &[u8]) -> Result<Derived, Error> {
+    let index = match &d.blind {
+        Some((_, bi)) => Some(bi.index(&d.binding_id, plain)?),
+        None => None,
+    };
+    Ok(Derived { mask: mask_of(d, plain), index })
 }
 
 fn decrypt(ciphertext: &str, context: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
@@ -275,12 +293,13 @@ fn mask_of(d: &Designation, plain: &[u8]) -> Option<String> {
 
 /// What to store for one protected value.
 enum Outcome {
-    /// Keep the value; the mask column keeps its old value (UPDATE) or is left alone.
+    /// Keep the value; the mask and index columns keep their old values (UPDATE) or are left
+    /// alone.
     KeepWithOldMask,
-    /// Store this value (None = NULL) and this mask.
-    Store { value: Option<String>, mask: Option<String> },
-    /// Keep the value, set the mask.
-    KeepWithMask(Option<String>),
+    /// Store this value (None = NULL), and this mask and index.
+    Store { value: Option<String>, derived: Derived },
+    /// Keep the value, set the mask and index.
+    KeepWithMask(Derived),
 }
 
 /// Whether a parsed ciphertext is under the designation's key (any version of it). A Transit
@@ -310,7 +329,7 @@ fn protect_value(
     context: &str,
 ) -> Result<Outcome, Error> {
     let Some(v) = new else {
-        return Ok(Outcome::Store { value: None, mask: None });
+        return Ok(Outcome::Store { value: None, derived: Derived::default() });
     };
     if let Some((Some(old_v), old_context)) = old {
         if old_v == v {
@@ -325,9 +344,9 @@ fn protect_value(
     if v.starts_with("cc1:") {
         let parsed = Ciphertext::parse(v)?;
         // A value this backend produced in this statement (the INSERT half of an upsert).
-        if let Some((produced_for, m)) = recently_produced(v) {
+        if let Some((produced_for, derived)) = recently_produced(v) {
             if produced_for == context {
-                return Ok(Outcome::KeepWithMask(m));
+                return Ok(Outcome::KeepWithMask(derived));
             }
             return rebind(d, v, &produced_for, context);
         }
@@ -347,7 +366,7 @@ fn protect_value(
             ),
             _ => e,
         })?;
-        return Ok(Outcome::KeepWithMask(mask_of(d, &plain)));
+        return Ok(Outcome::KeepWithMask(derive(d, &plain)?));
     }
     produce(d, v.as_bytes(), context, Origin::Plaintext)
 }
@@ -457,16 +476,34 @@ fn text_datum(s: Option<String>) -> Option<pg_sys::Datum> {
     s.and_then(IntoDatum::into_datum)
 }
 
-fn apply_mask(repl: &mut Replacements, d: &Designation, old: Option<Row>, outcome: &Outcome) {
-    let Some((mask_att, _, _)) = d.mask else { return };
+fn bytea_datum(b: Option<&[u8]>) -> Option<pg_sys::Datum> {
+    b.and_then(IntoDatum::into_datum)
+}
+
+/// Sets the mask and blind index columns of `d` from `outcome`: the trigger owns them, so a
+/// statement can forge neither (an UPDATE that keeps the value keeps the old row's).
+fn apply_derived(repl: &mut Replacements, d: &Designation, old: Option<Row>, outcome: &Outcome) {
+    let mask_att = d.mask.map(|(a, _, _)| a);
+    let index_att = d.blind.as_ref().map(|(a, _)| *a);
     match outcome {
         Outcome::KeepWithOldMask => {
             if let Some(old) = old {
-                let m = old.text(mask_att).map(str::to_owned);
-                set(repl, mask_att, text_datum(m));
+                if let Some(a) = mask_att {
+                    set(repl, a, text_datum(old.text(a).map(str::to_owned)));
+                }
+                if let Some(a) = index_att {
+                    set(repl, a, old.datum(a));
+                }
             }
         }
-        Outcome::Store { mask, .. } | Outcome::KeepWithMask(mask) => set(repl, mask_att, text_datum(mask.clone())),
+        Outcome::Store { derived, .. } | Outcome::KeepWithMask(derived) => {
+            if let Some(a) = mask_att {
+                set(repl, a, text_datum(derived.mask.clone()));
+            }
+            if let Some(a) = index_att {
+                set(repl, a, bytea_datum(derived.index.as_ref().map(|i| i.as_slice())));
+            }
+        }
     }
 }
 
@@ -632,14 +669,19 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
             } else {
                 json_str(new.jsonb(d.attnum), &d.json_path).map_err(|e| located(e, d, &table))?
             };
-            if now == Some(expected.as_str()) && context == old_context() {
+            if now == Some(expected.value.as_str()) && context == old_context() {
+                // Its blind index, computed with the value, is written here: a statement
+                // cannot forge it.
+                if let Some((a, _)) = &d.blind {
+                    set(&mut repl, *a, bytea_datum(expected.index.as_deref()));
+                }
                 continue;
             }
         }
         if d.json_path.is_empty() {
             let old_arg = old.as_ref().map(|o| (o.text(d.attnum), &old_context as &dyn Fn() -> String));
             let outcome = protect_value(d, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;
-            apply_mask(&mut repl, d, old, &outcome);
+            apply_derived(&mut repl, d, old, &outcome);
             if let Outcome::Store { value, .. } = outcome {
                 set(&mut repl, d.attnum, text_datum(value));
             }
@@ -655,7 +697,7 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         let new_v = json_str(entry.1, &d.json_path).map_err(|e| located(e, d, &table))?;
         let old_arg = old.map(|_| (old_v, &old_context as &dyn Fn() -> String));
         let outcome = protect_value(d, new_v, old_arg, &context).map_err(|e| located(e, d, &table))?;
-        apply_mask(&mut repl, d, old, &outcome);
+        apply_derived(&mut repl, d, old, &outcome);
         if let Outcome::Store { value: Some(ct), .. } = outcome {
             if let Some(current) = entry.2 {
                 entry.2 = Some(json_set(current, &d.json_path, ct)?);

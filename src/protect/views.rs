@@ -21,9 +21,23 @@ fn view_columns(t: &Table) -> Vec<String> {
     .unwrap_or_else(|e| spi_fail(e))
 }
 
-/// The select list of a view over `t`: every column in order, each protected column given to
-/// `protected` with its designations (None leaves it out).
-fn view_select_list(t: &Table, protected: impl Fn(&str, &[&Desig]) -> Option<String>) -> Vec<String> {
+/// The blind index columns of `t`'s designations.
+fn index_columns(t: &Table) -> Vec<String> {
+    if !super::blind::available() {
+        return Vec::new();
+    }
+    spi::rows(
+        "SELECT blind_index_column::pg_catalog.text FROM credcrypt.protected_columns \
+          WHERE relid OPERATOR(pg_catalog.=) $1 AND blind_index_column IS NOT NULL",
+        &[t.oid.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+}
+
+/// The select list of a view over `t`: every column in order but those in `skip`, each
+/// protected column given to `protected` with its designations (None leaves it out).
+fn view_select_list(t: &Table, skip: &[String], protected: impl Fn(&str, &[&Desig]) -> Option<String>) -> Vec<String> {
     let ds = designations(t, None);
     if ds.is_empty() {
         crate::errors::undefined(
@@ -33,6 +47,7 @@ fn view_select_list(t: &Table, protected: impl Fn(&str, &[&Desig]) -> Option<Str
     }
     view_columns(t)
         .iter()
+        .filter(|c| !skip.contains(c))
         .filter_map(|c| {
             let mine: Vec<&Desig> = ds.iter().filter(|d| &d.column == c).collect();
             if mine.is_empty() {
@@ -70,7 +85,7 @@ fn create_view(t: &Table, view_name: &str, options: &str, select_list: &[String]
 pub(crate) fn decrypted_view(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
     crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
-    let list = view_select_list(&t, |c, mine| Some(format!("{} AS {}", decrypted_expr("t", c, mine), qi(c))));
+    let list = view_select_list(&t, &[], |c, mine| Some(format!("{} AS {}", decrypted_expr("t", c, mine), qi(c))));
     let v = create_view(&t, view_name, "security_invoker = true, security_barrier = true", &list);
     run(&format!("GRANT SELECT ON {v} TO credcrypt_decryptor"), &[]);
     run(
@@ -96,7 +111,9 @@ fn view_oid(qualified: &str) -> pg_sys::Oid {
 pub(crate) fn masked_view(tbl: pg_sys::Oid, view_name: &str) -> pg_sys::Oid {
     crate::postgres::catalog::require_current_sql();
     let t = table(tbl);
-    let list = view_select_list(&t, |c, mine| {
+    // Blind indexes are left out too: they would tell a reporting role which rows hold the
+    // same secret.
+    let list = view_select_list(&t, &index_columns(&t), |c, mine| {
         if mine.iter().any(|d| d.path.is_empty()) {
             return None; // a whole protected column: left out
         }

@@ -9,6 +9,7 @@
 //! directly. The local fallback applies to outages only (OpenBao unreachable or sealed), and
 //! never to migrations.
 
+pub mod blind;
 pub mod envelope;
 pub mod local;
 pub mod transit;

@@ -197,6 +197,11 @@ pub(crate) fn safe_to_retire(key_name: &str, version: i32) -> bool {
     if !safe {
         pgrx::notice!("pg_credcrypt: {blocked_keys} envelope data key(s) of {name} are wrapped with version {version} or older: SELECT credcrypt.rotate_key('envelope:{name}') rewraps them");
     }
+    let blocked_roots = crate::protect::blind::roots_wrapped_up_to(name, version);
+    if blocked_roots > 0 {
+        safe = false;
+        pgrx::notice!("pg_credcrypt: {blocked_roots} blind-index key(s) are wrapped by {name} version {version} or older: SELECT credcrypt.rotate_key('transit:{name}') rewraps them");
+    }
     for (relid, binding, column, _) in designations_to_report(None) {
         let d = designation(&binding);
         let usage = usage_of(relid, &binding, &dek);

@@ -10,6 +10,7 @@
 //! - key and plaintext buffers owned here are zeroized on drop ([`zeroize::Zeroizing`]);
 //! - parsing is strict: exactly one textual form is accepted for every ciphertext.
 
+pub mod blind;
 pub mod column;
 pub mod error;
 pub mod format;
@@ -24,7 +25,7 @@ pub mod wire;
 
 pub use error::{Decrypted, Error, ErrorKind};
 pub use format::{Ciphertext, Provider, FORMAT_VERSION};
-pub use keyref::KeyRef;
+pub use keyref::{KeyRef, KeyTemplate};
 pub use local::{KeyId, Keyring, LocalKey};
 
 /// Largest plaintext (in bytes) the local provider accepts: 16 MiB.

@@ -9,6 +9,7 @@ use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::blind::IndexRoot;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Ciphertext, Provider, NONCE_LEN, TAG_LEN};
 use crate::{nonce, MAX_CONTEXT_LEN, MAX_PLAINTEXT_LEN};
@@ -77,11 +78,13 @@ impl std::fmt::Display for KeyId {
     }
 }
 
-/// One local AES-256-GCM key. The key schedule is zeroized on drop (aes `zeroize` feature).
+/// One local AES-256-GCM key. The key schedule is zeroized on drop (aes `zeroize` feature),
+/// and so is the blind-index root derived from it.
 #[derive(Clone)]
 pub struct LocalKey {
     id: KeyId,
     cipher: Aes256Gcm,
+    index_root: IndexRoot,
 }
 
 impl std::fmt::Debug for LocalKey {
@@ -112,7 +115,12 @@ fn check_sizes(plaintext_len: usize, context: Option<&[u8]>) -> Result<()> {
 impl LocalKey {
     /// Builds a key from its 32 bytes.
     pub fn new(key: &[u8; 32]) -> Self {
-        Self { id: KeyId::of(key), cipher: Aes256Gcm::new(key.into()) }
+        Self { id: KeyId::of(key), cipher: Aes256Gcm::new(key.into()), index_root: IndexRoot::new(key) }
+    }
+
+    /// The root of the blind-index keys of `local` designations made while this key was current.
+    pub fn index_root(&self) -> &IndexRoot {
+        &self.index_root
     }
 
     /// The key's fingerprint.

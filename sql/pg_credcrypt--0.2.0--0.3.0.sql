@@ -1,0 +1,433 @@
+-- pg_credcrypt 0.2.0 -> 0.3.0. Hand-written; pgrx-tests/tests/upgrade.rs runs it on a live
+-- installation of every earlier release and checks that the result equals a fresh install.
+\echo Use "ALTER EXTENSION pg_credcrypt UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------------------
+-- Blind indexes (sql/blind.sql, sql/protect.sql): the designation's index column, the index
+-- keys, protect_column(…, blind_index_column), the lookups and their administration. Every
+-- symbol the 0.2.0 script names still exists in the 0.3.0 library.
+ALTER TABLE credcrypt.protected_columns ADD COLUMN blind_index_column name, ADD COLUMN blind_index_attnum smallint;
+
+CREATE FUNCTION credcrypt."_protect_designation"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"key_name" TEXT, /* Option < & str > */
+	"bind_columns" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"mask_column" TEXT, /* Option < & str > */
+	"mask_prefix" INT, /* i32 */
+	"mask_suffix" INT, /* i32 */
+	"json_path" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"existing_values" TEXT, /* & str */
+	"blind_index_column" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"binding_id" TEXT,  /* String */
+	"key_name" TEXT,  /* String */
+	"trigger_created" bool  /* bool */
+)
+VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'protect_column_v3_wrapper';
+
+CREATE FUNCTION credcrypt."_blind_index"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"json_path_arg" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"value" TEXT /* Option < & str > */
+) RETURNS bytea /* :: std :: option :: Option < Vec < u8 > > */
+STABLE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'blind_index_wrapper';
+
+CREATE FUNCTION credcrypt."_blind_indexes"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"json_path_arg" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"plaintexts" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS bytea[] /* :: std :: option :: Option < Vec < Vec < u8 > > > */
+STABLE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'blind_indexes_wrapper';
+
+CREATE FUNCTION credcrypt."_add_blind_index"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"json_path_arg" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"blind_index_column" TEXT /* & str */
+) RETURNS TABLE (
+	"binding_id" TEXT,  /* String */
+	"version" INT,  /* i32 */
+	"rows_to_index" bigint  /* i64 */
+)
+VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_blind_index_wrapper';
+
+CREATE FUNCTION credcrypt."_rotate_blind_index"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"json_path_arg" TEXT[] /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS TABLE (
+	"binding_id" TEXT,  /* String */
+	"version" INT,  /* i32 */
+	"rows_to_index" bigint  /* i64 */
+)
+VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rotate_blind_index_wrapper';
+
+CREATE OR REPLACE FUNCTION credcrypt._protected_columns_resolve() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.bind_types IS NULL THEN
+        NEW.bind_types := ARRAY(SELECT credcrypt._type_class(a.atttypid, a.atttypmod)
+                                  FROM unnest(NEW.bind_columns) WITH ORDINALITY AS b(name, i)
+                                  JOIN pg_attribute a ON a.attrelid = NEW.relid AND a.attname = b.name AND NOT a.attisdropped
+                                 ORDER BY b.i);
+    END IF;
+    NEW.column_attnum := (SELECT attnum FROM pg_attribute
+                           WHERE attrelid = NEW.relid AND attname = NEW.column_name AND NOT attisdropped);
+    NEW.bind_attnums := ARRAY(SELECT a.attnum FROM unnest(NEW.bind_columns) WITH ORDINALITY AS b(name, i)
+                                JOIN pg_attribute a ON a.attrelid = NEW.relid AND a.attname = b.name AND NOT a.attisdropped
+                               ORDER BY b.i);
+    NEW.mask_attnum := (SELECT attnum FROM pg_attribute
+                         WHERE attrelid = NEW.relid AND attname = NEW.mask_column AND NOT attisdropped);
+    NEW.blind_index_attnum := (SELECT attnum FROM pg_attribute
+                                WHERE attrelid = NEW.relid AND attname = NEW.blind_index_column AND NOT attisdropped);
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credcrypt._protection_problems(tbl regclass)
+RETURNS TABLE (kind text, object text, finding text, fix text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH tree AS (SELECT tbl::oid AS rel UNION SELECT relid::oid FROM pg_partition_tree(tbl))
+    SELECT CASE WHEN EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = r.rel
+                               AND (g.tgname = 'zz_credcrypt_protect' OR g.tgfoid = 'credcrypt.protect_trigger()'::regprocedure))
+                THEN 'altered' ELSE 'missing' END,
+           format('table %s', r.rel::regclass),
+           'the protection trigger zz_credcrypt_protect is missing, disabled or altered: plaintext can be stored',
+           format('Protect the columns again (credcrypt.unprotect_column, then credcrypt.protect_column), or ALTER TABLE %s ENABLE TRIGGER zz_credcrypt_protect.', r.rel::regclass)
+      FROM tree r
+     WHERE NOT EXISTS (
+             SELECT FROM pg_trigger g
+              WHERE g.tgrelid = r.rel AND g.tgname = 'zz_credcrypt_protect'
+                AND g.tgfoid = 'credcrypt.protect_trigger()'::regprocedure
+                AND g.tgtype = 23 AND g.tgqual IS NULL AND cardinality(g.tgattr::int2[]) = 0
+                AND g.tgenabled IN ('O', 'A'))
+    UNION ALL
+    SELECT 'later_trigger', format('trigger %I on %s', g.tgname, r.rel::regclass),
+           'a BEFORE ROW trigger fires after zz_credcrypt_protect (triggers fire in name order): it could store plaintext',
+           format('ALTER TRIGGER %I ON %s RENAME TO <a name that sorts before zz_credcrypt_protect>;', g.tgname, r.rel::regclass)
+      FROM tree r JOIN pg_trigger g ON g.tgrelid = r.rel
+     WHERE g.tgname > 'zz_credcrypt_protect' AND NOT g.tgisinternal AND g.tgenabled <> 'D'
+       AND (g.tgtype & 3) = 3 AND (g.tgtype & 20) <> 0
+    UNION ALL
+    SELECT 'rule', format('rule %I on %s', w.rulename, r.rel::regclass),
+           'a rule on a table with protected columns can copy the plaintext of new rows elsewhere',
+           format('DROP RULE %I ON %s;', w.rulename, r.rel::regclass)
+      FROM tree r JOIN pg_rewrite w ON w.ev_class = r.rel
+     WHERE w.ev_type <> '1'
+    UNION ALL
+    SELECT 'inheritance', format('table %s', c.oid::regclass),
+           format('inherits from %s without being a partition: its rows are not encrypted, and show through %s', r.rel::regclass, r.rel::regclass),
+           format('ALTER TABLE %s NO INHERIT %s;  -- or make it a partition', c.oid::regclass, r.rel::regclass)
+      FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE NOT c.relispartition
+    UNION ALL
+    SELECT 'bind_type', format('column %I of %s', b.name, tbl),
+           format('bind column of protected column %I changed type (from %s to %s): every stored value is bound to its old text form',
+                  p.column_name, b.recorded, coalesce(credcrypt._type_class(a.atttypid, a.atttypmod), 'nothing')),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE <its previous type>;', tbl, b.name)
+      FROM credcrypt.protected_columns p
+     CROSS JOIN LATERAL unnest(p.bind_columns, p.bind_types) AS b(name, recorded)
+      LEFT JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = b.name AND NOT a.attisdropped
+     WHERE p.relid = tbl AND credcrypt._type_class(a.atttypid, a.atttypmod) IS DISTINCT FROM b.recorded
+    UNION ALL
+    SELECT 'column_type', format('column %I of %s', p.column_name, tbl),
+           format('protected column changed type to %s: the protection trigger refuses to write it', format_type(a.atttypid, a.atttypmod)),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE %s;', tbl, p.column_name, CASE WHEN p.json_path = '{}' THEN 'text' ELSE 'jsonb' END)
+      FROM credcrypt.protected_columns p
+      JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.column_name AND NOT a.attisdropped
+      JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE p.relid = tbl
+       AND CASE WHEN p.json_path = '{}'
+                THEN (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) NOT IN ('text'::regtype, 'varchar'::regtype)
+                ELSE (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'jsonb'::regtype END
+    UNION ALL
+    SELECT 'column_type', format('column %I of %s', p.blind_index_column, tbl),
+           format('blind index column changed type to %s: the protection trigger refuses to write it', format_type(a.atttypid, a.atttypmod)),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE bytea;', tbl, p.blind_index_column)
+      FROM credcrypt.protected_columns p
+      JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.blind_index_column AND NOT a.attisdropped
+      JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE p.relid = tbl
+       AND (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END) <> 'bytea'::regtype
+    UNION ALL
+    SELECT 'partition_owner', format('table %s', r.rel::regclass),
+           format('is owned by %s, not by %s (the owner of %s): maintenance would run its triggers and policies with the owner''s rights',
+                  c.relowner::regrole, o.relowner::regrole, tbl),
+           format('ALTER TABLE %s OWNER TO %s;', r.rel::regclass, o.relowner::regrole)
+      FROM tree r JOIN pg_class c ON c.oid = r.rel JOIN pg_class o ON o.oid = tbl
+     WHERE c.relowner <> o.relowner
+    UNION ALL
+    SELECT 'masked_policy', format('policy %I on %s', p.polname, tbl),
+           'reads other relations in a subquery, which PostgreSQL runs with the rights of credcrypt_masker (the owner of every masked view) whenever a masked view of this table is read',
+           format('DROP POLICY %I ON %s;  -- or drop the masked view (credcrypt.drop_masked_view) before adding such a policy', p.polname, tbl)
+      FROM pg_policy p
+     WHERE p.polrelid = tbl
+       AND p.polcmd IN ('r', '*')
+       AND (0::oid = ANY (p.polroles) OR 'credcrypt_masker'::regrole::oid = ANY (p.polroles))
+       AND p.polqual::text LIKE '%{SUBLINK %'
+       AND EXISTS (SELECT FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+                    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = tbl
+                      AND v.relkind = 'v' AND v.relowner = 'credcrypt_masker'::regrole)
+$$;
+
+CREATE OR REPLACE VIEW credcrypt.protected_columns_info AS
+SELECT n.nspname   AS table_schema,
+       c.relname   AS table_name,
+       p.column_name,
+       p.json_path,
+       p.key_name,
+       p.bind_columns,
+       p.mask_column,
+       p.mask_prefix,
+       p.mask_suffix,
+       p.binding_id,
+       credcrypt._protection_trigger_ok(p.relid) AS trigger_enabled,
+       p.created_at,
+       p.created_by,
+       p.blind_index_column
+  FROM credcrypt.protected_columns p
+  JOIN pg_catalog.pg_class c ON c.oid = p.relid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
+
+DROP FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text);
+CREATE FUNCTION credcrypt.protect_column(
+    tbl regclass, col name, key_name text DEFAULT NULL, bind_columns name[] DEFAULT NULL,
+    mask_column name DEFAULT NULL, mask_prefix integer DEFAULT 0, mask_suffix integer DEFAULT 4,
+    json_path text[] DEFAULT NULL, existing_values text DEFAULT 'refuse', blind_index_column name DEFAULT NULL)
+RETURNS TABLE (binding_id text, key_name text, trigger_created boolean)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM credcrypt._protect_designation(tbl::oid, col::text, key_name, bind_columns::text[], mask_column::text,
+                                                 mask_prefix, mask_suffix, json_path, existing_values,
+                                                 blind_index_column::text);
+END;
+COMMENT ON FUNCTION credcrypt.protect_column(regclass, name, text, name[], name, integer, integer, text[], text, name) IS
+    'pg_credcrypt: encrypt a column (or a jsonb key) transparently from now on';
+
+CREATE OR REPLACE FUNCTION credcrypt._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o record;
+    p record;
+    r regclass;
+BEGIN
+    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
+        IF o.object_type = 'table' THEN
+            DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid;
+            DELETE FROM credcrypt.owner_rls WHERE relid::oid = o.objid;
+        ELSE
+            DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid AND column_attnum = o.objsubid;
+            UPDATE credcrypt.protected_columns SET mask_column = NULL
+             WHERE relid::oid = o.objid AND mask_attnum = o.objsubid;
+            UPDATE credcrypt.protected_columns SET blind_index_column = NULL
+             WHERE relid::oid = o.objid AND blind_index_attnum = o.objsubid;
+            -- The last protected column is gone: so goes the trigger (it would refuse every write).
+            IF NOT EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid::oid = o.objid)
+               AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = o.objid AND tgname = 'zz_credcrypt_protect') THEN
+                EXECUTE format('DROP TRIGGER zz_credcrypt_protect ON %s', o.objid::regclass);
+            END IF;
+        END IF;
+    END LOOP;
+    -- The protection trigger of a table that still has protected columns cannot be dropped.
+    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects()
+              WHERE object_type = 'trigger' AND address_names[3] = 'zz_credcrypt_protect' LOOP
+        r := to_regclass(format('%I.%I', o.address_names[1], o.address_names[2]));
+        IF r IS NOT NULL AND EXISTS (SELECT FROM credcrypt.protected_columns
+                                      WHERE relid = r OR relid = pg_partition_root(r)) THEN
+            RAISE EXCEPTION 'the protection trigger of % cannot be dropped while it has protected columns', r
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'without it, new values would be stored in plaintext',
+                      HINT = 'Use credcrypt.unprotect_column() for each protected column; it drops the trigger with the last one.';
+        END IF;
+    END LOOP;
+    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table column' LOOP
+        SELECT * INTO p FROM credcrypt.protected_columns
+         WHERE relid::oid = o.objid AND o.objsubid = ANY (bind_attnums) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'column % is a bind column of protected column %', o.object_identity, p.column_name
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      DETAIL = 'the protected values are bound to this column''s values and could not be decrypted without it',
+                      HINT = 'Unprotect the protected column first (credcrypt.unprotect_column), or drop both columns in one statement.';
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credcrypt._on_alter_table() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+              WHERE classid = 'pg_catalog.pg_class'::regclass
+                AND objid IN (SELECT relid::oid FROM credcrypt.protected_columns) LOOP
+        UPDATE credcrypt.protected_columns p
+           SET column_name = coalesce(x.col, p.column_name),
+               bind_columns = coalesce(x.binds, p.bind_columns),
+               mask_column = CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END,
+               blind_index_column = CASE WHEN p.blind_index_column IS NULL THEN NULL ELSE coalesce(x.bidx, p.blind_index_column) END
+          FROM (SELECT q.relid, q.column_name AS old_name, q.json_path AS old_path,
+                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.column_attnum AND NOT attisdropped) AS col,
+                       ARRAY(SELECT a.attname FROM unnest(q.bind_attnums) WITH ORDINALITY AS b(n, i)
+                               JOIN pg_attribute a ON a.attrelid = q.relid AND a.attnum = b.n ORDER BY b.i) AS binds,
+                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.mask_attnum AND NOT attisdropped) AS mask,
+                       (SELECT attname FROM pg_attribute WHERE attrelid = q.relid AND attnum = q.blind_index_attnum AND NOT attisdropped) AS bidx
+                  FROM credcrypt.protected_columns q WHERE q.relid::oid = c.objid) x
+         WHERE p.relid = x.relid AND p.column_name = x.old_name AND p.json_path = x.old_path
+           AND (p.column_name IS DISTINCT FROM coalesce(x.col, p.column_name)
+                OR p.bind_columns IS DISTINCT FROM coalesce(x.binds, p.bind_columns)
+                OR p.mask_column IS DISTINCT FROM CASE WHEN p.mask_column IS NULL THEN NULL ELSE coalesce(x.mask, p.mask_column) END
+                OR p.blind_index_column IS DISTINCT FROM CASE WHEN p.blind_index_column IS NULL THEN NULL ELSE coalesce(x.bidx, p.blind_index_column) END);
+    END LOOP;
+END
+$$;
+
+-- Index keys: one row per designation and version. The key of a local designation is derived
+-- from the local key named by root ('local:<key id>'); that of a transit: or envelope:
+-- designation from 32 random bytes generated and wrapped by OpenBao Transit ('transit:<key>',
+-- wrapped with the associated data pg_credcrypt/data-key/v1:index:<binding id>:<version>, which
+-- no SQL caller may pass). Written by the extension only; carried by pg_dump.
+CREATE TABLE credcrypt.index_keys (
+    binding_id text    NOT NULL CHECK (binding_id ~ '^[0-9a-f]{32}$'),
+    version    integer NOT NULL CHECK (version BETWEEN 1 AND 65535),
+    root       text    NOT NULL CHECK (root ~ '^(local:[0-9a-f]{16}|transit:.+)$'),
+    wrapped    text    CHECK (wrapped ~ '^vault:v[1-9][0-9]*:'),
+    state      text    NOT NULL DEFAULT 'current' CHECK (state IN ('current', 'previous')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    created_by name    NOT NULL DEFAULT current_user,
+    CHECK ((root LIKE 'local:%') = (wrapped IS NULL)),
+    PRIMARY KEY (binding_id, version)
+);
+CREATE UNIQUE INDEX index_keys_one_current ON credcrypt.index_keys (binding_id) WHERE state = 'current';
+COMMENT ON TABLE credcrypt.index_keys IS
+    'pg_credcrypt: blind-index keys per designation and version (derived from the local key, or wrapped by OpenBao Transit)';
+SELECT pg_catalog.pg_extension_config_dump('credcrypt.index_keys', '');
+
+-- Every backend reloads the designations of a table whose index keys changed.
+CREATE FUNCTION credcrypt._index_keys_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r regclass;
+BEGIN
+    FOR r IN SELECT p.relid FROM credcrypt.protected_columns p
+              WHERE p.binding_id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.binding_id END,
+                                     CASE WHEN TG_OP <> 'DELETE' THEN NEW.binding_id END) LOOP
+        PERFORM credcrypt._invalidate_table(r::oid);
+        PERFORM credcrypt._invalidate_table(t.relid) FROM pg_partition_tree(r) AS t;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER invalidate AFTER INSERT OR UPDATE OR DELETE ON credcrypt.index_keys
+    FOR EACH ROW EXECUTE FUNCTION credcrypt._index_keys_changed();
+
+-- Lookups (credcrypt_encryptor; the caller must also be able to read the index column).
+CREATE FUNCTION credcrypt.blind_index(tbl regclass, col name, value text, json_path text[] DEFAULT NULL)
+RETURNS bytea LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT credcrypt._blind_index(tbl::oid, col::text, json_path, value);
+END;
+COMMENT ON FUNCTION credcrypt.blind_index(regclass, name, text, text[]) IS
+    'pg_credcrypt: the blind index of a value under the current index key of a protected column (WHERE col_bidx = …)';
+
+CREATE FUNCTION credcrypt.blind_indexes(tbl regclass, col name, plaintexts text[], json_path text[] DEFAULT NULL)
+RETURNS bytea[] LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT credcrypt._blind_indexes(tbl::oid, col::text, json_path, plaintexts);
+END;
+COMMENT ON FUNCTION credcrypt.blind_indexes(regclass, name, text[], text[]) IS
+    'pg_credcrypt: the blind indexes of values under every index key in use (WHERE col_bidx = ANY (…)); works during a rotation';
+
+-- Administration (credcrypt_admin and owner of the table).
+CREATE FUNCTION credcrypt.add_blind_index(tbl regclass, col name, blind_index_column name, json_path text[] DEFAULT NULL)
+RETURNS TABLE (binding_id text, version integer, rows_to_index bigint)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM credcrypt._add_blind_index(tbl::oid, col::text, json_path, blind_index_column::text);
+END;
+COMMENT ON FUNCTION credcrypt.add_blind_index(regclass, name, name, text[]) IS
+    'pg_credcrypt: give a protected column a blind index column; CALL credcrypt.reencrypt_column fills it for existing rows';
+
+CREATE FUNCTION credcrypt.rotate_blind_index(tbl regclass, col name, json_path text[] DEFAULT NULL)
+RETURNS TABLE (binding_id text, version integer, rows_to_index bigint)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM credcrypt._rotate_blind_index(tbl::oid, col::text, json_path);
+END;
+COMMENT ON FUNCTION credcrypt.rotate_blind_index(regclass, name, text[]) IS
+    'pg_credcrypt: new index key for a blind index; lookups with blind_indexes() find rows under both until CALL credcrypt.reencrypt_column has recomputed every row';
+
+-- ---------------------------------------------------------------------------------------
+-- Privileges (sql/grants.sql).
+DO $grants$
+DECLARE
+    g record;
+    f regprocedure;
+BEGIN
+    FOR g IN SELECT * FROM (VALUES
+        -- Key-free helpers (no key, no plaintext): everyone.
+        ('is_encrypted', 'PUBLIC'), ('ciphertext_info', 'PUBLIC'), ('mask', 'PUBLIC'),
+        ('import_transit_ciphertext', 'PUBLIC'), ('column_context', 'PUBLIC'), ('set_owner', 'PUBLIC'),
+        -- Called by PostgreSQL as whichever user writes or reads: the trigger, the policies'
+        -- and maintenance helpers, the catalog view's and upkeep helpers.
+        ('protect_trigger', 'PUBLIC'), ('_maintenance_active', 'PUBLIC'), ('_owner_setting', 'PUBLIC'),
+        ('_reencrypt_needed', 'PUBLIC'), ('_value_source', 'PUBLIC'), ('_type_class', 'PUBLIC'),
+        ('_xact_is_current', 'PUBLIC'), ('_protection_trigger_ok', 'PUBLIC'), ('_protection_problems', 'PUBLIC'),
+        ('_protected_columns_resolve', 'PUBLIC'), ('_protected_columns_changed', 'PUBLIC'),
+        -- Roles.
+        ('encrypt_credential', 'credcrypt_encryptor'), ('encrypt_credentials', 'credcrypt_encryptor'),
+        ('decrypt_credential', 'credcrypt_decryptor'), ('decrypt_credential_bytea', 'credcrypt_decryptor'),
+        ('decrypt_credentials', 'credcrypt_decryptor'), ('verify_credential', 'credcrypt_decryptor'),
+        ('reencrypt_credential', 'credcrypt_decryptor'), ('reencrypt_credentials', 'credcrypt_decryptor'),
+        ('rotate_key', 'credcrypt_admin'), ('status', 'credcrypt_admin'), ('status', 'credcrypt_monitor'),
+        ('protect_column', 'credcrypt_admin'), ('unprotect_column', 'credcrypt_admin'),
+        ('create_decrypted_view', 'credcrypt_admin'), ('create_masked_view', 'credcrypt_admin'),
+        ('_protect_column', 'credcrypt_admin'), ('_unprotect_column', 'credcrypt_admin'),
+        ('_create_decrypted_view', 'credcrypt_admin'), ('_create_masked_view', 'credcrypt_admin'),
+        ('_protect', 'credcrypt_admin'), ('_unprotect', 'credcrypt_admin'), ('_decrypted_view', 'credcrypt_admin'),
+        ('_masked_view', 'credcrypt_admin'), ('drop_masked_view', 'credcrypt_admin'), ('_drop_masked_view', 'credcrypt_admin'),
+        ('_owner_rls_on', 'credcrypt_admin'), ('_owner_rls_off', 'credcrypt_admin'), ('_status_0_1', 'credcrypt_admin'),
+        ('enable_owner_rls', 'credcrypt_admin'), ('disable_owner_rls', 'credcrypt_admin'),
+        ('_enable_owner_rls', 'credcrypt_admin'), ('_disable_owner_rls', 'credcrypt_admin'),
+        ('security_report', 'credcrypt_admin'),
+        ('reencrypt_column', 'credcrypt_admin'), ('key_usage', 'credcrypt_admin'), ('_key_usage', 'credcrypt_admin'),
+        ('safe_to_retire', 'credcrypt_admin'),
+        ('_reencrypt_prepare', 'credcrypt_admin'), ('_reencrypt_batch', 'credcrypt_admin'),
+        ('_reencrypt_step', 'credcrypt_admin'), ('_reencrypt_remaining', 'credcrypt_admin'),
+        ('_reencrypt_finish', 'credcrypt_admin'), ('_reencrypt_close', 'credcrypt_admin'),
+        ('_reencrypt_leaves', 'credcrypt_admin'),
+        ('_protect_designation', 'credcrypt_admin'),
+        ('blind_index', 'credcrypt_encryptor'), ('blind_indexes', 'credcrypt_encryptor'),
+        ('_blind_index', 'credcrypt_encryptor'), ('_blind_indexes', 'credcrypt_encryptor'),
+        ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
+        ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
+        ('_index_keys_changed', 'PUBLIC')
+    ) AS v(routine, grantee) LOOP
+        FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+                  WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace
+                    AND p.proname OPERATOR(pg_catalog.=) g.routine LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f, g.grantee);
+        END LOOP;
+    END LOOP;
+END
+$grants$;
+REVOKE ALL ON credcrypt.index_keys FROM PUBLIC;
+GRANT SELECT ON credcrypt.index_keys TO credcrypt_admin;
