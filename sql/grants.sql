@@ -48,7 +48,8 @@ BEGIN
         ('_blind_index', 'credcrypt_encryptor'), ('_blind_indexes', 'credcrypt_encryptor'),
         ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
         ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
-        ('_index_keys_changed', 'PUBLIC')
+        ('_index_keys_changed', 'PUBLIC'),
+        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin')
     ) AS v(routine, grantee) LOOP
         FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace
@@ -83,3 +84,5 @@ REVOKE ALL ON credcrypt.data_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.data_keys TO credcrypt_admin;
 REVOKE ALL ON credcrypt.index_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.index_keys TO credcrypt_admin;
+REVOKE ALL ON credcrypt.erasures FROM PUBLIC;
+GRANT SELECT ON credcrypt.erasures TO credcrypt_admin, credcrypt_monitor;

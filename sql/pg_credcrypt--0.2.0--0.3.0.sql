@@ -102,6 +102,25 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION credcrypt._protected_columns_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r regclass;
+BEGIN
+    IF TG_OP = 'DELETE' AND to_regclass('credcrypt.index_keys') IS NOT NULL THEN
+        DELETE FROM credcrypt.index_keys WHERE binding_id = OLD.binding_id;
+    END IF;
+    FOREACH r IN ARRAY ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.relid END,
+                             CASE WHEN TG_OP <> 'DELETE' THEN NEW.relid END] LOOP
+        IF r IS NOT NULL AND EXISTS (SELECT FROM pg_class WHERE oid = r) THEN
+            PERFORM credcrypt._invalidate_table(r::oid);
+            PERFORM credcrypt._invalidate_table(t.relid) FROM pg_partition_tree(r) AS t;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION credcrypt._protection_problems(tbl regclass)
 RETURNS TABLE (kind text, object text, finding text, fix text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -376,7 +395,46 @@ COMMENT ON FUNCTION credcrypt.rotate_blind_index(regclass, name, text[]) IS
     'pg_credcrypt: new index key for a blind index; lookups with blind_indexes() find rows under both until CALL credcrypt.reencrypt_column has recomputed every row';
 
 -- ---------------------------------------------------------------------------------------
--- Privileges (sql/grants.sql).
+-- Per-row keys and crypto-shredding (sql/shred.sql).
+CREATE FUNCTION credcrypt."_shred_key"(
+	"key_name" TEXT /* & str */
+) RETURNS TABLE (
+	"key_name" TEXT,  /* String */
+	"values_unreadable" bigint,  /* i64 */
+	"data_keys_removed" INT,  /* i32 */
+	"erased_at" TEXT  /* String */
+)
+STRICT VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'shred_key_wrapper';
+
+CREATE TABLE credcrypt.erasures (
+    key_name          text        NOT NULL,
+    erased_at         timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    erased_by         name        NOT NULL DEFAULT current_user,
+    values_unreadable bigint      NOT NULL CHECK (values_unreadable >= 0),
+    data_keys_removed integer     NOT NULL CHECK (data_keys_removed >= 0),
+    PRIMARY KEY (key_name, erased_at)
+);
+COMMENT ON TABLE credcrypt.erasures IS
+    'pg_credcrypt: Transit keys destroyed by shred_key (crypto-shredding): which, when, by whom, how many values became unreadable';
+SELECT pg_catalog.pg_extension_config_dump('credcrypt.erasures', '');
+
+CREATE FUNCTION credcrypt.shred_key(key_name text)
+RETURNS TABLE (key_name text, values_unreadable bigint, data_keys_removed integer, erased_at timestamptz)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT s.key_name, s.values_unreadable, s.data_keys_removed, s.erased_at::pg_catalog.timestamptz
+      FROM credcrypt._shred_key(key_name) s;
+END;
+COMMENT ON FUNCTION credcrypt.shred_key(text) IS
+    'pg_credcrypt: crypto-shredding: destroy a per-row (tenant) Transit key in OpenBao, remove its data keys, record the erasure; every value under it becomes unreadable';
+
+
+-- ---------------------------------------------------------------------------------------
+-- Privileges (sql/grants.sql): deny by default, then the grants.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA credcrypt FROM PUBLIC;
 DO $grants$
 DECLARE
     g record;
@@ -419,7 +477,8 @@ BEGIN
         ('_blind_index', 'credcrypt_encryptor'), ('_blind_indexes', 'credcrypt_encryptor'),
         ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
         ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
-        ('_index_keys_changed', 'PUBLIC')
+        ('_index_keys_changed', 'PUBLIC'),
+        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin')
     ) AS v(routine, grantee) LOOP
         FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace
@@ -431,3 +490,5 @@ END
 $grants$;
 REVOKE ALL ON credcrypt.index_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.index_keys TO credcrypt_admin;
+REVOKE ALL ON credcrypt.erasures FROM PUBLIC;
+GRANT SELECT ON credcrypt.erasures TO credcrypt_admin, credcrypt_monitor;

@@ -59,12 +59,16 @@ $$;
 CREATE TRIGGER resolve BEFORE INSERT OR UPDATE ON credcrypt.protected_columns
     FOR EACH ROW EXECUTE FUNCTION credcrypt._protected_columns_resolve();
 
--- Every backend reloads the designations of a table (and of its partitions) that changed.
+-- Every backend reloads the designations of a table (and of its partitions) that changed. The
+-- blind-index keys of a designation that is removed go with it.
 CREATE FUNCTION credcrypt._protected_columns_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r regclass;
 BEGIN
+    IF TG_OP = 'DELETE' AND to_regclass('credcrypt.index_keys') IS NOT NULL THEN
+        DELETE FROM credcrypt.index_keys WHERE binding_id = OLD.binding_id;
+    END IF;
     FOREACH r IN ARRAY ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.relid END,
                              CASE WHEN TG_OP <> 'DELETE' THEN NEW.relid END] LOOP
         IF r IS NOT NULL AND EXISTS (SELECT FROM pg_class WHERE oid = r) THEN

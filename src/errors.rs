@@ -105,6 +105,10 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
             "The Transit key's min_decryption_version was raised above this value's version before the value was re-encrypted: lower it again (bao write transit/keys/<key>/config min_decryption_version=<N>), then CALL credcrypt.reencrypt_column and check credcrypt.safe_to_retire() before raising it.",
         ),
         ErrorKind::Internal => (ERRCODE_INTERNAL_ERROR, "This is a bug in pg_credcrypt; please report it with the server log."),
+        ErrorKind::KeyDestroyed => (
+            ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            "The key was destroyed on purpose (credcrypt.shred_key; see credcrypt.erasures): the value can never be decrypted. Delete the row, or write a new value.",
+        ),
     }
 }
 

@@ -100,6 +100,10 @@ static ENVELOPE_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// key (0: never).
 static TRANSIT_BULK_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `credcrypt.auto_create_keys`: a per-row key (`envelope:tenant-{org_id}`) that does not exist
+/// in OpenBao yet is created on its first use instead of failing with 42704.
+static AUTO_CREATE_KEYS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most.
 static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -281,6 +285,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"credcrypt.auto_create_keys",
+        c"Create a per-row Transit key (key_name 'envelope:tenant-{col}' or 'transit:tenant-{col}') in OpenBao on its first use.",
+        c"Off: a missing per-row key is an error (42704). On: the worker creates it (the OpenBao policy must allow create on transit/keys/<prefix>*). Applies only to per-row keys of protected columns. Superuser only.",
+        &AUTO_CREATE_KEYS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"credcrypt.audit_decrypt",
         c"Record who decrypted how many values of which column: off, log or table (credcrypt.decrypt_audit).",
@@ -404,6 +416,11 @@ pub fn queue_slots() -> usize {
 /// `credcrypt.request_timeout_ms`: how long a backend waits for the worker.
 pub fn request_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(positive(&REQUEST_TIMEOUT_MS))
+}
+
+/// `credcrypt.auto_create_keys`.
+pub fn auto_create_keys() -> bool {
+    AUTO_CREATE_KEYS.get()
 }
 
 /// `credcrypt.transit_bulk_threshold`: the number of values a statement writes into

@@ -26,6 +26,7 @@ pub mod protect;
 pub mod providers;
 pub mod reports;
 pub mod rls;
+pub mod shred;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -60,11 +61,12 @@ extension_sql_file!(
         api::blind::rotate_blind_index,
     ]
 );
+extension_sql_file!("../sql/shred.sql", name = "shred", requires = ["blind", api::transit::shred_key]);
 extension_sql_file!(
     "../sql/rls.sql",
     name = "rls",
     requires =
-        ["blind", api::rls::enable_owner_rls_v2, api::rls::disable_owner_rls_v2, api::report::environment_findings]
+        ["shred", api::rls::enable_owner_rls_v2, api::rls::disable_owner_rls_v2, api::report::environment_findings]
 );
 extension_sql_file!(
     "../sql/migrate.sql",

@@ -37,6 +37,15 @@ impl Outcome {
         self
     }
 
+    /// Panics unless the statement failed with `sqlstate`: PostgreSQL's own errors (a unique
+    /// violation, a missing grant), which carry no pg_credcrypt hint.
+    #[track_caller]
+    pub fn expect_pg_error(&self, sqlstate: &str) -> &Self {
+        assert!(!self.ok, "expected {sqlstate}, got success: {}", self.out);
+        assert_eq!(self.sqlstate(), Some(sqlstate), "stderr: {}", self.err);
+        self
+    }
+
     /// Panics if stdout or stderr contains `secret`.
     #[track_caller]
     pub fn expect_clean(&self, secret: &str) -> &Self {

@@ -94,7 +94,7 @@ fn equality_in_and_unique_through_an_ordinary_btree_index() {
 
     // UNIQUE: a second row with a stored secret fails with 23505, and the error shows no secret.
     c.psql("bi_app", "INSERT INTO bi_creds (user_id, provider, api_key) VALUES ('dup', 'openai', 'sk-bidx-42')")
-        .expect_error("23505")
+        .expect_pg_error("23505")
         .expect_clean("sk-bidx-42");
 
     // A natural-key upsert (what Prisma sends) keeps the index in step with the new value.
@@ -146,7 +146,7 @@ fn indexes_are_keyed_per_designation_and_computing_one_needs_the_role_and_the_co
     // Without credcrypt_encryptor: refused by the grant.
     c.sql("GRANT SELECT ON bi_one TO bi_reader");
     let o = c.psql("bi_reader", "SELECT credcrypt.blind_index('bi_one', 'api_key', 'sk-bidx-3')");
-    o.expect_error("42501").expect_clean("sk-bidx-3");
+    o.expect_pg_error("42501").expect_clean("sk-bidx-3");
     // With it, but without the right to read the index column: refused too.
     let o = c.psql("bi_stranger", "SELECT credcrypt.blind_index('bi_one', 'api_key', 'sk-bidx-3')");
     o.expect_error("42501").expect_clean("sk-bidx-3");
@@ -162,7 +162,7 @@ fn indexes_are_keyed_per_designation_and_computing_one_needs_the_role_and_the_co
     c.psql("bi_owner", "SELECT credcrypt.add_blind_index('bi_one', 'other', 'id')").expect_error("22023");
     c.psql("bi_owner", "SELECT credcrypt.add_blind_index('bi_one', 'other', 'user_id')").expect_error("22023");
     // An app role cannot administer indexes.
-    c.psql("bi_app", "SELECT credcrypt.rotate_blind_index('bi_one', 'api_key')").expect_error("42501");
+    c.psql("bi_app", "SELECT credcrypt.rotate_blind_index('bi_one', 'api_key')").expect_pg_error("42501");
     // The audit counts lookups as reads of the designation, never the value.
     c.sql("ALTER ROLE bi_app SET credcrypt.audit_decrypt = 'table'");
     c.sql("DELETE FROM credcrypt.decrypt_audit");
@@ -325,7 +325,7 @@ fn backfill_for_added_indexes_migrated_columns_and_jsonb_keys() {
     );
     assert_eq!(c.value("postgres", "SELECT refresh_bidx IS NULL FROM bi_json WHERE id = 51"), "t");
     c.psql("bi_app", "INSERT INTO bi_json VALUES (52, '{\"oauth\": {\"refreshToken\": \"rt-3\"}}')")
-        .expect_error("23505");
+        .expect_pg_error("23505");
     // Renaming the index column keeps it working; dropping it stops indexing, nothing else.
     c.psql("bi_owner", "ALTER TABLE bi_json RENAME COLUMN refresh_bidx TO rt_bidx").expect_ok();
     c.psql("bi_app", "INSERT INTO bi_json VALUES (53, '{\"oauth\": {\"refreshToken\": \"rt-53\"}}')").expect_ok();
@@ -413,18 +413,33 @@ fn indexes_of_envelope_and_transit_columns_are_rooted_in_openbao() {
     assert_eq!(
         c.value(
             "postgres",
-            "SELECT string_agg(DISTINCT root || ':' || (wrapped LIKE 'vault:v1:%'), ',') FROM credcrypt.index_keys"
+            "SELECT string_agg(DISTINCT root || ':' || (wrapped LIKE 'vault:v1:%'), ',') FROM credcrypt.index_keys k \
+               JOIN credcrypt.protected_columns p USING (binding_id) WHERE p.relid IN ('bo_env'::regclass, 'bo_tr'::regclass)"
         ),
         "transit:app:true"
+    );
+    // Index keys go with their designation (no orphan after DROP TABLE or unprotect_column).
+    assert_eq!(
+        c.sql("SELECT count(*) FROM credcrypt.index_keys WHERE binding_id NOT IN (SELECT binding_id FROM credcrypt.protected_columns)"),
+        "0"
     );
     for (t, s, id) in [("bo_env", "env-150", "150"), ("bo_tr", "tr-12", "12")] {
         let q = format!("SELECT id FROM {t} WHERE secret_bidx = credcrypt.blind_index('{t}', 'secret', '{s}')");
         assert_eq!(c.value("bo_app", &q), id);
     }
     // A decryptor cannot unwrap a root through SQL (its associated data is reserved).
-    let wrapped = c.value("postgres", "SELECT wrapped FROM credcrypt.index_keys LIMIT 1");
-    c.psql("postgres", &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', NULL, 'transit:app')"))
+    let (binding, wrapped) = {
+        let row = c.value(
+            "postgres",
+            "SELECT k.binding_id || ' ' || k.wrapped FROM credcrypt.index_keys k JOIN credcrypt.protected_columns p USING (binding_id) WHERE p.relid = 'bo_env'::regclass",
+        );
+        let (b, w) = row.split_once(' ').expect("an index key");
+        (b.to_owned(), w.to_owned())
+    };
+    c.psql("postgres", &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', 'pg_credcrypt/data-key/v1:index:{binding}:1', 'transit:app')"))
         .expect_error("22023");
+    let o = c.psql("postgres", &format!("SELECT credcrypt.decrypt_credential_bytea('{wrapped}', NULL, 'transit:app')"));
+    assert!(!o.ok, "a wrapped index root unwrapped through SQL");
     // Rotating the Transit key rewraps the roots; the indexes stay valid; safe_to_retire
     // counts the roots wrapped with an old version.
     c.psql("postgres", "SELECT credcrypt.rotate_key('transit:app')").expect_ok();

@@ -1,7 +1,9 @@
 //! A hot standby made with pg_basebackup from the test cluster, on loopback: protected values
-//! (local key, Transit and envelope keys) decrypt there through the decrypted view, the Transit
-//! worker runs on the standby and writes nothing, table-mode decrypt auditing falls back to the
-//! standby's log, and after promotion the node encrypts again.
+//! (local key, Transit and envelope keys) decrypt there through the decrypted view, blind-index
+//! lookups run there, a tenant key shredded on the primary makes its values unreadable there
+//! too (also in a session that had them cached), the Transit worker runs on the standby and
+//! writes nothing, table-mode decrypt auditing falls back to the standby's log, and after
+//! promotion the node encrypts again.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +49,15 @@ impl Drop for Standby {
 fn hot_standby_decrypts_audits_to_its_log_and_takes_over_after_promotion() {
     let c = Cluster::from_env();
     c.ensure_login_role("sb_app", "credcrypt_encryptor, credcrypt_decryptor");
-    let _bao = start_for(&c);
+    let bao = start_for(&c);
+    // Per-row keys need the tenant policy (docs/openbao.md).
+    let token = bao.tenant_token("1h");
+    let file = c.keys.join("bao-tenant.token");
+    credcrypt_blackbox::bao::write_secret_file(&file, &token);
+    credcrypt_blackbox::bao::point_at(&c, &bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", file.display()));
+    for t in ["a", "b"] {
+        bao.must(&["write", "-f", &format!("transit/keys/tenant-sb{t}")]);
+    }
     c.sql(
         "DROP TABLE IF EXISTS sb_creds CASCADE;
          CREATE TABLE sb_creds (id int PRIMARY KEY, local_key text, transit_key text, envelope_key text);
@@ -57,7 +67,18 @@ fn hot_standby_decrypts_audits_to_its_log_and_takes_over_after_promotion() {
          SELECT credcrypt.create_decrypted_view('sb_creds', 'sb_creds_plain');
          GRANT SELECT, INSERT ON sb_creds TO sb_app;
          INSERT INTO sb_creds SELECT g, 'local-' || g, 'transit-' || g, 'envelope-' || g FROM generate_series(1, 50) g;
-         ALTER ROLE sb_app SET credcrypt.audit_decrypt = 'table';",
+         ALTER ROLE sb_app SET credcrypt.audit_decrypt = 'table';
+         DROP TABLE IF EXISTS sb_lookup, sb_tenants CASCADE;
+         CREATE TABLE sb_lookup (id int PRIMARY KEY, api_key text);
+         SELECT credcrypt.protect_column('sb_lookup', 'api_key', bind_columns => ARRAY['id'], blind_index_column => 'api_key_bidx');
+         CREATE UNIQUE INDEX ON sb_lookup (api_key_bidx);
+         INSERT INTO sb_lookup SELECT g, 'sk-sb-' || g FROM generate_series(1, 100) g;
+         GRANT SELECT ON sb_lookup TO sb_app;
+         CREATE TABLE sb_tenants (id int PRIMARY KEY, org_id text NOT NULL, api_key text);
+         SELECT credcrypt.protect_column('sb_tenants', 'api_key', key_name => 'envelope:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
+         SELECT credcrypt.create_decrypted_view('sb_tenants', 'sb_tenants_plain');
+         INSERT INTO sb_tenants SELECT g, CASE WHEN g % 2 = 0 THEN 'sba' ELSE 'sbb' END, 'tenant-secret-' || g FROM generate_series(1, 20) g;
+         GRANT SELECT ON sb_tenants, sb_tenants_plain TO sb_app;",
     );
     // The standby: a base backup of the running cluster, streaming, read-only.
     let dir = c.keys.join("standby");
@@ -105,6 +126,49 @@ fn hot_standby_decrypts_audits_to_its_log_and_takes_over_after_promotion() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(standby.psql("postgres", "SELECT worker_pid IS NOT NULL FROM credcrypt.status()").expect_ok(), "t");
+    // Blind-index lookups run on the standby (they read only).
+    assert_eq!(
+        standby
+            .psql("sb_app", "SELECT id FROM sb_lookup WHERE api_key_bidx = credcrypt.blind_index('sb_lookup', 'api_key', 'sk-sb-42')")
+            .expect_ok(),
+        "42"
+    );
+    // A tenant key shredded on the primary: its values become unreadable on the standby too,
+    // also in a standby session that had its data keys cached; the other tenant still reads.
+    let tenants = "SELECT org_id || ':' || count(*) FROM sb_tenants_plain WHERE api_key LIKE 'tenant-secret-%' GROUP BY org_id ORDER BY org_id";
+    let standby_cluster =
+        Cluster { port: port.clone(), host: dir.join("sock").to_string_lossy().into_owned(), ..Cluster::from_env() };
+    let mut cached = credcrypt_blackbox::Session::open(&standby_cluster, "sb_app");
+    assert_eq!(cached.run(tenants).out.replace('\n', " "), "sba:10 sbb:10");
+    c.sql("SELECT credcrypt.shred_key('envelope:tenant-sba')");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = standby.psql(
+            "sb_app",
+            "SELECT count(*) FROM sb_tenants_plain WHERE org_id = 'sba' AND api_key LIKE 'tenant-secret-%'",
+        );
+        if o.sqlstate() == Some("38000") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby still decrypts a shredded tenant: {o:?}; replay: {}; log: {}",
+            standby.psql("postgres", "SELECT pg_last_wal_replay_lsn()::text || ' ' || (SELECT count(*) FROM credcrypt.data_keys WHERE transit_key = 'tenant-sba')").out,
+            standby.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cached
+            .run("SELECT count(*) FROM sb_tenants_plain WHERE org_id = 'sba' AND api_key LIKE 'tenant-secret-%'")
+            .sqlstate(),
+        Some("38000")
+    );
+    assert_eq!(
+        cached.run("SELECT count(*) FROM sb_tenants_plain WHERE org_id = 'sbb' AND api_key LIKE 'tenant-secret-%'").out,
+        "10"
+    );
+    drop(cached);
     // Auditing in table mode cannot write on a standby: the record goes to its log.
     assert!(
         standby.log().contains("role \"sb_app\" decrypted 50 value(s) of public.sb_creds.local_key"),

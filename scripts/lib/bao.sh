@@ -5,7 +5,8 @@
 #   bao_dev_start DIR   starts `bao server -dev` on a free loopback port (log in DIR/keys/bao-dev.log,
 #                       where the log-leak check looks),
 #                       mounts transit, creates key `app`, writes a policy-limited service
-#                       token to DIR/keys/bao.token (0600, postgres) and points the cluster's
+#                       token (key `app`, and the per-row keys `tenant-*`, which it may create)
+#                       to DIR/keys/bao.token (0600, postgres) and points the cluster's
 #                       worker at it (DIR/data/credcrypt.conf). Exports BAO_ADDR, BAO_TOKEN, BAO.
 #   bao_dev_stop        kills it.
 BAO="${BAO:-$root/target/tools/venv/bin/bao}"
@@ -21,6 +22,8 @@ bao_dev_start() {
     "$BAO" secrets enable transit >/dev/null
     "$BAO" write -f transit/keys/app >/dev/null
     printf 'path "transit/encrypt/app" { capabilities = ["update"] }\npath "transit/decrypt/app" { capabilities = ["update"] }\npath "transit/keys/app" { capabilities = ["read"] }\npath "transit/datakey/plaintext/app" { capabilities = ["update"] }\npath "transit/rewrap/app" { capabilities = ["update"] }\n' >"$dir/policy.hcl"
+    # Per-row (tenant) keys tenant-*, as docs/openbao.md gives them (bench/tenants.sh).
+    printf 'path "transit/encrypt/tenant-*" { capabilities = ["update"] }\npath "transit/decrypt/tenant-*" { capabilities = ["update"] }\npath "transit/datakey/plaintext/tenant-*" { capabilities = ["update"] }\npath "transit/keys/tenant-*" { capabilities = ["read", "create", "update"] }\n' >>"$dir/policy.hcl"
     "$BAO" policy write credcrypt "$dir/policy.hcl" >/dev/null
     "$BAO" token create -policy=credcrypt -ttl=2h -field=token >"$dir/keys/bao.token"
     chown postgres:postgres "$dir/keys/bao.token"

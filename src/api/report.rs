@@ -11,7 +11,9 @@ use crate::reports::{environment, usage};
 fn environment_findings(
 ) -> TableIterator<'static, (name!(severity, String), name!(object, String), name!(finding, String), name!(fix, String))>
 {
-    TableIterator::new(environment::findings())
+    let mut all = environment::findings();
+    all.extend(usage::missing_row_keys());
+    TableIterator::new(all)
 }
 
 /// For each protected column (of `tbl`, or all): how many values are on which provider, key and

@@ -274,3 +274,19 @@ fn status_v2() -> TableIterator<
         s.queue_depth,
     ))
 }
+
+/// `shred_key(key_name)` — crypto-shredding (docs/protected-columns.md, "Per-row keys"): the
+/// Transit key is destroyed in OpenBao, the data keys it wrapped removed, and the erasure
+/// recorded. SQL wrapper: `credcrypt.shred_key`.
+#[pg_extern(volatile, strict, name = "_shred_key")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+fn shred_key(
+    key_name: &str,
+) -> TableIterator<
+    'static,
+    (name!(key_name, String), name!(values_unreadable, i64), name!(data_keys_removed, i32), name!(erased_at, String)),
+> {
+    let s = crate::shred::shred(key_name, crate::reports::usage::values_under);
+    TableIterator::once((s.key_name, s.values_unreadable, s.data_keys_removed, s.erased_at))
+}

@@ -17,7 +17,7 @@ use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{leaves, table, Table};
 use crate::postgres::scope::{maintain, with_writes, Announced, Writes};
 use crate::postgres::spi;
-use crate::providers::{decrypt_each, encrypt_with};
+use crate::providers::{decrypt_each, encrypt_per_row, encrypt_with, ColumnKey};
 
 /// What one batch did.
 pub(crate) struct Batch {
@@ -76,7 +76,7 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     let end = start_block + step;
 
     let v = value_expr(&d);
-    let needed = needed_sql(&d, &v);
+    let needed = needed_sql(&d, &v, &run.target);
     let lock = if run.dry_run { "" } else { " FOR UPDATE OF t SKIP LOCKED" };
     let sql = format!(
         "SELECT t.ctid::pg_catalog.text, {v}{binds} FROM ONLY {leaf_name} t \
@@ -125,15 +125,53 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
 
     let contexts = Picked::contexts(&picked, binding_id);
     let plain = plaintexts(&picked, &sources, &contexts, [&run.source_key, &run.target]).or_raise();
-    let target = KeyRef::parse(&run.target).or_raise();
-    let ok: Vec<usize> = (0..picked.len()).filter(|&i| plain[i].is_ok()).collect();
+    let target = ColumnKey::parse(&run.target).or_raise();
+    let mut ok: Vec<usize> = (0..picked.len()).filter(|&i| plain[i].is_ok()).collect();
     let mut failures: Vec<(usize, String)> = (0..picked.len())
         .filter_map(|i| plain[i].as_ref().err().map(|e| (i, format!("cannot read the value: {}", describe(e)))))
         .collect();
+    // The key of each row: the target, or for a per-row target the key the row's column names
+    // (a row whose column cannot name a key is reported, and left as it is).
+    let template_bind = match &target {
+        ColumnKey::PerRow(t) => d.binds.iter().position(|b| *b == t.column),
+        ColumnKey::Fixed(_) => None,
+    };
+    let mut keys: Vec<KeyRef> = Vec::with_capacity(ok.len());
+    ok.retain(|&i| {
+        let value = template_bind.and_then(|b| picked[i].binds.get(b)).and_then(|v| v.as_deref());
+        match target.for_row(value) {
+            Ok(k) => {
+                keys.push(k.into_owned());
+                true
+            }
+            Err(e) => {
+                failures.push((i, format!("cannot name the row's key: {}", describe(&e))));
+                false
+            }
+        }
+    });
     let bytes: Vec<&[u8]> = ok.iter().map(|&i| plain[i].as_ref().map(|p| p.as_slice()).unwrap_or_default()).collect();
     let ctxs: Vec<Option<&str>> = ok.iter().map(|&i| Some(contexts[i].as_str())).collect();
-    // Never fall back to the local key here: a migration to Transit must land on Transit.
-    let fresh = encrypt_with(&bytes, &target, &ctxs, false).unwrap_or_else(|e| raise(e));
+    // One encryption call per key. Never fall back to the local key here: a migration to
+    // Transit must land on Transit.
+    let mut groups: std::collections::BTreeMap<String, Vec<usize>> = std::collections::BTreeMap::new();
+    for (k, key) in keys.iter().enumerate() {
+        groups.entry(key.to_string()).or_default().push(k);
+    }
+    let mut fresh: Vec<String> = vec![String::new(); ok.len()];
+    for members in groups.values() {
+        let key = &keys[members[0]];
+        let b: Vec<&[u8]> = members.iter().map(|&k| bytes[k]).collect();
+        let c: Vec<Option<&str>> = members.iter().map(|&k| ctxs[k]).collect();
+        let out = match target {
+            ColumnKey::Fixed(_) => encrypt_with(&b, key, &c, false),
+            ColumnKey::PerRow(_) => encrypt_per_row(&b, key, &c),
+        }
+        .unwrap_or_else(|e| raise(e));
+        for (&k, ct) in members.iter().zip(out) {
+            fresh[k] = ct;
+        }
+    }
     // Verify before writing: every new value must decrypt to the original.
     let fresh_refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
     let check = decrypt_each(&fresh_refs, &ctxs, None).unwrap_or_else(|e| raise(e));

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use credcrypt_core::KeyRef;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier as qi;
 use pgrx::PgSqlErrorCode::*;
@@ -15,6 +14,7 @@ use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{leaves, lock_against_writers, table, Table};
 use crate::postgres::scope::maintain;
 use crate::postgres::spi;
+use crate::providers::ColumnKey;
 
 /// Values of designation `d` in `leaf` that still need work to be on `target` at `version`,
 /// leaving out the tuple ids in `skip` (read as the table's owner).
@@ -27,7 +27,7 @@ pub(crate) fn count_needed(
     skip: &[String],
 ) -> i64 {
     let v = value_expr(d);
-    let needed = needed_sql(d, &v);
+    let needed = needed_sql(d, &v, target);
     let sql = format!(
         "SELECT pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL \
             AND {needed} AND NOT (t.ctid OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.text[]::pg_catalog.tid[]))"
@@ -59,10 +59,30 @@ pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry
         );
     }
     let source_key = designation(&bindings[0]).key;
-    let target = match target_key {
-        Some(k) => KeyRef::parse(k).or_raise(),
-        None => KeyRef::parse(&source_key).or_raise(),
-    };
+    let target = ColumnKey::parse(target_key.unwrap_or(&source_key)).or_raise();
+    if let ColumnKey::PerRow(t) = &target {
+        // The column that chooses each row's key must be bound into its values, and a blind
+        // index would outlive the destruction of a tenant's key.
+        for binding in &bindings {
+            let d = designation(binding);
+            if !d.binds.contains(&t.column) {
+                fail(
+                    ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("the per-row key names column \"{}\", which is not a bind column of {}", t.column, qi(col)),
+                    None,
+                    "Protect the column again with that column among its bind_columns (unprotect_column, protect_column … existing_values => 'migrate'), then migrate.",
+                );
+            }
+            if d.blind.is_some() {
+                fail(
+                    ERRCODE_INVALID_PARAMETER_VALUE,
+                    "a column with a blind index cannot move to per-row keys",
+                    None,
+                    "A blind index is one keyed hash over the whole column: it would still link the values of a tenant whose key was destroyed.",
+                );
+            }
+        }
+    }
     let version = target_version(&target).or_raise();
     let target_text = target.to_string();
     if !dry_run && target_text != source_key {
@@ -78,10 +98,12 @@ pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry
         .unwrap_or_else(|e| spi_fail(e));
         // A blind index follows the column to the new key's root (the local key, or the Transit
         // key): a new index key version, which this run computes for every row.
-        for binding in &bindings {
-            let has_index = crate::protect::blind::of_designation(binding).or_raise().is_some();
-            if has_index && !crate::protect::blind::rooted_in(binding, &target).or_raise() {
-                crate::protect::blind::new_version(binding, &target);
+        if let ColumnKey::Fixed(target) = &target {
+            for binding in &bindings {
+                let has_index = crate::protect::blind::of_designation(binding).or_raise().is_some();
+                if has_index && !crate::protect::blind::rooted_in(binding, target).or_raise() {
+                    crate::protect::blind::new_version(binding, target);
+                }
             }
         }
     }

@@ -11,11 +11,13 @@ use zeroize::Zeroizing;
 use super::spi_fail;
 use crate::errors::OrRaise as _;
 use crate::postgres::spi;
-use crate::providers::{decrypt_each, Decrypted};
+use crate::providers::{decrypt_each, ColumnKey, Decrypted};
 
 /// The version a value must have to count as "on the target": the local key's id, or the
-/// Transit key's latest version.
-pub(crate) fn target_version(key: &KeyRef) -> Result<String, Error> {
+/// Transit key's latest version; any version of a per-row key (each tenant's key rotates on
+/// its own).
+pub(crate) fn target_version(key: &ColumnKey) -> Result<String, Error> {
+    let ColumnKey::Fixed(key) = key else { return Ok("any".into()) };
     match key {
         // Envelope values move between Transit versions by rewrapping their data keys
         // (rotate_key), not by rewriting rows: any data key of the key is on target.
@@ -30,7 +32,7 @@ pub(crate) fn needed(value: &str, target: &str, version: &str) -> bool {
     match legacy::classify(value) {
         Source::Local(kid) => !(target == "local" && kid.to_hex() == version),
         Source::Transit { key, version: v } => {
-            !(target.strip_prefix("transit:") == Some(key.as_str()) && v.to_string() == version)
+            !(target.strip_prefix("transit:") == Some(key.as_str()) && (version == "any" || v.to_string() == version))
         }
         Source::Envelope { key, .. } => target.strip_prefix("envelope:") != Some(key.as_str()),
         _ => true,
@@ -101,10 +103,23 @@ pub(crate) fn designation(binding_id: &str) -> Designation {
 }
 
 /// SQL: whether the value `v` of designation `d` in row alias `t` needs work — it is not on the
-/// target (`$1` target key, `$2` version), or its blind index is missing or not of the current
-/// index key version.
-pub(crate) fn needed_sql(d: &Designation, v: &str) -> String {
-    let value = format!("credcrypt._reencrypt_needed({v}, $1, $2)");
+/// target (`$1` target key, `$2` version; for a per-row target, the key the row's column names),
+/// or its blind index is missing or not of the current index key version.
+pub(crate) fn needed_sql(d: &Designation, v: &str, target: &str) -> String {
+    let target_sql = match ColumnKey::parse(target) {
+        Ok(ColumnKey::PerRow(t)) => {
+            let kind = if t.envelope { "envelope" } else { "transit" };
+            // Prefix and suffix are key-name characters only (checked when parsed).
+            format!(
+                "('{kind}:{}' OPERATOR(pg_catalog.||) (t.{})::pg_catalog.text OPERATOR(pg_catalog.||) '{}')",
+                t.prefix,
+                qi(&t.column),
+                t.suffix
+            )
+        }
+        _ => "$1".to_owned(),
+    };
+    let value = format!("credcrypt._reencrypt_needed({v}, {target_sql}, $2)");
     let current = d.blind.as_ref().and_then(|b| b.versions.iter().find(|x| x.current).map(|x| (b, x.version)));
     match current {
         Some((b, version)) => {

@@ -18,6 +18,27 @@ use pgrx::spi::{Spi, SpiError, SpiHeapTupleData, SpiResult};
 
 use crate::postgres::restricted::pinned_search_path;
 
+/// Raises the error of one of the extension's own statements that failed (a bug, or a catalog
+/// that is not what the extension made: `XX000`).
+pub(crate) fn fail(e: SpiError) -> ! {
+    crate::errors::fail(
+        pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("pg_credcrypt: catalog query failed: {e}"),
+        None,
+        "Report this as a bug.",
+    )
+}
+
+/// [`one`], raising [`fail`] on error.
+pub(crate) fn get<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
+    one::<T>(sql, args).unwrap_or_else(|e| fail(e))
+}
+
+/// [`run`], raising [`fail`] on error.
+pub(crate) fn exec(sql: &str, args: &[DatumWithOid<'_>]) {
+    run(sql, args).unwrap_or_else(|e| fail(e));
+}
+
 fn none_if_empty<T>(r: SpiResult<T>, empty: T) -> SpiResult<T> {
     match r {
         Err(SpiError::InvalidPosition) => Ok(empty),

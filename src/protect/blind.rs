@@ -23,9 +23,10 @@ use crate::postgres::relation::{column, lock_against_writers, table, Table};
 use crate::postgres::scope::maintain;
 use crate::postgres::spi;
 use crate::providers::blind::{self as roots, Root};
+use crate::providers::ColumnKey;
 
-use super::designations::{get, run, spi_fail};
 use super::sqlgen::value_expr;
+use crate::postgres::spi::{exec as run, fail as spi_fail, get};
 
 /// One version of a designation's index key, as recorded.
 #[derive(Debug, Clone)]
@@ -170,14 +171,15 @@ pub(crate) fn rooted_in(binding_id: &str, key: &KeyRef) -> Result<bool, Error> {
 /// any more: a migration has recomputed every index).
 pub(crate) fn retire_previous(binding_id: &str) -> i64 {
     as_catalog_owner(|| {
-        get::<i64>(
-            "WITH d AS (DELETE FROM credcrypt.index_keys WHERE binding_id OPERATOR(pg_catalog.=) $1 \
-                          AND state OPERATOR(pg_catalog.=) 'previous' RETURNING 1) \
-             SELECT pg_catalog.count(*) FROM d",
+        spi::rows_mut(
+            "DELETE FROM credcrypt.index_keys WHERE binding_id OPERATOR(pg_catalog.=) $1 \
+                AND state OPERATOR(pg_catalog.=) 'previous' RETURNING 1",
             &[binding_id.into()],
+            |_| Ok(()),
         )
     })
-    .unwrap_or(0)
+    .map(|v| v.len() as i64)
+    .unwrap_or_else(|e| spi_fail(e))
 }
 
 /// SQL: the index version prefix (2 bytes) of the current key, for "is this row's index
@@ -266,7 +268,13 @@ fn find(t: &Table, col: &str, path: &[String]) -> (String, KeyRef, Option<String
     )
     .unwrap_or_else(|e| spi_fail(e));
     match row {
-        (Some(b), Some(k), idx) => (b, KeyRef::parse(&k).or_raise(), idx),
+        (Some(b), Some(k), idx) => match ColumnKey::parse(&k).or_raise() {
+            ColumnKey::Fixed(key) => (b, key, idx),
+            ColumnKey::PerRow(_) => bad_arg(
+                "a column with per-row keys cannot have a blind index",
+                "A blind index is one keyed hash over the whole column: it would still link the values of a tenant whose key was destroyed.",
+            ),
+        },
         _ => crate::errors::undefined(
             format!("column \"{col}\" of table {} is not protected{}", t.sql_name, path_text(path)),
             "SELECT * FROM credcrypt.protected_columns_info lists the protected columns (and their json paths).",

@@ -19,7 +19,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use credcrypt_core::{Error, ErrorKind, KeyRef};
+use credcrypt_core::{Error, ErrorKind};
+
+use crate::providers::ColumnKey;
 use pgrx::prelude::*;
 
 /// One protected column, or one protected key of a jsonb column, resolved for one relation.
@@ -31,8 +33,10 @@ pub(crate) struct Designation {
     pub column: String,
     /// Path of the protected key inside a jsonb column; empty for a whole text column.
     pub json_path: Vec<String>,
-    /// Key used for new values.
-    pub key: KeyRef,
+    /// Key used for new values (one, or one per row).
+    pub key: ColumnKey,
+    /// For a per-row key: which of `binds` names the row's key.
+    pub key_bind: Option<usize>,
     /// Attribute numbers of the bind columns and their output functions.
     pub binds: Vec<(i16, pg_sys::Oid)>,
     /// Attribute number of the mask column, with the mask's prefix and suffix lengths.
@@ -295,16 +299,20 @@ unsafe fn load(relid: pg_sys::Oid, tupdesc: pg_sys::TupleDesc) -> Result<TableCo
             }
             None => None,
         };
-        cfg.designations.push(Designation {
-            attnum,
-            column,
-            json_path,
-            key: KeyRef::parse(&key)?,
-            binds,
-            mask,
-            binding_id,
-            blind,
-        });
+        let key = ColumnKey::parse(&key)?;
+        let key_bind = match &key {
+            ColumnKey::PerRow(t) => Some(bind_columns.iter().position(|b| *b == t.column).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::CatalogMismatch,
+                    format!(
+                        "the per-row key of column \"{column}\" names \"{}\", which is not one of its bind columns",
+                        t.column
+                    ),
+                )
+            })?),
+            ColumnKey::Fixed(_) => None,
+        };
+        cfg.designations.push(Designation { attnum, column, json_path, key, key_bind, binds, mask, binding_id, blind });
     }
     Ok(cfg)
 }

@@ -12,7 +12,6 @@
 
 use credcrypt_core::column::new_binding_id;
 use credcrypt_core::KeyRef;
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier as qi;
 use pgrx::PgSqlErrorCode::*;
@@ -22,6 +21,7 @@ use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{column, lock_against_writers, require_column, table, Table};
 use crate::postgres::scope::maintain;
 use crate::postgres::spi;
+use crate::providers::ColumnKey;
 
 use super::sqlgen::{value_expr, Desig};
 
@@ -34,18 +34,7 @@ pub const TRIGGER_NAME: &str = "zz_credcrypt_protect";
 /// extra_float_digits or padding effects), so they can be bound into a context.
 const BINDABLE_TYPES: &[&str] = &["int2", "int4", "int8", "numeric", "text", "varchar", "uuid", "name", "oid"];
 
-pub(crate) fn spi_fail(e: pgrx::spi::SpiError) -> ! {
-    fail(ERRCODE_INTERNAL_ERROR, format!("pg_credcrypt: catalog query failed: {e}"), None, "Report this as a bug.")
-}
-
-pub(crate) fn get<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
-    // Read-only (also on a hot standby); every caller passes a SELECT.
-    spi::one::<T>(sql, args).unwrap_or_else(|e| spi_fail(e))
-}
-
-pub(crate) fn run(sql: &str, args: &[DatumWithOid<'_>]) {
-    spi::run(sql, args).unwrap_or_else(|e| spi_fail(e));
-}
+pub(crate) use crate::postgres::spi::{exec as run, fail as spi_fail, get};
 
 fn bad_arg(msg: impl Into<String>, hint: &str) -> ! {
     fail(ERRCODE_INVALID_PARAMETER_VALUE, msg, None, hint)
@@ -154,8 +143,11 @@ pub(crate) fn protect(
     if mask_prefix < 0 || mask_suffix < 0 {
         bad_arg("mask_prefix and mask_suffix must not be negative", "Use e.g. mask_prefix => 3, mask_suffix => 4.");
     }
-    let key = crate::providers::key_ref(key_name).or_raise();
-    if key == KeyRef::Local {
+    let key = match key_name {
+        Some(k) => ColumnKey::parse(k).or_raise(),
+        None => ColumnKey::Fixed(crate::providers::key_ref(None).or_raise()),
+    };
+    if key == ColumnKey::Fixed(KeyRef::Local) {
         // Fail now rather than on the first INSERT.
         crate::providers::local::with_keyring(|r| r.current_key().map(|_| ())).or_raise();
     }
@@ -260,6 +252,20 @@ pub(crate) fn protect(
             "Bind every protected column of the table to its key columns (e.g. ARRAY['id']), which are neither protected nor masks.",
         );
     }
+    if let ColumnKey::PerRow(t) = &key {
+        if !binds.contains(&t.column) {
+            bad_arg(
+                format!("the per-row key names column \"{}\", which is not a bind column", t.column),
+                "List the column that chooses the key among bind_columns (e.g. bind_columns => ARRAY['id', 'org_id']): a value moved to another tenant's row must fail to decrypt.",
+            );
+        }
+        if blind_index_column.is_some() {
+            bad_arg(
+                "a column with per-row keys cannot have a blind index",
+                "A blind index is one keyed hash over the whole column: it would still link the values of a tenant whose key was destroyed. Use a single key for a column you look values up in.",
+            );
+        }
+    }
     if let Some(ix) = blind_index_column {
         if !super::blind::available() {
             fail(
@@ -310,8 +316,8 @@ pub(crate) fn protect(
             );
         }
     });
-    if blind_index_column.is_some() {
-        super::blind::new_version(&binding_id, &key);
+    if let (Some(_), ColumnKey::Fixed(k)) = (blind_index_column, &key) {
+        super::blind::new_version(&binding_id, k);
     }
     let has_trigger = get::<bool>(
         "SELECT true FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 \

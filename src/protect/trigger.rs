@@ -41,7 +41,7 @@ use zeroize::Zeroizing;
 
 use super::catalog::{self, Designation};
 use super::designations::TRIGGER_NAME;
-use crate::providers::{decrypt_many, encrypt_many};
+use crate::providers::{decrypt_many, encrypt_many, encrypt_per_row, ColumnKey};
 
 /// How many recently produced ciphertexts a backend remembers (for `ON CONFLICT DO UPDATE`).
 const RECENT: usize = 32;
@@ -202,6 +202,13 @@ impl Row {
         unsafe { CStr::from_ptr(c) }.to_str().ok()
     }
 
+    /// The key a value of `d` in this row is encrypted with: the designation's, or for a
+    /// per-row key, the one its bind column names.
+    fn key<'d>(&self, d: &'d Designation) -> Result<Cow<'d, KeyRef>, Error> {
+        let value = d.key_bind.and_then(|i| d.binds.get(i)).and_then(|&(n, f)| self.bind_text(n, f));
+        d.key.for_row(value)
+    }
+
     fn context(&self, d: &Designation) -> Result<String, Error> {
         let values: Vec<Option<&str>> = d.binds.iter().map(|&(n, f)| self.bind_text(n, f)).collect();
         column_context(&d.binding_id, &values)
@@ -228,9 +235,9 @@ fn located(e: Error, d: &Designation, table: &dyn Fn() -> String) -> Error {
 /// (a bulk load): then envelope data keys wrapped by the same Transit key, one Transit call per
 /// data key instead of one per row. The value stays bound to its row; the column accepts it as
 /// under its key ([`under_designated_key`]); a migration to the Transit key converts it.
-fn key_for(d: &Designation, command: pg_sys::CommandId) -> Cow<'_, KeyRef> {
-    let KeyRef::Transit(name) = &d.key else { return Cow::Borrowed(&d.key) };
-    let Some(threshold) = crate::gucs::transit_bulk_threshold() else { return Cow::Borrowed(&d.key) };
+fn key_for(key: &KeyRef, command: pg_sys::CommandId) -> Cow<'_, KeyRef> {
+    let KeyRef::Transit(name) = key else { return Cow::Borrowed(key) };
+    let Some(threshold) = crate::gucs::transit_bulk_threshold() else { return Cow::Borrowed(key) };
     let n = TRANSIT_VALUES.with(|t| {
         let (c, n) = t.get();
         let n = if c == command { n.saturating_add(1) } else { 1 };
@@ -240,7 +247,7 @@ fn key_for(d: &Designation, command: pg_sys::CommandId) -> Cow<'_, KeyRef> {
     if n > threshold {
         Cow::Owned(KeyRef::Envelope(name.clone()))
     } else {
-        Cow::Borrowed(&d.key)
+        Cow::Borrowed(key)
     }
 }
 
@@ -257,9 +264,13 @@ enum Origin {
 /// upsert, which may re-bind it to the existing row); a re-bound stored value never is: the
 /// writer did not supply its plaintext, and another row of the same statement (a data-modifying
 /// CTE feeding it on) must not get it.
-fn produce(d: &Designation, plain: &[u8], context: &str, origin: Origin) -> Result<Outcome, Error> {
+fn produce(d: &Designation, key: &KeyRef, plain: &[u8], context: &str, origin: Origin) -> Result<Outcome, Error> {
     let (ct, statement) = encrypting(|statement| {
-        let mut v = encrypt_many(&[plain], &key_for(d, statement), &[Some(context)])?;
+        let key = key_for(key, statement);
+        let mut v = match d.key {
+            ColumnKey::Fixed(_) => encrypt_many(&[plain], &key, &[Some(context)])?,
+            ColumnKey::PerRow(_) => encrypt_per_row(&[plain], &key, &[Some(context)])?,
+        };
         v.pop().ok_or_else(|| Error::malformed("empty answer")).map(|ct| (ct, statement))
     })?;
     let derived = derive(d, plain)?;
@@ -304,8 +315,8 @@ enum Outcome {
 
 /// Whether a parsed ciphertext is under the designation's key (any version of it). A Transit
 /// column also holds envelope values of its Transit key (bulk loads, [`key_for`]).
-fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
-    match (&d.key, parsed.provider) {
+fn under_designated_key(key: &KeyRef, parsed: &Ciphertext<'_>) -> bool {
+    match (key, parsed.provider) {
         (KeyRef::Local, Provider::Local) => true,
         (KeyRef::Transit(n), Provider::Transit | Provider::Envelope) | (KeyRef::Envelope(n), Provider::Envelope) => {
             parsed.key_name == n
@@ -315,15 +326,16 @@ fn under_designated_key(d: &Designation, parsed: &Ciphertext<'_>) -> bool {
 }
 
 /// Decrypts `v` (bound to `from`) and encrypts it again for `context`.
-fn rebind(d: &Designation, v: &str, from: &str, context: &str) -> Result<Outcome, Error> {
+fn rebind(d: &Designation, key: &KeyRef, v: &str, from: &str, context: &str) -> Result<Outcome, Error> {
     let plain = decrypt(v, from)?;
-    produce(d, &plain, context, Origin::StoredValue)
+    produce(d, key, &plain, context, Origin::StoredValue)
 }
 
 /// Decides what to store for a protected value. `old` is the OLD row's value and context on
-/// UPDATE; `context` the NEW row's.
+/// UPDATE; `context` and `key` the NEW row's.
 fn protect_value(
     d: &Designation,
+    key: &KeyRef,
     new: Option<&str>,
     old: Option<(Option<&str>, &dyn Fn() -> String)>,
     context: &str,
@@ -338,7 +350,7 @@ fn protect_value(
                 return Ok(Outcome::KeepWithOldMask);
             }
             // A bind column changed: re-bind the unchanged value to the new row.
-            return rebind(d, v, &old_context, context);
+            return rebind(d, key, v, &old_context, context);
         }
     }
     if v.starts_with("cc1:") {
@@ -348,9 +360,9 @@ fn protect_value(
             if produced_for == context {
                 return Ok(Outcome::KeepWithMask(derived));
             }
-            return rebind(d, v, &produced_for, context);
+            return rebind(d, key, v, &produced_for, context);
         }
-        if !under_designated_key(d, &parsed) {
+        if !under_designated_key(key, &parsed) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "the value is encrypted with another key than the column's",
@@ -368,7 +380,7 @@ fn protect_value(
         })?;
         return Ok(Outcome::KeepWithMask(derive(d, &plain)?));
     }
-    produce(d, v.as_bytes(), context, Origin::Plaintext)
+    produce(d, key, v.as_bytes(), context, Origin::Plaintext)
 }
 
 /// A detoasted jsonb document (palloc'd or in the tuple; valid for the trigger call).
@@ -658,6 +670,7 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
     let old_tid = old_tuple.map(|t| unsafe { tid_of(t) });
     for d in &cfg.designations {
         let context = new.context(d)?;
+        let key = new.key(d).map_err(|e| located(e, d, &table))?;
         // An old row whose context cannot be built cannot match: re-binding then fails closed.
         let old_context = || old.map(|o| o.context(d).unwrap_or_default()).unwrap_or_default();
         // A value the extension writes itself (a verified re-encryption, or the plaintext of
@@ -680,7 +693,8 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         }
         if d.json_path.is_empty() {
             let old_arg = old.as_ref().map(|o| (o.text(d.attnum), &old_context as &dyn Fn() -> String));
-            let outcome = protect_value(d, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;
+            let outcome =
+                protect_value(d, &key, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;
             apply_derived(&mut repl, d, old, &outcome);
             if let Outcome::Store { value, .. } = outcome {
                 set(&mut repl, d.attnum, text_datum(value));
@@ -696,7 +710,7 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         let old_v = json_str(old_doc, &d.json_path).map_err(|e| located(e, d, &table))?;
         let new_v = json_str(entry.1, &d.json_path).map_err(|e| located(e, d, &table))?;
         let old_arg = old.map(|_| (old_v, &old_context as &dyn Fn() -> String));
-        let outcome = protect_value(d, new_v, old_arg, &context).map_err(|e| located(e, d, &table))?;
+        let outcome = protect_value(d, &key, new_v, old_arg, &context).map_err(|e| located(e, d, &table))?;
         apply_derived(&mut repl, d, old, &outcome);
         if let Outcome::Store { value: Some(ct), .. } = outcome {
             if let Some(current) = entry.2 {

@@ -60,6 +60,65 @@ struct Cached {
 thread_local! {
     static CURRENT: RefCell<HashMap<String, Current>> = RefCell::new(HashMap::new());
     static CACHE: RefCell<HashMap<KeyId, Cached>> = RefCell::new(HashMap::new());
+    /// OID of `credcrypt.data_keys` in this database, once looked up: its relcache
+    /// invalidation (sent by `credcrypt.shred_key`) empties both caches in every backend.
+    static DATA_KEYS_OID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Remembers the OID of `credcrypt.data_keys` (for the invalidation callback).
+fn note_catalog_oid() {
+    if DATA_KEYS_OID.with(std::cell::Cell::get) == pg_sys::InvalidOid {
+        // SAFETY: catalog cache lookups by name; missing objects answer InvalidOid.
+        let oid = unsafe {
+            let ns = pg_sys::get_namespace_oid(c"credcrypt".as_ptr(), true);
+            if ns == pg_sys::InvalidOid {
+                pg_sys::InvalidOid
+            } else {
+                pg_sys::get_relname_relid(c"data_keys".as_ptr(), ns)
+            }
+        };
+        DATA_KEYS_OID.with(|o| o.set(oid));
+    }
+}
+
+/// Relcache invalidation callback: `credcrypt.data_keys` (or everything) was invalidated —
+/// data keys may have been destroyed: forget every cached and current key.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let mine = DATA_KEYS_OID.with(std::cell::Cell::get);
+    if relid == pg_sys::InvalidOid || (mine != pg_sys::InvalidOid && relid == mine) {
+        forget_everything();
+    }
+}
+
+/// Empties both caches (never raises: called from an invalidation callback).
+fn forget_everything() {
+    CURRENT.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.clear();
+        }
+    });
+    CACHE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.clear();
+        }
+    });
+}
+
+/// Makes `name`'s data key current, first dropping current keys that are past
+/// `credcrypt.envelope_max_age` and, beyond `credcrypt.envelope_cache_size` Transit keys, the
+/// oldest: with per-row keys (one Transit key per tenant) the map stays bounded.
+fn make_current(name: &str, cur: Current) {
+    let (age, limit) = (max_age(), gucs::envelope_cache_size());
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|_, v| v.born.elapsed() < age);
+        while c.len() >= limit {
+            let Some(oldest) = c.iter().min_by_key(|(_, v)| v.born).map(|(k, _)| k.clone()) else { break };
+            c.remove(&oldest);
+        }
+        c.insert(name.to_owned(), cur);
+    });
 }
 
 fn max_uses() -> u64 {
@@ -134,14 +193,10 @@ fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
         crate::postgres::spi::run(insert, &[id.to_hex().as_str().into(), name.into(), wrapped.as_str().into()])
     })
     .map_err(spi_error)?;
+    note_catalog_oid();
     // SAFETY: reads the current subtransaction id.
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    CURRENT.with(|c| {
-        c.borrow_mut().insert(
-            name.to_owned(),
-            Current { id, key: key.clone(), uses: 0, born: Instant::now(), created_in: Some(sub) },
-        )
-    });
+    make_current(name, Current { id, key: key.clone(), uses: 0, born: Instant::now(), created_in: Some(sub) });
     cache_insert(id, Cached { key: key.clone(), transit_key: name.to_owned(), loaded: Instant::now() });
     Ok((id, key))
 }
@@ -197,6 +252,7 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
     if missing.is_empty() {
         return Ok(());
     }
+    note_catalog_oid();
     let hex: Vec<String> = missing.iter().map(|(id, _)| id.to_hex()).collect();
     // With the latest snapshot: a data key committed after this transaction's snapshot (by a
     // concurrent writer) is found, never reported missing.
@@ -229,7 +285,12 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
             .iter()
             .map(|(_, w, aad)| ReqItem { data: w.as_bytes(), context: aad.as_deref().map(str::as_bytes) })
             .collect();
-        let answers = backend::call(Op::Decrypt, &transit_key, &items)?;
+        let answers = match backend::call(Op::Decrypt, &transit_key, &items) {
+            // The Transit key is gone (destroyed, or never in this OpenBao): its values report
+            // it one by one; the other keys' values still decrypt.
+            Err(e) if e.kind == ErrorKind::TransitKeyNotFound => continue,
+            r => r?,
+        };
         for ((id, _, _), a) in keys.iter().zip(answers) {
             let Ok(plain) = a else { continue }; // reported per value below (unknown data key)
             let Ok(bytes) = <&[u8; 32]>::try_from(plain.as_slice()) else { continue };
@@ -258,12 +319,13 @@ pub(crate) fn decrypt(
             });
             let r = match key {
                 Some(k) => k.open(ct, ctx.map(str::as_bytes)),
-                None => Err(Error::new(ErrorKind::UnknownKeyId, "the value's data key cannot be used").with_detail(
-                    format!(
-                    "data key {} of Transit key {} is not in credcrypt.data_keys, or its wrapped key does not unwrap",
-                    ct.data_key_id().map(|i| i.to_hex()).unwrap_or_default(),
-                    ct.key_name
-                ),
+                None => Err(crate::providers::destroyed_or(
+                    ct.key_name,
+                    Error::new(ErrorKind::UnknownKeyId, "the value's data key cannot be used").with_detail(format!(
+                        "data key {} of Transit key {} is not in credcrypt.data_keys, or its wrapped key does not unwrap",
+                        ct.data_key_id().map(|i| i.to_hex()).unwrap_or_default(),
+                        ct.key_name
+                    )),
                 )),
             };
             (*i, r)
@@ -409,8 +471,12 @@ fn forget_created_in(sub: Option<pg_sys::SubTransactionId>) {
     });
 }
 
-/// Registers the transaction listeners (from `_PG_init`); they never raise.
+/// Registers the transaction listeners and the invalidation callback (from `_PG_init`); they
+/// never raise.
 pub fn init() {
+    // SAFETY: called once from _PG_init on the main thread; the callback has the C signature
+    // PostgreSQL expects and never raises.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
     crate::postgres::xact::on_transaction(on_xact);
     crate::postgres::xact::on_subtransaction(on_subxact);
 }

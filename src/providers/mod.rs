@@ -17,7 +17,8 @@ pub mod transit;
 use credcrypt_core::format::{self, Ciphertext};
 use credcrypt_core::wire::{FailKind, Op, ReqItem};
 pub(crate) use credcrypt_core::Decrypted;
-use credcrypt_core::{Error, ErrorKind, KeyRef, Provider};
+use credcrypt_core::{Error, ErrorKind, KeyRef, KeyTemplate, Provider};
+use pgrx::IntoDatum as _;
 use zeroize::Zeroizing;
 
 use crate::gucs::{self, Fallback};
@@ -28,6 +29,107 @@ pub(crate) fn key_ref(key_name: Option<&str>) -> Result<KeyRef, Error> {
     match key_name {
         Some(k) => KeyRef::parse(k),
         None => KeyRef::parse(&gucs::default_key()),
+    }
+}
+
+/// The key of a protected column: one key, or one per row — a per-row key reference
+/// (`envelope:tenant-{org_id}`), resolved with the value of a bind column in each row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ColumnKey {
+    /// Every value under this key.
+    Fixed(KeyRef),
+    /// Each row's value under the key its bind column names.
+    PerRow(KeyTemplate),
+}
+
+impl ColumnKey {
+    /// Parses a designation's key: a key reference, or a per-row key reference.
+    pub(crate) fn parse(s: &str) -> Result<ColumnKey, Error> {
+        match KeyTemplate::parse(s)? {
+            Some(t) => Ok(ColumnKey::PerRow(t)),
+            None => KeyRef::parse(s).map(ColumnKey::Fixed),
+        }
+    }
+
+    /// The key of a row whose template column holds `value` (ignored for a fixed key).
+    pub(crate) fn for_row(&self, value: Option<&str>) -> Result<std::borrow::Cow<'_, KeyRef>, Error> {
+        match self {
+            ColumnKey::Fixed(k) => Ok(std::borrow::Cow::Borrowed(k)),
+            ColumnKey::PerRow(t) => t.resolve(value).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+impl std::fmt::Display for ColumnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnKey::Fixed(k) => k.fmt(f),
+            ColumnKey::PerRow(t) => t.fmt(f),
+        }
+    }
+}
+
+/// Encrypts values with a per-row key (`key`, resolved for their row): never falls back to the
+/// local key (a value outside its tenant's key would survive the key's destruction); when
+/// OpenBao has no such key and `credcrypt.auto_create_keys` is on, asks the worker to create it
+/// (creating an existing key changes nothing, so concurrent first writes create it once) and
+/// encrypts again.
+pub(crate) fn encrypt_per_row(
+    plaintexts: &[&[u8]],
+    key: &KeyRef,
+    contexts: &[Option<&str>],
+) -> Result<Vec<String>, Error> {
+    match encrypt_with(plaintexts, key, contexts, false) {
+        Err(e) if e.kind == ErrorKind::TransitKeyNotFound && gucs::auto_create_keys() => {
+            let name = key.transit_name().ok_or(e)?;
+            // A tenant erased is not written again under the same key name: its old values
+            // would then fail as tampering instead of as destroyed.
+            if let Some((at, _)) = erasure_of(name) {
+                return Err(Error::new(ErrorKind::KeyDestroyed, "this key was destroyed (crypto-shredded)")
+                    .with_detail(format!("Transit key {name} was destroyed at {at}; write under a new key name")));
+            }
+            let created = backend::call(Op::CreateKey, name, &[])?;
+            if let Some(Err(f)) = created.into_iter().next() {
+                return Err(fail_to_error(&f));
+            }
+            encrypt_with(plaintexts, key, contexts, false)
+        }
+        Err(e) if e.kind == ErrorKind::TransitKeyNotFound => Err(e.with_detail(
+            "the per-row key does not exist in OpenBao: create it there, or set credcrypt.auto_create_keys = on (docs/openbao.md)",
+        )),
+        r => r,
+    }
+}
+
+/// When and by whom Transit key `name` was destroyed (`credcrypt.shred_key`), if it was: read
+/// from `credcrypt.erasures` with the latest snapshot. Only the SQL of 0.3.0 on has the table.
+pub(crate) fn erasure_of(name: &str) -> Option<(String, String)> {
+    if !crate::postgres::catalog::has_column(c"erasures", c"key_name") {
+        return None;
+    }
+    let name_datum = name.into_datum();
+    crate::postgres::guard::as_catalog_owner(|| {
+        crate::postgres::spi::rows_latest(
+            c"SELECT erased_at::pg_catalog.text, erased_by::pg_catalog.text FROM credcrypt.erasures \
+               WHERE key_name OPERATOR(pg_catalog.=) $1 ORDER BY erased_at DESC LIMIT 1",
+            &[(pgrx::pg_sys::TEXTOID, name_datum)],
+            |r| (r.get::<String>(1).unwrap_or_default(), r.get::<String>(2).unwrap_or_default()),
+        )
+    })
+    .ok()
+    .and_then(|v| v.into_iter().next())
+}
+
+/// `e` (a "key not found" error for Transit key `name`), or the "key destroyed" error when the
+/// key was destroyed on purpose.
+pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
+    match erasure_of(name) {
+        Some((at, by)) => Error::new(
+            ErrorKind::KeyDestroyed,
+            "the key of this value was destroyed (crypto-shredded): the value can never be decrypted",
+        )
+        .with_detail(format!("Transit key {name} was destroyed at {at} by {by}")),
+        None => e,
     }
 }
 
@@ -180,10 +282,14 @@ pub(crate) fn decrypt_each(
         }
         let items: Vec<ReqItem<'_>> =
             entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
-        let answers = backend::call(Op::Decrypt, &name, &items)?;
+        let answers = match backend::call(Op::Decrypt, &name, &items) {
+            Err(e) if e.kind == ErrorKind::TransitKeyNotFound => return Err(destroyed_or(&name, e)),
+            r => r?,
+        };
         for ((i, payload, _), a) in entries.iter().zip(answers) {
             out[*i] = a.map_err(|f| match f.kind {
                 FailKind::AuthenticationFailed => Error::auth_failed(),
+                FailKind::KeyNotFound => destroyed_or(&name, fail_to_error(&f)),
                 FailKind::VersionRetired => {
                     let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
                     Error::new(

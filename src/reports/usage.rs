@@ -52,6 +52,10 @@ pub(crate) fn usage_of(
                 ["transit", k, ver] => ("transit".into(), Some(format!("transit:{k}")), Some((*ver).into())),
                 ["envelope", k, dek] => match data_key_versions.get(*dek) {
                     Some(ver) => ("envelope".into(), Some(format!("envelope:{k}")), Some(ver.clone())),
+                    // Its data key was destroyed with its Transit key (shred_key), or is missing.
+                    None if crate::providers::erasure_of(k).is_some() => {
+                        ("destroyed".into(), Some(format!("envelope:{k}")), None)
+                    }
                     None => ("unreadable".into(), Some(format!("envelope:{k}")), None),
                 },
                 ["vault", ver] => ("vault".into(), None, Some((*ver).into())),
@@ -63,6 +67,71 @@ pub(crate) fn usage_of(
         }
     }
     agg
+}
+
+/// How many protected values (of every designation, every row) are under Transit key `name`,
+/// per value or through envelope data keys — what destroying the key makes unreadable.
+pub(crate) fn values_under(name: &str) -> i64 {
+    let dek = data_key_versions();
+    let (transit, envelope) = (format!("transit:{name}"), format!("envelope:{name}"));
+    designations_to_report(None)
+        .into_iter()
+        .map(|(relid, binding, _, _)| {
+            usage_of(relid, &binding, &dek)
+                .into_iter()
+                .filter(|((_, key, _), _)| {
+                    key.as_deref() == Some(transit.as_str()) || key.as_deref() == Some(envelope.as_str())
+                })
+                .map(|(_, n)| n)
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+/// Values of columns with per-row keys whose key is missing without a recorded erasure (a
+/// helper of `credcrypt.security_report()`): envelope values whose data key is gone, and
+/// per-value Transit keys OpenBao does not have. Reads every row of those columns.
+pub(crate) fn missing_row_keys() -> Vec<crate::reports::environment::Finding> {
+    let mut out = Vec::new();
+    let dek = data_key_versions();
+    let per_row = spi::rows(
+        "SELECT relid::pg_catalog.oid, binding_id, column_name::pg_catalog.text FROM credcrypt.protected_columns \
+          WHERE pg_catalog.strpos(key_name, '{') OPERATOR(pg_catalog.>) 0",
+        &[],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e));
+    let mut checked: BTreeMap<String, bool> = BTreeMap::new();
+    for (relid, binding, column) in per_row {
+        let place = format!("{}.{}", table_display(relid), qi(&column));
+        for ((source, key, _), n) in usage_of(relid, &binding, &dek) {
+            let Some(key) = key else { continue };
+            let name = key.split_once(':').map(|x| x.1).unwrap_or_default().to_owned();
+            let missing = match source.as_str() {
+                "unreadable" if key.starts_with("envelope:") => true,
+                "transit" => *checked.entry(name.clone()).or_insert_with(|| {
+                    matches!(crate::providers::transit::latest_version(&name), Err(e) if e.kind == ErrorKind::TransitKeyNotFound)
+                        && crate::providers::erasure_of(&name).is_none()
+                }),
+                _ => false,
+            };
+            if missing {
+                out.push((
+                    "critical".to_owned(),
+                    place.clone(),
+                    format!("{n} value(s) under the per-row key {key} cannot be decrypted: the key is missing, and no erasure of it is recorded"),
+                    format!("Restore the key in OpenBao (or credcrypt.data_keys from a backup); if it was destroyed on purpose, SELECT credcrypt.shred_key('{key}') records it"),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The Transit version each envelope data key is wrapped with.
@@ -118,13 +187,29 @@ pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>) -> Vec<UsageRow> {
                 ("transit" | "envelope", Some(k), Some(v)) => {
                     let name = k.split_once(':').map(|x| x.1).unwrap_or_default().to_owned();
                     if !latest.contains_key(&name) {
-                        let l = crate::providers::transit::latest_version(&name).or_raise();
-                        latest.insert(name.clone(), l.to_string());
+                        // A destroyed key (shred_key) has no latest version: its values are
+                        // reported as destroyed below. A key missing otherwise is an error.
+                        let l = match crate::providers::transit::latest_version(&name) {
+                            Err(e)
+                                if e.kind == ErrorKind::TransitKeyNotFound
+                                    && crate::providers::erasure_of(&name).is_some() =>
+                            {
+                                String::new()
+                            }
+                            r => r.or_raise().to_string(),
+                        };
+                        latest.insert(name.clone(), l);
                     }
-                    Some(latest.get(&name) == Some(v))
+                    match latest.get(&name).map(String::as_str) {
+                        Some("") => None,
+                        l => Some(l == Some(v.as_str())),
+                    }
                 }
                 _ => None,
             };
+            // Values of a destroyed Transit key (per value) are reported as such.
+            let destroyed = source == "transit" && current.is_none() && version.is_some();
+            let source = if destroyed { "destroyed".to_owned() } else { source };
             out.push((table_name.clone(), column.clone(), path.clone(), source, key, version, current, n));
             relids.push(relid);
         }

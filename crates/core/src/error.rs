@@ -59,6 +59,9 @@ pub enum ErrorKind {
     KeyVersionRetired,
     /// An internal invariant did not hold: a bug, never bad input (XX000).
     Internal,
+    /// The value's key was destroyed on purpose (`credcrypt.shred_key`, crypto-shredding): it
+    /// can never be decrypted again (38000). Never tampering (39000).
+    KeyDestroyed,
 }
 
 /// A core error: a kind, a safe message and an optional safe detail.

@@ -103,7 +103,12 @@ impl KeyTemplate {
         {
             return Err(bad());
         }
-        Ok(Some(KeyTemplate { envelope, prefix: prefix.to_owned(), column: column.to_owned(), suffix: suffix.to_owned() }))
+        Ok(Some(KeyTemplate {
+            envelope,
+            prefix: prefix.to_owned(),
+            column: column.to_owned(),
+            suffix: suffix.to_owned(),
+        }))
     }
 
     /// The key reference of a row whose bind column holds `value` (its text form); an error
@@ -168,18 +173,32 @@ mod tests {
         assert_eq!(t.resolve(Some("42")).unwrap(), KeyRef::Envelope("tenant-42".into()));
         let uuid = "0b6f9a6e-6a4d-4c58-9b1e-3f0c8d2a1b7e";
         assert_eq!(t.resolve(Some(uuid)).unwrap(), KeyRef::Envelope(format!("tenant-{uuid}")));
-        assert!(t.matches("tenant-acme") && !t.matches("tenant-") && !t.matches("other-acme") && !t.matches("tenant-a.b"));
+        assert!(
+            t.matches("tenant-acme") && !t.matches("tenant-") && !t.matches("other-acme") && !t.matches("tenant-a.b")
+        );
         let x = KeyTemplate::parse("transit:{tenant}.creds").unwrap().unwrap();
         assert_eq!(x.resolve(Some("t1")).unwrap(), KeyRef::Transit("t1.creds".into()));
         assert_eq!(KeyTemplate::parse("transit:app").unwrap(), None);
         assert_eq!(KeyTemplate::parse("local").unwrap(), None);
-        for bad in ["local:{x}", "transit:{}", "transit:a{b}{c}", "transit:a{b", "transit:a}b", "envelope:a/{b}", "transit:a{b}c d", "{x}"] {
+        for bad in [
+            "local:{x}",
+            "transit:{}",
+            "transit:a{b}{c}",
+            "transit:a{b",
+            "transit:a}b",
+            "envelope:a/{b}",
+            "transit:a{b}c d",
+            "{x}",
+        ] {
             assert_eq!(KeyTemplate::parse(bad).unwrap_err().kind, ErrorKind::InvalidKeyRef, "{bad}");
         }
         for hostile in ["../x", "a b", ".", "..", "", "a/b", "x%2f", &"a".repeat(65), "ünï"] {
             let e = t.resolve(Some(hostile)).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidArgument, "{hostile}");
-            assert!(hostile.is_empty() || !e.message.contains(hostile) && !e.detail.clone().unwrap_or_default().contains(hostile));
+            assert!(
+                hostile.is_empty()
+                    || !e.message.contains(hostile) && !e.detail.clone().unwrap_or_default().contains(hostile)
+            );
         }
         assert!(t.resolve(None).is_err());
     }

@@ -29,6 +29,11 @@ pub enum Op {
     DataKey = 5,
     /// Rewrap each item's data (`vault:vN:…`, no associated data) to the latest version.
     Rewrap = 6,
+    /// Create the key if it does not exist (a per-row key's first use); no items; answers one
+    /// item with the latest version in decimal.
+    CreateKey = 7,
+    /// Destroy the key and all its versions (crypto-shredding); no items; answers no item.
+    DeleteKey = 8,
 }
 
 impl Op {
@@ -40,6 +45,8 @@ impl Op {
             4 => Op::KeyInfo,
             5 => Op::DataKey,
             6 => Op::Rewrap,
+            7 => Op::CreateKey,
+            8 => Op::DeleteKey,
             _ => return None,
         })
     }

@@ -313,6 +313,69 @@ impl Client {
         }
     }
 
+    /// Creates an AES-256-GCM key (a per-row key used for the first time, with
+    /// `credcrypt.auto_create_keys`). Creating a key that exists changes nothing (OpenBao answers
+    /// 200 or 204 either way), so concurrent first uses create it once; the key is read back
+    /// and must be an encryption key.
+    pub fn create_key(&mut self, key: &str) -> Result<KeyInfo, Error> {
+        let path = self.transit_path("keys", key);
+        let body = Zeroizing::new(r#"{"type":"aes256-gcm96"}"#.to_owned());
+        let (status, _) = self.request("POST", &path, Some(body), On403::Reauthenticate)?;
+        match status {
+            200 | 204 => {}
+            403 => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("OpenBao denied creating Transit key {key} (HTTP 403): the policy must allow create on it"),
+                ))
+            }
+            s => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("unexpected answer creating Transit key {key}: HTTP {s}"),
+                ))
+            }
+        }
+        self.key_info(key)
+    }
+
+    /// Destroys a key and every version of it (crypto-shredding): allows its deletion, then
+    /// deletes it. A key that does not exist is already destroyed (Ok).
+    pub fn delete_key(&mut self, key: &str) -> Result<(), Error> {
+        let path = self.transit_path("keys", key);
+        let config = format!("{path}/config");
+        let body = Zeroizing::new(r#"{"deletion_allowed":true}"#.to_owned());
+        let (status, _) = self.request("POST", &config, Some(body), On403::Reauthenticate)?;
+        match status {
+            200 | 204 => {}
+            // A missing key: OpenBao answers 400 (or 404) to its config update.
+            400 | 404 => {
+                if matches!(self.key_info(key), Err(ref e) if e.kind == ErrorKind::KeyNotFound) {
+                    return Ok(());
+                }
+                return Err(Error::new(ErrorKind::Protocol, format!("OpenBao refused to allow deleting Transit key {key} (HTTP {status})")));
+            }
+            403 => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("OpenBao denied configuring Transit key {key} for deletion (HTTP 403): the policy must allow update on transit/keys/{key}/config"),
+                ))
+            }
+            s => {
+                return Err(Error::new(ErrorKind::Protocol, format!("unexpected answer configuring Transit key {key}: HTTP {s}")))
+            }
+        }
+        let (status, _) = self.request("DELETE", &path, None, On403::Reauthenticate)?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            403 => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("OpenBao denied deleting Transit key {key} (HTTP 403): the policy must allow delete on transit/keys/{key}"),
+            )),
+            s => Err(Error::new(ErrorKind::Protocol, format!("unexpected answer deleting Transit key {key}: HTTP {s}"))),
+        }
+    }
+
     /// Rotates a key; returns the new latest version.
     pub fn rotate(&mut self, key: &str) -> Result<u32, Error> {
         let path = format!("{}/rotate", self.transit_path("keys", key));

@@ -148,8 +148,8 @@ impl Client {
         for _hop in 0..3 {
             self.status.http_requests += 1;
             let token = self.token.as_ref().map(|t| t.value.as_str().to_owned()).map(Zeroizing::new);
-            let result = if method == "GET" {
-                let mut r = self.agent.get(&url);
+            let result = if method == "GET" || method == "DELETE" {
+                let mut r = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
                 if let (Authn::Token, Some(t)) = (auth, &token) {
                     r = r.header("X-Vault-Token", t.as_str());
                 }

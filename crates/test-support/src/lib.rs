@@ -27,6 +27,16 @@ path "transit/decrypt/later"  { capabilities = ["update"] }
 path "transit/keys/later"     { capabilities = ["read"] }
 "#;
 
+/// The policy for per-row (tenant) keys `tenant-*`, as docs/openbao.md gives it: use, create
+/// on first use (`credcrypt.auto_create_keys`) and destroy (`credcrypt.shred_key`).
+pub const TENANT_POLICY: &str = r#"
+path "transit/encrypt/tenant-*"           { capabilities = ["update"] }
+path "transit/decrypt/tenant-*"           { capabilities = ["update"] }
+path "transit/datakey/plaintext/tenant-*" { capabilities = ["update"] }
+path "transit/keys/tenant-*"              { capabilities = ["read", "create", "update", "delete"] }
+path "transit/keys/tenant-*/config"       { capabilities = ["update"] }
+"#;
+
 /// A running dev server (killed on drop).
 pub struct Bao {
     child: Child,
@@ -149,6 +159,23 @@ impl Bao {
     /// Creates a policy-limited service token and returns it.
     pub fn token(&self, ttl: &str) -> String {
         let out = self.must(&["token", "create", "-policy=credcrypt", &format!("-ttl={ttl}"), "-field=token"]);
+        out.trim().to_owned()
+    }
+
+    /// A policy-limited service token that may also use, create and destroy the per-row keys
+    /// `tenant-*` ([`TENANT_POLICY`]).
+    pub fn tenant_token(&self, ttl: &str) -> String {
+        let policy = self.dir.join("tenant-policy.hcl");
+        std::fs::write(&policy, TENANT_POLICY).expect("policy");
+        self.must(&["policy", "write", "credcrypt-tenants", policy.to_str().expect("path")]);
+        let out = self.must(&[
+            "token",
+            "create",
+            "-policy=credcrypt",
+            "-policy=credcrypt-tenants",
+            &format!("-ttl={ttl}"),
+            "-field=token",
+        ]);
         out.trim().to_owned()
     }
 

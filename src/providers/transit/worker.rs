@@ -341,7 +341,7 @@ impl Worker {
     }
 
     /// Key administration: a data key (with the request's associated data, if any), a rotation,
-    /// the latest version.
+    /// the latest version, creating a per-row key, destroying a key.
     fn admin(&mut self, op: Op, key: &str, associated_data: Option<&[u8]>) -> Answer {
         let client = self.client.as_mut().map_err(|f| f.clone())?;
         if op == Op::DataKey {
@@ -352,6 +352,21 @@ impl Worker {
             Op::Rotate => {
                 self.checked_keys.remove(key);
                 client.rotate(key).map_err(|e| fail_of(&e))?
+            }
+            Op::CreateKey => {
+                let info = client.create_key(key).map_err(|e| fail_of(&e))?;
+                if !info.supports_encryption || info.derived {
+                    return Err(Fail {
+                        kind: FailKind::UnsupportedKey,
+                        message: format!("Transit key {key} exists and is not a plain encryption key"),
+                    });
+                }
+                info.latest_version
+            }
+            Op::DeleteKey => {
+                self.checked_keys.remove(key);
+                client.delete_key(key).map_err(|e| fail_of(&e))?;
+                return Ok(Vec::new());
             }
             _ => client.key_info(key).map_err(|e| fail_of(&e))?.latest_version,
         };
