@@ -200,4 +200,5 @@ fn hot_standby_decrypts_audits_to_its_log_and_takes_over_after_promotion() {
         "51"
     );
     c.sql("ALTER ROLE sb_app RESET credcrypt.audit_decrypt");
+    c.sql("DROP TABLE sb_lookup, sb_tenants CASCADE");
 }
