@@ -33,7 +33,12 @@ ha_stop() {
     [ -d "$dir" ] || return 0
     touch "$dir/stopping"
     # Patroni first: SIGTERM makes it stop its PostgreSQL (fast) before it exits.
-    for i in 0 1 2; do ha_kill_pidfile "$dir/pg$i/patroni.pid" "patroni"; done
+    for i in 0 1 2; do
+        if [ -f "$dir/pg$i/patroni.yml" ] && [ ! -s "$dir/pg$i/patroni.pid" ]; then
+            { pgrep -u postgres -f "patroni $dir/pg$i/patroni.yml" || true; } | head -1 >"$dir/pg$i/patroni.pid"
+        fi
+        ha_kill_pidfile "$dir/pg$i/patroni.pid" "patroni"
+    done
     for _ in $(seq 60); do
         [ -n "$(pgrep -u postgres -f "patroni $dir/pg[012]/patroni.yml" || true)" ] || break
         sleep 0.5
@@ -233,7 +238,7 @@ YAML
     (cd / && HOME=/var/lib/postgresql exec runuser -u postgres -- patroni "$n/patroni.yml" >"$n/patroni.out" 2>&1 </dev/null) &
     # runuser stays as the parent: the pid file names Patroni itself
     for _ in $(seq 50); do
-        pgrep -u postgres -f "patroni $n/patroni.yml" | head -1 >"$n/patroni.pid"
+        { pgrep -u postgres -f "patroni $n/patroni.yml" || true; } | head -1 >"$n/patroni.pid"
         [ -s "$n/patroni.pid" ] && break
         sleep 0.1
     done
