@@ -36,6 +36,14 @@ fn report(line: &str) {
     println!("[patroni] {line}");
 }
 
+/// A blank line first: libtest's `-q` progress dot would otherwise start the test's first line.
+#[allow(clippy::print_stdout)]
+fn begin(ha: &Ha) {
+    println!();
+    let names: Vec<String> = ha.members().iter().map(|m| format!("{} {}", m.name, m.role)).collect();
+    report(&format!("cluster: {}", names.join(", ")));
+}
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run these tests through scripts/test-ha"))
 }
@@ -510,6 +518,7 @@ fn check_reads(log: &Log, allowed: &[&str]) -> (usize, usize) {
 fn leader_killed_under_load() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
+    begin(&ha);
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     let (mut outages, mut transit_ready) = (Vec::new(), Vec::new());
@@ -588,6 +597,7 @@ fn leader_killed_under_load() {
 fn switchover_under_load() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
+    begin(&ha);
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     let mut outages = Vec::new();
@@ -659,6 +669,7 @@ fn switchover_under_load() {
 fn both_layers_fail() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
+    begin(&ha);
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     for fallback in ["off", "local"] {
