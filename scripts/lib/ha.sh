@@ -10,6 +10,7 @@
 #                   exports HA_DIR HA_PG_PORTS HA_API_PORTS HA_BAO_ADDRS HA_PATRONI_CONF.
 #   ha_stop DIR     stops Patroni (and its PostgreSQL), OpenBao and etcd; idempotent, and also
 #                   ends what an interrupted run left (pid files in DIR).
+#   ha_remove_data DIR  removes the data directories of a stopped harness, keeping the logs.
 #   ha_wait_healthy timeout  waits until the cluster has a leader, a sync standby and a third
 #                   replica.
 BAO="${BAO:-$root/target/tools/venv/bin/bao}"
@@ -63,6 +64,13 @@ ha_stop() {
             ha_kill_pidfile "$dir/pg$i/data/postmaster.pid" "postgres" KILL
         fi
     done
+}
+
+# Removes the data directories (about 1 GB after a full run), keeping the logs.
+ha_remove_data() {
+    local dir="$1"
+    [ -d "$dir" ] || return 0
+    rm -rf "$dir"/pg[012]/data "$dir"/etcd[012] "$dir"/bao/raft[012]
 }
 
 # etcd member i of three.
