@@ -418,8 +418,8 @@ fn by_code(log: &Log) -> BTreeMap<String, usize> {
 /// row is there and decrypts to its value; every stored value is a ciphertext; the data keys
 /// of the envelope rows acknowledged in the two seconds before `event` are there and readable.
 /// Returns (acknowledged, present but not acknowledged, Transit-table values not on Transit,
-/// data keys checked).
-fn verify(ha: &Ha, log: &Log, first_id: i64, event: Instant) -> (usize, usize, i64, usize) {
+/// (data keys of the last 2 s checked, of which made during the run before the event)).
+fn verify(ha: &Ha, log: &Log, first_id: i64, event: Instant) -> (usize, usize, i64, (usize, i64)) {
     let mut c = ha.leader_session();
     let mut in_doubt = 0;
     for kind in KINDS {
@@ -472,9 +472,21 @@ fn verify(ha: &Ha, log: &Log, first_id: i64, event: Instant) -> (usize, usize, i
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let stored: i64 =
-        c.query_one("SELECT count(*) FROM credcrypt.data_keys WHERE id = ANY($1)", &[&keys]).expect("data keys").get(0);
+    // Made during the run, before the event (each new session makes one; credcrypt.envelope_max_uses
+    // is 20 in the harness, so the sessions keep making new ones).
+    let before_event = event.elapsed().as_secs_f64();
+    let run_secs = before_event + 6.0;
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE created_at > now() - make_interval(secs => $2)
+                                                 AND created_at < now() - make_interval(secs => $3))
+               FROM credcrypt.data_keys WHERE id = ANY($1)",
+            &[&keys, &run_secs, &before_event],
+        )
+        .expect("data keys");
+    let (stored, made_in_run): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(usize::try_from(stored).unwrap_or_default(), keys.len(), "envelope data keys missing: {keys:?}");
+    assert!(made_in_run > 0, "no data key made during the run before the event: {keys:?}");
     let mut fresh = ha.config("ha_app", TargetSessionAttrs::ReadWrite).connect(NoTls).expect("new session");
     let readable: i64 = fresh
         .query_one(
@@ -484,7 +496,7 @@ fn verify(ha: &Ha, log: &Log, first_id: i64, event: Instant) -> (usize, usize, i
         .expect("recent envelope rows decrypt")
         .get(0);
     assert_eq!(usize::try_from(readable).unwrap_or_default(), recent.len());
-    (log.acks.len(), in_doubt, off_transit, keys.len())
+    (log.acks.len(), in_doubt, off_transit, (keys.len(), made_in_run))
 }
 
 fn ms(d: Duration) -> u128 {
@@ -555,8 +567,14 @@ fn leader_killed_under_load() {
             .find(|(t, port, _)| *t > killed && *port == new_leader.port)
             .map(|(t, _, _)| *t - killed)
             .unwrap_or_default();
-        let (acked, in_doubt, off_transit, keys) = verify(&ha, &log, first_id, killed);
+        let (acked, in_doubt, off_transit, (keys, made)) = verify(&ha, &log, first_id, killed);
         assert_eq!(off_transit, 0, "Transit values written with another key");
+        // Only sessions cut by the leader's death: 57P01 or a closed connection, once per session.
+        let codes = by_code(&log);
+        assert!(
+            codes.keys().all(|c| c == "connection" || c == "57P01") && log.failures.len() <= SESSIONS,
+            "statements failed for other reasons than the leader's death: {codes:?}"
+        );
         let (reads, read_failures) = check_reads(&log, &[]);
         let mut c = ha.leader_session();
         let worker: bool =
@@ -566,7 +584,7 @@ fn leader_killed_under_load() {
             "leader kill {run}: {} ({}) killed -9, {} promoted; write outage {} ms (writes resumed {} ms after the kill), \
              new leader writable {} ms, its worker served Transit {} ms after the kill; {acked} rows acknowledged, \
              lost 0, {in_doubt} committed but not acknowledged; failed statements {} {:?}, connection attempts refused {}; \
-             {keys} envelope data keys of the last 2 s before the kill readable; replica reads {reads}, failed {read_failures}",
+             {keys} envelope data keys of the last 2 s before the kill ({made} made in the run) readable; replica reads {reads}, failed {read_failures}",
             leader.name,
             leader.port,
             new_leader.name,
@@ -575,7 +593,7 @@ fn leader_killed_under_load() {
             ms(first_rw),
             ms(ready),
             log.failures.len(),
-            by_code(&log),
+            codes,
             log.connect_failures
         ));
         outages.push(gap);
@@ -699,7 +717,7 @@ fn both_layers_fail() {
         let resumed: Vec<String> =
             KINDS.iter().map(|k| format!("{k} {} ms", ms(outage(&log, pg_killed, Some(k)).1))).collect();
         let (gap, _) = outage(&log, bao_killed, None);
-        let (acked, in_doubt, off_transit, keys) = verify(&ha, &log, first_id, bao_killed);
+        let (acked, in_doubt, off_transit, (keys, made)) = verify(&ha, &log, first_id, bao_killed);
         if fallback == "off" {
             assert_eq!(off_transit, 0, "values written with the local key while fallback is off");
         }
@@ -724,7 +742,7 @@ fn both_layers_fail() {
             "both layers (fallback {fallback}): OpenBao node {bao} killed, PostgreSQL leader {} killed 2 s later; \
              longest write outage {} ms; writes resumed after the PostgreSQL kill: {}; {acked} rows acknowledged, lost 0, \
              {in_doubt} committed but not acknowledged; Transit-table values on the local key (fallback): {off_transit}; \
-             every stored value a ciphertext; failed statements {} {codes:?}; {keys} envelope data keys readable; \
+             every stored value a ciphertext; failed statements {} {codes:?}; {keys} envelope data keys of the last 2 s ({made} made in the run) readable; \
              replica reads {reads}, failed {read_failures}; new leader's worker: {status}",
             leader.name,
             ms(gap),

@@ -240,7 +240,7 @@ postgresql:
     credcrypt.bao_secret_id_file: $dir/keys/secret.id
     credcrypt.bao_connect_timeout_ms: 500
     credcrypt.bao_request_timeout_ms: 3000
-    credcrypt.envelope_max_uses: 100
+    credcrypt.envelope_max_uses: 20         # new data keys all the time: some made just before a failover
 YAML
     chown -R postgres:postgres "$n"
     (cd / && HOME=/var/lib/postgresql exec runuser -u postgres -- patroni "$n/patroni.yml" >"$n/patroni.out" 2>&1 </dev/null) &
