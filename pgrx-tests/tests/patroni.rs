@@ -170,6 +170,27 @@ impl Ha {
         text.lines().next().expect("a pid").trim().to_owned()
     }
 
+    /// Processes of the nodes that died of a signal (a crash restart of that node), so far.
+    fn crashes(&self) -> Vec<String> {
+        (0..3)
+            .flat_map(|i| {
+                self.server_log(i)
+                    .lines()
+                    .filter(|l| l.contains("terminated by signal"))
+                    .map(|l| format!("pg{i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Panics when a node's process crashed since `before` (the kills of these tests are of
+    /// postmasters, which log nothing: any such line is a crash of a server process).
+    #[track_caller]
+    fn assert_no_new_crash(&self, before: usize) {
+        let now = self.crashes();
+        assert!(now.len() <= before, "server processes crashed: {:?}", &now[before.min(now.len())..]);
+    }
+
     fn server_log(&self, node: usize) -> String {
         String::from_utf8_lossy(
             &std::fs::read(self.dir.join(format!("pg{node}/log/postgresql.log"))).unwrap_or_default(),
@@ -248,6 +269,8 @@ struct Log {
     connect_failures: u64,
     /// Replica reads: (time, ok, SQLSTATE or `wrong result`).
     reads: Vec<(Instant, bool, String)>,
+    /// Replica readers' connection attempts that found no read-only node.
+    read_connect_failures: u64,
     /// Transit probe on the leader: time, server port, Transit answered.
     probes: Vec<(Instant, u16, bool)>,
 }
@@ -323,8 +346,8 @@ impl Load {
                     if client.is_none() {
                         match cfg.connect(NoTls) {
                             Ok(c) => client = Some(c),
-                            Err(e) => {
-                                log.lock().expect("log").reads.push((Instant::now(), false, format!("connect: {e}")));
+                            Err(_) => {
+                                log.lock().expect("log").read_connect_failures += 1;
                                 continue;
                             }
                         }
@@ -517,11 +540,22 @@ fn runs() -> usize {
     std::env::var("HA_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5).max(1)
 }
 
-/// Replica reads: failures other than those listed in `allowed` fail the test.
-fn check_reads(log: &Log, allowed: &[&str]) -> (usize, usize) {
+/// Replica reads: they went on after `event`, and failed only by a cut session (57P01 or a
+/// closed connection: a read-only session can land on the old leader while it rejoins, which
+/// Patroni stops again for pg_rewind about a second after starting it) or with a SQLSTATE in
+/// `allowed`. Returns (reads, failed).
+#[track_caller]
+fn check_reads(log: &Log, event: Instant, allowed: &[&str]) -> (usize, usize) {
     let failed: Vec<&String> = log.reads.iter().filter(|(_, ok, _)| !ok).map(|(_, _, e)| e).collect();
-    let unexpected: Vec<&&String> = failed.iter().filter(|e| !allowed.contains(&e.as_str())).collect();
+    let unexpected: Vec<&&String> = failed
+        .iter()
+        .filter(|e| !(e.as_str() == "57P01" || e.as_str() == "connection" || allowed.contains(&e.as_str())))
+        .collect();
     assert!(unexpected.is_empty(), "replica reads failed: {unexpected:?}");
+    assert!(
+        log.reads.iter().any(|(t, ok, _)| *ok && *t > event + Duration::from_secs(1)),
+        "no successful replica read after the event"
+    );
     (log.reads.len(), failed.len())
 }
 
@@ -531,6 +565,7 @@ fn leader_killed_under_load() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
     begin(&ha);
+    let crashed_before = ha.crashes().len();
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     let (mut outages, mut transit_ready) = (Vec::new(), Vec::new());
@@ -551,6 +586,7 @@ fn leader_killed_under_load() {
         }
         std::thread::sleep(Duration::from_secs(2));
         let log = load.stop();
+        ha.assert_no_new_crash(crashed_before);
         let new_leader = ha.leader().expect("a leader");
         assert_ne!(new_leader.name, leader.name, "the killed leader is leader again");
         assert_eq!(new_leader.name, sync.name, "the promoted node was not the sync standby");
@@ -568,6 +604,7 @@ fn leader_killed_under_load() {
             .map(|(t, _, _)| *t - killed)
             .unwrap_or_default();
         let (acked, in_doubt, off_transit, (keys, made)) = verify(&ha, &log, first_id, killed);
+        ha.assert_no_new_crash(crashed_before);
         assert_eq!(off_transit, 0, "Transit values written with another key");
         // Only sessions cut by the leader's death: 57P01 or a closed connection, once per session.
         let codes = by_code(&log);
@@ -575,7 +612,7 @@ fn leader_killed_under_load() {
             codes.keys().all(|c| c == "connection" || c == "57P01") && log.failures.len() <= SESSIONS,
             "statements failed for other reasons than the leader's death: {codes:?}"
         );
-        let (reads, read_failures) = check_reads(&log, &[]);
+        let (reads, read_failures) = check_reads(&log, killed, &[]);
         let mut c = ha.leader_session();
         let worker: bool =
             c.query_one("SELECT worker_pid IS NOT NULL FROM credcrypt.status()", &[]).expect("status").get(0);
@@ -616,6 +653,7 @@ fn switchover_under_load() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
     begin(&ha);
+    let crashed_before = ha.crashes().len();
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     let mut outages = Vec::new();
@@ -651,8 +689,10 @@ fn switchover_under_load() {
         }
         std::thread::sleep(Duration::from_secs(2));
         let log = load.stop();
+        ha.assert_no_new_crash(crashed_before);
         let (gap, resumed) = outage(&log, started, None);
         let (acked, in_doubt, off_transit, _) = verify(&ha, &log, first_id, started);
+        ha.assert_no_new_crash(crashed_before);
         assert_eq!(off_transit, 0);
         // Only statements cut by the switchover itself: the old leader's shutdown ends its
         // sessions (57P01 or a closed connection); at most one cut per session and leader change.
@@ -664,7 +704,7 @@ fn switchover_under_load() {
         assert!(unexpected.is_empty(), "statements failed for other reasons than the switchover: {codes:?}");
         assert!(log.failures.len() <= SESSIONS, "{} statements failed for {SESSIONS} sessions", log.failures.len());
         failed_total += log.failures.len();
-        let (reads, read_failures) = check_reads(&log, &[]);
+        let (reads, read_failures) = check_reads(&log, started, &[]);
         report(&format!(
             "switchover {run}: {} -> {}; write outage {} ms (writes resumed {} ms after patronictl started); \
              {acked} rows acknowledged, lost 0, {in_doubt} committed but not acknowledged; failed statements {} {codes:?}, \
@@ -688,6 +728,7 @@ fn both_layers_fail() {
     let ha = Ha::from_env();
     ha.wait_healthy(Duration::from_secs(120));
     begin(&ha);
+    let crashed_before = ha.crashes().len();
     create_tables(&ha);
     let next = Arc::new(AtomicU64::new(1));
     for fallback in ["off", "local"] {
@@ -714,10 +755,12 @@ fn both_layers_fail() {
         }
         std::thread::sleep(Duration::from_secs(2));
         let log = load.stop();
+        ha.assert_no_new_crash(crashed_before);
         let resumed: Vec<String> =
             KINDS.iter().map(|k| format!("{k} {} ms", ms(outage(&log, pg_killed, Some(k)).1))).collect();
         let (gap, _) = outage(&log, bao_killed, None);
         let (acked, in_doubt, off_transit, (keys, made)) = verify(&ha, &log, first_id, bao_killed);
+        ha.assert_no_new_crash(crashed_before);
         if fallback == "off" {
             assert_eq!(off_transit, 0, "values written with the local key while fallback is off");
         }
@@ -732,7 +775,7 @@ fn both_layers_fail() {
             "statements failed with other SQLSTATEs than a cut session or 58030 (fallback {fallback}): {codes:?}"
         );
         // Replica reads of Transit and envelope values may fail while OpenBao fails over (58030).
-        let (reads, read_failures) = check_reads(&log, &["58030"]);
+        let (reads, read_failures) = check_reads(&log, pg_killed, &["58030"]);
         let status: String = ha
             .leader_session()
             .query_one("SELECT format('%s failovers, %s fallback encryptions', failovers, fallback_encryptions) FROM credcrypt.status()", &[])

@@ -14,7 +14,9 @@
 #   ha_wait_healthy timeout  waits until the cluster has a leader, a sync standby and a third
 #                   replica.
 BAO="${BAO:-$root/target/tools/venv/bin/bao}"
-PG_BIN="/usr/lib/postgresql/${PG_MAJOR:-15}/bin"
+# HA_PG_BIN: another PostgreSQL tree's bin directory (a relocated copy of the system's, with a
+# locally built pg_credcrypt.so in its lib/: a build tested without installing it system-wide).
+PG_BIN="${HA_PG_BIN:-/usr/lib/postgresql/${PG_MAJOR:-15}/bin}"
 HA_SCOPE=credcrypt-ha
 
 ha_log() { printf '[ha] %s\n' "$*"; }
