@@ -4,7 +4,19 @@
 # started), cargo-pgrx 0.18.1, `cargo pgrx init`,
 # a Python venv (target/tools/venv) with the packages the tests use, and the project's own
 # Node.js (target/tools/node/bin: node, npm, npx) — whatever Node the machine has or lacks.
+#
+#   bash scripts/setup.sh          # the above (what scripts/test.sh and scripts/demo.sh need)
+#   bash scripts/setup.sh --ha     # also Patroni and etcd (Debian's patroni 3.0, etcd-server 3.4)
+#                                  # for scripts/test-ha; their system services are not started
+#                                  # (CC_SETUP_HA=1 does the same)
 set -euo pipefail
+HA="${CC_SETUP_HA:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --ha) HA=1 ;;
+        *) echo "setup.sh: unknown argument $arg (known: --ha)" >&2; exit 2 ;;
+    esac
+done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 PG_MAJOR="${PG_MAJOR:-15}"
@@ -23,24 +35,50 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The Prometheus exporter for the metrics test (docker/prometheus/queries.yaml). Its package
-# would start a system-wide exporter on :9187; a policy-rc.d that refuses service starts keeps
-# it from doing so (the tests start their own, on a free port).
-if ! dpkg-query -W -f='${Status}' prometheus-postgres-exporter 2>/dev/null | grep -q "install ok installed"; then
-    log "apt-get install prometheus-postgres-exporter (service not started)"
+# Packages whose maintainer scripts would start a system-wide service: installed under a
+# policy-rc.d that refuses service starts (invoke-rc.d and deb-systemd-invoke honour it), kept
+# only for the install when the machine had none.
+install_without_services() {
+    local policy=/usr/sbin/policy-rc.d
     as_root apt-get update -qq
-    policy=/usr/sbin/policy-rc.d
     if [ -e "$policy" ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
     else
         printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
         as_root chmod 755 "$policy"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-postgres-exporter >/dev/null || {
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
             as_root rm -f "$policy"
             exit 1
         }
         as_root rm -f "$policy"
     fi
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# The Prometheus exporter for the metrics test (docker/prometheus/queries.yaml). Its package
+# would start a system-wide exporter on :9187 (the tests start their own, on a free port).
+if ! installed prometheus-postgres-exporter; then
+    log "apt-get install prometheus-postgres-exporter (service not started)"
+    install_without_services prometheus-postgres-exporter
+fi
+# Patroni and etcd for scripts/test-ha (opt-in). etcd-server's package would run a system-wide
+# etcd on :2379/:2380 and patroni's a service; scripts/test-ha runs its own on free loopback
+# ports. On a machine with systemd running, the units are also stopped and disabled.
+if [ "$HA" = 1 ]; then
+    ha_missing=()
+    for p in patroni etcd-server etcd-client; do installed "$p" || ha_missing+=("$p"); done
+    if [ "${#ha_missing[@]}" -gt 0 ]; then
+        log "apt-get install ${ha_missing[*]} (services not started)"
+        install_without_services "${ha_missing[@]}"
+    fi
+    if [ -d /run/systemd/system ]; then
+        for unit in etcd patroni; do
+            as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        done
+    fi
+    for unit in etcd patroni; do
+        # without systemd (containers): a daemon started anyway by an init script
+        if pgrep -x "$unit" >/dev/null 2>&1 && [ -x "/etc/init.d/$unit" ]; then as_root "/etc/init.d/$unit" stop >/dev/null 2>&1 || true; fi
+    done
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -92,4 +130,5 @@ printf '#!/bin/sh\n%s\nexec "%s/bin/node" "$@"\n' "$ca" "$wheel" >"$nodebin/node
 printf '#!/bin/sh\n%s\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$ca" "$wheel" "$wheel" >"$nodebin/npm"
 printf '#!/bin/sh\n%s\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npx-cli.js" "$@"\n' "$ca" "$wheel" "$wheel" >"$nodebin/npx"
 chmod 755 "$nodebin/node" "$nodebin/npm" "$nodebin/npx"
+[ "$HA" = 1 ] && log "ha: $(patroni --version 2>&1 | head -1), $(etcd --version 2>&1 | head -1)"
 log "ready: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, venv $venv ($("$venv/bin/bao" version | head -1)), node $("$nodebin/node" --version) / npm $("$nodebin/npm" --version)"

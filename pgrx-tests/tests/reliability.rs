@@ -267,3 +267,118 @@ fn postmaster_killed_during_inserts_and_a_migration_loses_nothing() {
         ids.len()
     ));
 }
+
+/// A loopback proxy in front of OpenBao that serves one request per connection
+/// (`Connection: close`): every request of the worker opens a new connection, for which the
+/// HTTP client resolves the address on a helper thread.
+fn closing_proxy(upstream: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listens");
+    let addr = format!("http://{}", listener.local_addr().expect("proxy address"));
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut client) = stream else { continue };
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                // The request head, then as much body as Content-Length says.
+                let head_end = loop {
+                    let Ok(n) = client.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = client.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head: String = head
+                    .trim_end()
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else { return };
+                let _ = up.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes());
+                let _ = up.write_all(&buf[head_end..]);
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let _ = client.write_all(&answer);
+            });
+        }
+    });
+    addr
+}
+
+/// SIGHUP (a reload: Patroni sends one at every leader change) while the worker opens
+/// connections to OpenBao must not crash it. The HTTP client resolves each new connection's
+/// address on a helper thread; a SIGHUP handled on that thread made pgrx panic inside the signal
+/// handler ("postgres FFI may not be called from multiple threads"), the worker aborted and the
+/// postmaster crash-restarted the whole server. Found by scripts/test-ha.
+#[test]
+fn reloads_while_the_worker_opens_connections_do_not_crash_the_server() {
+    let (_g, c) = setup();
+    let bao = start_for(&c);
+    let proxy = closing_proxy(&bao.addr);
+    let token = c.keys.join("bao.token");
+    credcrypt_blackbox::bao::point_at(&c, &proxy, &format!("credcrypt.bao_token_file = '{}'\n", token.display()));
+    let start = c.sql("SELECT pg_postmaster_start_time()");
+    let log_before = c.log_text().matches("terminated by signal").count();
+    let worker = c.sql("SELECT worker_pid FROM credcrypt.status()");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (c, stop, ok) = (c.clone(), stop.clone(), ok.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let script: String = (0..20)
+                    .map(|k| format!("SELECT credcrypt.encrypt_credential('hup-{t}-{i}-{k}', 'transit:app');\n"))
+                    .collect();
+                if c.psql("rb_app", &script).ok {
+                    ok.fetch_add(20, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // SIGHUP after SIGHUP at the worker for 10 s (the shell's kill builtin: thousands a second).
+    let storm = Command::new("bash")
+        .args(["-c", "n=0; end=$((SECONDS + 10)); while [ $SECONDS -lt $end ]; do kill -HUP \"$1\" 2>/dev/null || break; n=$((n + 1)); done; echo $n"])
+        .args(["storm", &worker])
+        .output()
+        .expect("bash runs");
+    let sent = String::from_utf8_lossy(&storm.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    let crashes = c.log_text().matches("terminated by signal").count() - log_before;
+    report(&format!(
+        "{sent} SIGHUPs at the worker while it opened a connection per request: {} values encrypted, {crashes} crashes",
+        ok.load(Ordering::SeqCst)
+    ));
+    assert_eq!(crashes, 0, "a server process was terminated by a signal");
+    assert_eq!(c.sql("SELECT pg_postmaster_start_time()"), start, "the server restarted");
+    assert_eq!(c.sql("SELECT worker_pid FROM credcrypt.status()"), worker, "the worker restarted");
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    c.sql("SELECT pg_reload_conf()");
+}

@@ -180,7 +180,19 @@ impl Client {
                 // the token and the body (plaintexts, a secret id) go nowhere else.
                 match self.redirect_target(base, loc) {
                     Some(next) if !path.starts_with("auth/") => url = next,
-                    _ => {
+                    // A standby sends a login (or token lookup) to a configured node: not followed,
+                    // the configured addresses are tried directly instead. While a raft cluster
+                    // elects a new active node, standbys redirect to the dead one: that is an
+                    // outage (58030, local fallback when enabled), not a protocol error.
+                    Some(_) => {
+                        return Attempt::Retry(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "{base}: a standby redirected {path} (not followed; trying the configured addresses)"
+                            ),
+                        )
+                    }
+                    None => {
                         return Attempt::Retry(
                             ErrorKind::Protocol,
                             format!("{base}: refused a redirect to an address not in credcrypt.bao_addr"),

@@ -138,6 +138,53 @@ fn failover_redirects_and_clean_errors() {
     assert!(!shown.contains("SECRET-TOKEN") && !shown.contains("PLAINTEXT"), "{shown}");
 }
 
+/// A raft leader election as the worker sees it: the active node is dead and a standby
+/// redirects everything (the login too) to it. The login is not followed to the standby's
+/// target; the failure is an outage (`Unavailable`: 58030, local fallback when enabled), not a
+/// protocol error. Failed before: `Protocol` ("refused a redirect to an address not in
+/// credcrypt.bao_addr", SQLSTATE 08P01 and no fallback) when the standby was tried last.
+#[test]
+fn login_redirected_to_a_dead_active_node_is_an_outage() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let standby = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let standby_addr = format!("http://{}", standby.local_addr().unwrap());
+    let target = dead.clone();
+    std::thread::spawn(move || {
+        for stream in standby.incoming().take(32) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let _ = write!(s, "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let d = dir("election");
+    std::fs::create_dir_all(&d).unwrap();
+    let sid = d.join("sid");
+    write_secret_file(&sid, "credcrypt-secret-0001");
+    let token = d.join("token");
+    write_secret_file(&token, "s.not-used-before-the-lookup");
+    for auth in [
+        Auth::AppRole { mount: "approle".into(), role_id: "credcrypt-role".into(), secret_id_file: sid },
+        Auth::TokenFile(token),
+    ] {
+        let mut c = Client::new(Config {
+            addrs: vec![dead.clone(), standby_addr.clone()],
+            mount: "transit".into(),
+            namespace: None,
+            ca_file: None,
+            connect_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(2),
+            auth,
+        })
+        .unwrap();
+        let e = c.encrypt("app", &[item(b"during-the-election", None)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        assert!(!e.message.contains("not in credcrypt.bao_addr"), "{e}");
+    }
+}
+
 #[test]
 fn approle_tokens_are_renewed_or_replaced() {
     let bao = Bao::start(0, &dir("approle"));

@@ -425,6 +425,46 @@ impl Worker {
     }
 }
 
+/// Holds asynchronous signals in this (the worker's main) thread while it talks to OpenBao, and
+/// restores the mask when dropped.
+///
+/// The HTTP client starts helper threads (ureq resolves the host name on a thread of its own
+/// when a timeout is set, for every new connection). A thread inherits its creator's signal
+/// mask, and the kernel may run a process-directed signal's handler on any thread that does not
+/// block it. pgrx's SIGHUP and SIGTERM handlers call into PostgreSQL (`SetLatch`), which pgrx
+/// refuses off the main thread with a panic — inside a signal handler that is an abort, and the
+/// postmaster answers a crashed background worker with a crash restart of the whole server.
+/// Found under load by `scripts/test-ha`: Patroni reloads the configuration (SIGHUP to every
+/// process) at each leader change. With the signals held here, every helper thread starts with
+/// them blocked; what arrives meanwhile stays pending and is handled by this thread when the mask
+/// is restored (the worker looks at the flags only between its rounds anyway). SIGQUIT (its
+/// handler is PostgreSQL's `_exit`) and the synchronous fault signals stay deliverable.
+struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: POSIX signal-set calls on sets owned here; the previous mask is kept and
+        // restored by Drop.
+        unsafe {
+            let mut held: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut held);
+            for sig in [libc::SIGQUIT, libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGABRT] {
+                libc::sigdelset(&mut held, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut old);
+            SignalsHeld(old)
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` in this same thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// Worker entry point (named in `register`).
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -453,7 +493,10 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
     w.recover();
     log!("pg_credcrypt worker started");
     loop {
-        w.serve();
+        {
+            let _held = SignalsHeld::new();
+            w.serve();
+        }
         if !BackgroundWorker::wait_latch(Some(w.sleep_for())) {
             break;
         }
@@ -462,6 +505,7 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             w.reconfigure();
         }
+        let _held = SignalsHeld::new();
         w.maintain();
     }
     q.worker_latch.store(0, SeqCst);
