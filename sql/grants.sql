@@ -49,7 +49,8 @@ BEGIN
         ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
         ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
         ('_index_keys_changed', 'PUBLIC'),
-        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin')
+        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin'),
+        ('_reencrypt_start', 'credcrypt_admin'), ('_reencrypt_bindings', 'credcrypt_admin'), ('_key_usage_of', 'credcrypt_admin')
     ) AS v(routine, grantee) LOOP
         FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace

@@ -22,7 +22,11 @@ CREATE TABLE credcrypt.reencrypt_runs (
     updated_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     error          text,
     remaining      bigint,
-    complete       boolean
+    complete       boolean,
+    -- a column the application encrypts itself (no designation): the context each value was
+    -- encrypted with, as a format with {column} placeholders (NULL: no context)
+    context_format text,
+    app_managed    boolean  NOT NULL DEFAULT false
 );
 COMMENT ON TABLE credcrypt.reencrypt_runs IS 'pg_credcrypt: re-encryption runs (written by reencrypt_column)';
 
@@ -64,7 +68,7 @@ SELECT run_id,
 -- and names only schema-qualified functions, operators and types besides.
 CREATE PROCEDURE credcrypt.reencrypt_column(
     tbl regclass, col name, target_key text DEFAULT NULL, batch_size integer DEFAULT 500, dry_run boolean DEFAULT false,
-    strict boolean DEFAULT false)
+    strict boolean DEFAULT false, context_format text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     run pg_catalog.int8;
@@ -89,11 +93,11 @@ BEGIN
     END IF;
     every := pg_catalog.current_setting('credcrypt.reencrypt_progress_interval')::pg_catalog.interval;
     SELECT p.run_id, p.total INTO run, total
-      FROM credcrypt._reencrypt_prepare(tbl::pg_catalog.oid, col::pg_catalog.text, target_key, coalesce(dry_run, false)) p;
+      FROM credcrypt._reencrypt_start(tbl::pg_catalog.oid, col::pg_catalog.text, target_key, coalesce(dry_run, false),
+                                      context_format) p;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    FOR d IN SELECT p.binding_id FROM credcrypt.protected_columns p
-              WHERE p.relid OPERATOR(pg_catalog.=) tbl AND p.column_name OPERATOR(pg_catalog.=) col ORDER BY p.json_path LOOP
+    FOR d IN SELECT b.binding_id FROM credcrypt._reencrypt_bindings(run) b LOOP
         FOR leaf IN SELECT l.leaf FROM credcrypt._reencrypt_leaves(tbl::pg_catalog.oid) l LOOP
             pass := 0;
             LOOP
@@ -147,18 +151,18 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean, boolean) IS
-    'pg_credcrypt: re-encrypt a protected column in committed batches (plaintext, local, old versions, other keys, vault:, legacy Node values)';
+COMMENT ON PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean, boolean, text) IS
+    'pg_credcrypt: re-encrypt a protected column — or one the application encrypts itself, with context_format — in committed batches (plaintext, local, old versions, other keys, vault:, legacy Node values)';
 
-CREATE FUNCTION credcrypt.key_usage(tbl regclass DEFAULT NULL)
+CREATE FUNCTION credcrypt.key_usage(tbl regclass DEFAULT NULL, col name DEFAULT NULL)
 RETURNS TABLE (table_name text, column_name text, json_path text[], source text, key_name text, key_version text,
                current boolean, "values" bigint)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    SELECT * FROM credcrypt._key_usage(tbl::oid);
+    SELECT * FROM credcrypt._key_usage_of(tbl::oid, col::text);
 END;
-COMMENT ON FUNCTION credcrypt.key_usage(regclass) IS
-    'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column';
+COMMENT ON FUNCTION credcrypt.key_usage(regclass, name) IS
+    'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column (or one column, also one the application encrypts itself)';
 
 -- The last answer of key_usage() per table, with when it was measured: what the Prometheus
 -- queries export (a scrape must not read every protected value). Written by key_usage() as the

@@ -431,6 +431,153 @@ END;
 COMMENT ON FUNCTION credcrypt.shred_key(text) IS
     'pg_credcrypt: crypto-shredding: destroy a per-row (tenant) Transit key in OpenBao, remove its data keys, record the erasure; every value under it becomes unreadable';
 
+-- ---------------------------------------------------------------------------------------
+-- Migrations of columns an application encrypts itself (sql/migrate.sql): context_format, and
+-- key_usage(tbl, col).
+ALTER TABLE credcrypt.reencrypt_runs ADD COLUMN context_format text, ADD COLUMN app_managed boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION credcrypt."_reencrypt_start"(
+	"tbl" oid, /* pg_sys :: Oid */
+	"col" TEXT, /* & str */
+	"target_key" TEXT, /* Option < & str > */
+	"dry_run" bool, /* bool */
+	"context_format" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"run_id" bigint,  /* i64 */
+	"total" bigint  /* i64 */
+)
+VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reencrypt_start_wrapper';
+
+CREATE FUNCTION credcrypt."_reencrypt_bindings"(
+	"run_id" bigint /* i64 */
+) RETURNS TABLE (
+	"binding_id" TEXT  /* String */
+)
+STRICT STABLE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reencrypt_bindings_wrapper';
+
+CREATE FUNCTION credcrypt."_key_usage_of"(
+	"tbl" oid, /* Option < pg_sys :: Oid > */
+	"col" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"column_name" TEXT,  /* String */
+	"json_path" TEXT[],  /* Vec < String > */
+	"source" TEXT,  /* String */
+	"key_name" TEXT,  /* Option < String > */
+	"key_version" TEXT,  /* Option < String > */
+	"current" bool,  /* Option < bool > */
+	"values" bigint  /* i64 */
+)
+VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'key_usage_of_wrapper';
+
+DROP PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean, boolean);
+CREATE PROCEDURE credcrypt.reencrypt_column(
+    tbl regclass, col name, target_key text DEFAULT NULL, batch_size integer DEFAULT 500, dry_run boolean DEFAULT false,
+    strict boolean DEFAULT false, context_format text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    run pg_catalog.int8;
+    total pg_catalog.int8;
+    d record;
+    leaf pg_catalog.oid;
+    cursor pg_catalog.text;
+    r record;
+    c record;
+    pass pg_catalog.int4;
+    changed_in_pass pg_catalog.int8;
+    seen pg_catalog.int8 := 0;
+    t0 pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    last_notice pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    every pg_catalog.interval;
+    elapsed pg_catalog.float8;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 OR batch_size OPERATOR(pg_catalog.>) 10000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'The default, 500, keeps row locks short; up to a few thousand is faster for Transit.';
+    END IF;
+    every := pg_catalog.current_setting('credcrypt.reencrypt_progress_interval')::pg_catalog.interval;
+    SELECT p.run_id, p.total INTO run, total
+      FROM credcrypt._reencrypt_start(tbl::pg_catalog.oid, col::pg_catalog.text, target_key, coalesce(dry_run, false),
+                                      context_format) p;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    FOR d IN SELECT b.binding_id FROM credcrypt._reencrypt_bindings(run) b LOOP
+        FOR leaf IN SELECT l.leaf FROM credcrypt._reencrypt_leaves(tbl::pg_catalog.oid) l LOOP
+            pass := 0;
+            LOOP
+                pass := pass OPERATOR(pg_catalog.+) 1;
+                cursor := '(0,0)';
+                changed_in_pass := 0;
+                LOOP
+                    SELECT * INTO r FROM credcrypt._reencrypt_step(run, leaf, d.binding_id, cursor, batch_size);
+                    COMMIT;
+                    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                    IF r.error_code IS NOT NULL THEN
+                        -- The run is marked failed (committed above); the batch's work was rolled back.
+                        r.error_hint := pg_catalog.concat_ws(' ', r.error_hint,
+                            'The run is marked failed in credcrypt.reencrypt_progress; CALL credcrypt.reencrypt_column again to continue it.');
+                        IF r.error_detail IS NULL THEN
+                            RAISE EXCEPTION USING ERRCODE = r.error_code, MESSAGE = r.error_message, HINT = r.error_hint;
+                        ELSE
+                            RAISE EXCEPTION USING ERRCODE = r.error_code, MESSAGE = r.error_message, HINT = r.error_hint,
+                                DETAIL = r.error_detail;
+                        END IF;
+                    END IF;
+                    changed_in_pass := changed_in_pass OPERATOR(pg_catalog.+) r.changed;
+                    seen := seen OPERATOR(pg_catalog.+) r.rows_seen;
+                    IF r.rows_seen OPERATOR(pg_catalog.>) 0 AND every OPERATOR(pg_catalog.>=) '0'::pg_catalog.interval
+                       AND pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) last_notice OPERATOR(pg_catalog.>=) every THEN
+                        last_notice := pg_catalog.clock_timestamp();
+                        elapsed := GREATEST(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) t0), 0.001);
+                        RAISE NOTICE 'pg_credcrypt: %/% values, % rows/s (SELECT * FROM credcrypt.reencrypt_progress WHERE run_id = %)',
+                            LEAST(seen, total), total, pg_catalog.round((seen::pg_catalog.float8 OPERATOR(pg_catalog./) elapsed)::pg_catalog.numeric), run;
+                    END IF;
+                    EXIT WHEN r.finished;
+                    cursor := r.next_after;
+                END LOOP;
+                -- Rows locked by the application were skipped (SKIP LOCKED): another pass.
+                EXIT WHEN dry_run OR changed_in_pass OPERATOR(pg_catalog.=) 0 OR pass OPERATOR(pg_catalog.>=) 10
+                       OR credcrypt._reencrypt_remaining(run, leaf, d.binding_id) OPERATOR(pg_catalog.=) 0;
+                PERFORM pg_catalog.pg_sleep(0.05);
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    SELECT * INTO c FROM credcrypt._reencrypt_close(run);
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF c.complete THEN
+        RAISE NOTICE '%', c.summary;
+    ELSIF strict THEN
+        RAISE EXCEPTION '%', c.summary USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT * FROM credcrypt.reencrypt_failures WHERE run_id = ' OPERATOR(pg_catalog.||) run OPERATOR(pg_catalog.||) ' lists the values that could not be read; CALL again for values written during the run.';
+    ELSE
+        RAISE WARNING '%', c.summary;
+    END IF;
+END
+$$;
+COMMENT ON PROCEDURE credcrypt.reencrypt_column(regclass, name, text, integer, boolean, boolean, text) IS
+    'pg_credcrypt: re-encrypt a protected column — or one the application encrypts itself, with context_format — in committed batches (plaintext, local, old versions, other keys, vault:, legacy Node values)';
+
+DROP FUNCTION credcrypt.key_usage(regclass);
+CREATE FUNCTION credcrypt.key_usage(tbl regclass DEFAULT NULL, col name DEFAULT NULL)
+RETURNS TABLE (table_name text, column_name text, json_path text[], source text, key_name text, key_version text,
+               current boolean, "values" bigint)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM credcrypt._key_usage_of(tbl::oid, col::text);
+END;
+COMMENT ON FUNCTION credcrypt.key_usage(regclass, name) IS
+    'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column (or one column, also one the application encrypts itself)';
 
 -- ---------------------------------------------------------------------------------------
 -- Privileges (sql/grants.sql): deny by default, then the grants.
@@ -478,7 +625,8 @@ BEGIN
         ('add_blind_index', 'credcrypt_admin'), ('rotate_blind_index', 'credcrypt_admin'),
         ('_add_blind_index', 'credcrypt_admin'), ('_rotate_blind_index', 'credcrypt_admin'),
         ('_index_keys_changed', 'PUBLIC'),
-        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin')
+        ('shred_key', 'credcrypt_admin'), ('_shred_key', 'credcrypt_admin'),
+        ('_reencrypt_start', 'credcrypt_admin'), ('_reencrypt_bindings', 'credcrypt_admin'), ('_key_usage_of', 'credcrypt_admin')
     ) AS v(routine, grantee) LOOP
         FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'credcrypt'::pg_catalog.regnamespace

@@ -74,6 +74,9 @@ extension_sql_file!(
     requires = [
         "rls",
         api::migrate::reencrypt_prepare,
+        api::migrate::reencrypt_start,
+        api::migrate::reencrypt_bindings,
+        api::report::key_usage_of,
         api::migrate::reencrypt_batch,
         api::migrate::reencrypt_step,
         api::migrate::reencrypt_remaining,

@@ -373,3 +373,125 @@ fn applications_reencrypt_their_own_values_with_reencrypt_credential() {
     }
     c.psql("mg_owner", "DROP TABLE mg_app_keys").expect_ok();
 }
+
+/// A column the application encrypts itself (`encrypt_credential(secret, 'local',
+/// 'owner:' || owner)`), no trigger: `reencrypt_column(…, context_format => 'owner:{owner}')`
+/// moves it to Transit in verified, resumable, committed batches while the application keeps
+/// writing; plaintext values are encrypted, values whose context does not match are left alone
+/// and reported, `key_usage(tbl, col)` counts it.
+#[test]
+fn columns_the_application_encrypts_itself_migrate_with_a_context_format() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS mg_app_col CASCADE");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_app_col (owner text PRIMARY KEY, region text, secret text);
+         GRANT SELECT, INSERT, UPDATE ON mg_app_col TO mg_app;",
+    )
+    .expect_ok();
+    c.psql(
+        "mg_app",
+        "INSERT INTO mg_app_col SELECT 'u' || g, 'eu', credcrypt.encrypt_credential('sk-' || g, 'local', 'owner:u' || g)
+           FROM generate_series(1, 20000) g;
+         -- a plaintext left by an older version of the application, a value with no context
+         -- (owner NULL would give none: here region NULL, with a format naming it, below), and one
+         -- encrypted for another row (its context does not match: left alone, reported)
+         INSERT INTO mg_app_col VALUES ('plain1', 'eu', 'sk-plain1');
+         INSERT INTO mg_app_col VALUES ('moved', 'eu', credcrypt.encrypt_credential('sk-moved', 'local', 'owner:someone-else'));",
+    )
+    .expect_ok();
+    // Refusals: no target key, a placeholder naming no column, a context format on a protected
+    // column, a per-row key.
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_app_col', 'secret')").expect_error("22023");
+    c.psql(
+        "mg_owner",
+        "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'transit:app', context_format => 'owner:{nope}')",
+    )
+    .expect_error("22023");
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'envelope:tenant-{owner}', context_format => 'owner:{owner}')")
+        .expect_error("22023");
+    // A dry run writes nothing.
+    let o = c.psql(
+        "mg_owner",
+        "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'transit:app', dry_run => true, context_format => 'owner:{owner}')",
+    );
+    o.expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM mg_app_col WHERE secret LIKE 'cc1:transit:%'"), "0");
+    // The run, killed after some batches, while the application writes new local values.
+    let mut call = Command::new("psql")
+        .args(["-X", "-q", "-h", &c.host, "-p", &c.port, "-U", "mg_owner", "-d", "postgres"])
+        .args(["-c", "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'transit:app', batch_size => 200, context_format => 'owner:{owner}')"])
+        .env("PGAPPNAME", "mg_app_run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let writer = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            for i in 0..100 {
+                let o = format!("new{i}");
+                c.psql(
+                    "mg_app",
+                    &format!("INSERT INTO mg_app_col VALUES ('{o}', 'eu', credcrypt.encrypt_credential('sk-{o}', 'local', 'owner:{o}'))"),
+                )
+                .expect_ok();
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .sql("SELECT coalesce(max(done), 0) FROM credcrypt.reencrypt_runs WHERE relid = 'mg_app_col'::regclass AND state = 'running' AND NOT dry_run")
+        .parse::<i64>()
+        .unwrap_or(0)
+        < 2000
+    {
+        assert!(Instant::now() < deadline, "the migration made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        c.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'mg_app_run'"),
+        "1"
+    );
+    let _ = call.wait();
+    writer.join().expect("writer");
+    // The re-run completes except for the value of another row, which it reports.
+    let o = c.psql(
+        "mg_owner",
+        "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'transit:app', batch_size => 2000, context_format => 'owner:{owner}')",
+    );
+    o.expect_ok();
+    assert!(o.err.contains("NOT complete") && o.err.contains("1 could not be read"), "{}", o.err);
+    let usage = c.value(
+        "mg_owner",
+        "SELECT string_agg(source || ':' || coalesce(key_name, '') || ':' || \"values\", ',' ORDER BY source) FROM credcrypt.key_usage('mg_app_col', 'secret')",
+    );
+    assert_eq!(usage, "local:local:1,transit:transit:app:20101", "{usage}");
+    // Every value moved opens with its row's context, to what the application wrote.
+    assert_eq!(
+        c.value(
+            "mg_app",
+            "SELECT count(*) FROM mg_app_col WHERE owner <> 'moved' AND secret LIKE 'cc1:transit:app:%' \
+               AND credcrypt.decrypt_credential(secret, 'owner:' || owner) = 'sk-' || CASE WHEN owner LIKE 'u%' THEN substr(owner, 2) ELSE owner END"
+        ),
+        "20101"
+    );
+    assert!(c
+        .sql("SELECT reason FROM credcrypt.reencrypt_failures f JOIN credcrypt.reencrypt_runs r USING (run_id) WHERE r.relid = 'mg_app_col'::regclass")
+        .contains("cannot read"));
+    assert_eq!(
+        c.sql("SELECT string_agg(DISTINCT state, ',') FROM credcrypt.reencrypt_progress WHERE table_name = 'mg_app_col'::regclass AND migration NOT LIKE 'dry run%'"),
+        "finished,interrupted"
+    );
+    // A column without contexts: the format NULL.
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_app_noctx (id int PRIMARY KEY, token text);
+         INSERT INTO mg_app_noctx SELECT g, credcrypt.encrypt_credential('tok-' || g, 'local') FROM generate_series(1, 50) g;
+         CALL credcrypt.reencrypt_column('mg_app_noctx', 'token', 'envelope:app');",
+    )
+    .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM mg_app_noctx WHERE credcrypt.decrypt_credential(token) = 'tok-' || id AND token LIKE 'cc1:envelope:app:%'"), "50");
+    c.sql("DROP TABLE mg_app_col, mg_app_noctx CASCADE");
+}

@@ -28,7 +28,28 @@ pub(crate) fn reencrypt_prepare(
     target_key: Option<&str>,
     dry_run: bool,
 ) -> TableIterator<'static, (name!(run_id, i64), name!(total, i64))> {
-    TableIterator::once(run::prepare(tbl, col, target_key, dry_run))
+    TableIterator::once(run::prepare(tbl, col, target_key, dry_run, None))
+}
+
+/// `_reencrypt_start(tbl, col, target_key, dry_run, context_format)`: starts a run, also on a
+/// column an application encrypts itself with `context_format` ([`run::prepare`]).
+#[pg_extern(volatile, name = "_reencrypt_start")]
+#[search_path(pg_catalog, pg_temp)]
+pub(crate) fn reencrypt_start(
+    tbl: pg_sys::Oid,
+    col: &str,
+    target_key: Option<&str>,
+    dry_run: bool,
+    context_format: Option<&str>,
+) -> TableIterator<'static, (name!(run_id, i64), name!(total, i64))> {
+    TableIterator::once(run::prepare(tbl, col, target_key, dry_run, context_format))
+}
+
+/// The designations a run works on, for the procedure's loop ([`run::run_bindings`]).
+#[pg_extern(stable, name = "_reencrypt_bindings")]
+#[search_path(pg_catalog, pg_temp)]
+pub(crate) fn reencrypt_bindings(run_id: i64) -> TableIterator<'static, (name!(binding_id, String),)> {
+    TableIterator::new(run::run_bindings(run_id).into_iter().map(|b| (b,)))
 }
 
 /// The leaf tables of a protected table, for the procedure's loop.

@@ -41,7 +41,31 @@ pub(crate) fn key_usage(
         name!(values, i64),
     ),
 > {
-    TableIterator::new(usage::key_usage(tbl))
+    TableIterator::new(usage::key_usage(tbl, None))
+}
+
+/// `key_usage(tbl, col)`: [`key_usage`] for one column of a table — a protected column, or a
+/// column the application encrypts itself (every value of it is counted the same way).
+#[pg_extern(volatile, name = "_key_usage_of")]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+pub(crate) fn key_usage_of(
+    tbl: Option<pg_sys::Oid>,
+    col: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(column_name, String),
+        name!(json_path, Vec<String>),
+        name!(source, String),
+        name!(key_name, Option<String>),
+        name!(key_version, Option<String>),
+        name!(current, Option<bool>),
+        name!(values, i64),
+    ),
+> {
+    TableIterator::new(usage::key_usage(tbl, col))
 }
 
 /// Whether version `version` of Transit key `key_name` (`transit:<k>`, `envelope:<k>` or a

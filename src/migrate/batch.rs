@@ -88,7 +88,7 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
         limit = batch_size.max(1)
     );
     let failed_before = failed_ctids(run_id, leaf);
-    let nb = d.binds.len();
+    let nb = d.selected();
     let args: [DatumWithOid<'_>; 4] =
         [run.target.as_str().into(), run.version.as_str().into(), failed_before.clone().into(), after.into()];
     let read = |r: &pgrx::spi::SpiHeapTupleData<'_>| Picked::read(r, nb);
@@ -290,7 +290,7 @@ pub(crate) fn decrypt_in_place(t: &Table, binding_id: &str) -> i64 {
                     AND pg_catalog.starts_with({v}, 'cc1:')",
                 binds = bind_exprs(&d)
             );
-            let nb = d.binds.len();
+            let nb = d.selected();
             let picked: Vec<Picked> =
                 maintain(t.oid, || spi::rows(&sql, &[], |r| Picked::read(r, nb))).unwrap_or_else(|e| spi_fail(e));
             start = end;

@@ -39,7 +39,13 @@ pub(crate) fn count_needed(
 
 /// Starts a run: checks, switches the column to the target key (unless a dry run), counts the
 /// work and records the run. Returns (run id, values to change).
-pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry_run: bool) -> (i64, i64) {
+pub(crate) fn prepare(
+    tbl: pg_sys::Oid,
+    col: &str,
+    target_key: Option<&str>,
+    dry_run: bool,
+    context_format: Option<&str>,
+) -> (i64, i64) {
     // SAFETY: reads the transaction block state.
     if unsafe { pg_sys::IsTransactionBlock() } {
         fail(
@@ -53,9 +59,14 @@ pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry
     let t = table(tbl);
     let bindings = bindings_of(t.oid, Some(col));
     if bindings.is_empty() {
-        crate::errors::undefined(
-            format!("column \"{col}\" of table {} is not protected", t.sql_name),
-            "Protect it first: SELECT credcrypt.protect_column(tbl, col, …, existing_values => 'migrate'); then CALL credcrypt.reencrypt_column(tbl, col).",
+        return prepare_app(&t, col, target_key, dry_run, context_format);
+    }
+    if context_format.is_some() {
+        fail(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("column \"{col}\" of table {} is protected: its values are bound to their rows", t.sql_name),
+            None,
+            "Omit context_format: it is for columns an application encrypts itself.",
         );
     }
     let source_key = designation(&bindings[0]).key;
@@ -144,6 +155,90 @@ pub(crate) fn prepare(tbl: pg_sys::Oid, col: &str, target_key: Option<&str>, dry
     .next()
     .unwrap_or_else(|| fail(ERRCODE_INTERNAL_ERROR, "pg_credcrypt: the run could not be recorded", None, "Report this as a bug."));
     (run_id, total)
+}
+
+/// Starts a run on a column an application encrypts itself (no designation): every value,
+/// with the context `context_format` builds for its row, moves to `target_key`.
+fn prepare_app(t: &Table, col: &str, target_key: Option<&str>, dry_run: bool, format: Option<&str>) -> (i64, i64) {
+    let c = crate::postgres::relation::column(t, col).unwrap_or_else(|| {
+        crate::errors::undefined(
+            format!("column \"{col}\" of table {} does not exist", t.sql_name),
+            "Name a protected column, or a text column your application encrypts with encrypt_credential.",
+        )
+    });
+    if !matches!(c.base_type.as_str(), "text" | "varchar") {
+        fail(
+            ERRCODE_DATATYPE_MISMATCH,
+            format!("column \"{col}\" of table {} is {}, not text", t.sql_name, c.base_type),
+            None,
+            "reencrypt_column moves pg_credcrypt values kept in text columns.",
+        );
+    }
+    let Some(target_key) = target_key else {
+        fail(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("column \"{col}\" of table {} is not protected: name the target key", t.sql_name),
+            Some("a column the application encrypts itself has no key of its own".into()),
+            "CALL credcrypt.reencrypt_column(tbl, col, target_key => 'transit:<key>', context_format => 'owner:{owner}'), with the context the application passes to encrypt_credential (NULL: none).",
+        )
+    };
+    let target = ColumnKey::parse(target_key).or_raise();
+    if matches!(target, ColumnKey::PerRow(_)) {
+        fail(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "per-row keys are for protected columns",
+            None,
+            "Protect the column (protect_column … existing_values => 'migrate', bind_columns including the tenant column) to use per-row keys.",
+        );
+    }
+    let version = target_version(&target).or_raise();
+    let target_text = target.to_string();
+    let mut d = super::sources::plain_column(t.oid, col);
+    d.context_sql = Some(super::sources::context_sql(t.oid, format).or_raise());
+    d.key = target_text.clone();
+    let mut total = 0i64;
+    for (_, leaf) in leaves(t.oid) {
+        total += count_needed(t, &leaf, &d, &target_text, &version, &[]);
+    }
+    as_catalog_owner(|| {
+        spi::rows_mut(
+            "INSERT INTO credcrypt.reencrypt_runs (relid, column_name, source_key, target_key, target_version, dry_run, total, run_by, \
+                                                  context_format, app_managed) \
+             VALUES ($1, $2, 'application', $3, $4, $5, $6, session_user, $7, true) RETURNING run_id",
+            &[
+                t.oid.into(),
+                col.into(),
+                target_text.as_str().into(),
+                version.as_str().into(),
+                dry_run.into(),
+                total.into(),
+                format.into(),
+            ],
+            |r| r.get::<i64>(1),
+        )
+    })
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .flatten()
+    .next()
+    .map(|run_id| (run_id, total))
+    .unwrap_or_else(|| fail(ERRCODE_INTERNAL_ERROR, "pg_credcrypt: the run could not be recorded", None, "Report this as a bug."))
+}
+
+/// The designations a run works on: the column's, or the one pseudo-designation of an
+/// application-managed column (`app:<run id>`).
+pub(crate) fn run_bindings(run_id: i64) -> Vec<String> {
+    let row = spi::two::<pg_sys::Oid, String>(
+        "SELECT relid::pg_catalog.oid, CASE WHEN app_managed THEN NULL ELSE column_name::pg_catalog.text END \
+           FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1",
+        &[run_id.into()],
+    )
+    .unwrap_or_else(|e| spi_fail(e));
+    match row {
+        (Some(relid), Some(column)) => bindings_of(relid, Some(&column)),
+        (Some(_), None) => vec![format!("{}{run_id}", super::sources::APP_BINDING)],
+        _ => Vec::new(),
+    }
 }
 
 /// The state of a run, as a batch needs it.
@@ -257,7 +352,7 @@ pub(crate) fn close(run_id: i64) -> Closed {
     .unwrap_or_default();
     // The verification: every value of the column, now, that is not on the target.
     let mut remaining = 0i64;
-    for binding in bindings_of(root.oid, Some(&column)) {
+    for binding in run_bindings(run_id) {
         let d = designation(&binding);
         for (_, leaf) in leaves(root.oid) {
             remaining += count_needed(&root, &leaf, &d, &run.target, &run.version, &[]);

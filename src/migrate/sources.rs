@@ -12,6 +12,7 @@ use super::spi_fail;
 use crate::errors::OrRaise as _;
 use crate::postgres::spi;
 use crate::providers::{decrypt_each, ColumnKey, Decrypted};
+use credcrypt_core::column::FormatPart;
 
 /// The version a value must have to count as "on the target": the local key's id, or the
 /// Transit key's latest version; any version of a per-row key (each tenant's key rotates on
@@ -65,9 +66,110 @@ pub(crate) struct Designation {
     pub(crate) key: String,
     /// The blind index, if the designation has one.
     pub(crate) blind: Option<crate::protect::blind::BlindIndex>,
+    /// For a column an application encrypts itself (no designation): the SQL expression, over
+    /// row alias `t`, of each value's context (from the run's context format).
+    pub(crate) context_sql: Option<String>,
+}
+
+impl Designation {
+    /// How many values after the stored one a row query selects for the context: the bind
+    /// values, or the one context of an application-managed column.
+    pub(crate) fn selected(&self) -> usize {
+        if self.context_sql.is_some() {
+            1
+        } else {
+            self.binds.len()
+        }
+    }
+}
+
+/// The binding id that names the column of run N on a column an application encrypts itself.
+pub(crate) const APP_BINDING: &str = "app:";
+
+/// The SQL expression (over row alias `t` of table `relid`) of the context an application built
+/// with `format` (`'owner:{owner}'`): literals and the columns' text forms joined with `||`, so a
+/// NULL column makes the context NULL — no context —, as it did for the application. No format:
+/// no context. Every placeholder must name a column of the table (`42703`).
+pub(crate) fn context_sql(relid: pg_sys::Oid, format: Option<&str>) -> Result<String, Error> {
+    let Some(format) = format else { return Ok("NULL::pg_catalog.text".into()) };
+    let parts = credcrypt_core::column::parse_context_format(format)?;
+    let mut sql = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p {
+            FormatPart::Literal(l) => sql.push(format!("{}::pg_catalog.text", pgrx::spi::quote_literal(l))),
+            FormatPart::Column(c) => {
+                let exists = spi::one::<bool>(
+                    "SELECT true FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) $1 \
+                        AND attname OPERATOR(pg_catalog.=) $2::pg_catalog.name AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+                    &[relid.into(), c.as_str().into()],
+                )
+                .unwrap_or_else(|e| spi_fail(e));
+                if exists.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "the context format names a column the table does not have",
+                    )
+                    .with_detail(format!("column \"{c}\"")));
+                }
+                sql.push(format!("(t.{})::pg_catalog.text", qi(&c)));
+            }
+        }
+    }
+    Ok(format!("({})", sql.join(" OPERATOR(pg_catalog.||) ")))
+}
+
+/// The column of a run on an application-managed column, as a designation.
+fn app_designation(run_id: i64) -> Designation {
+    let row = spi::rows(
+        "SELECT relid::pg_catalog.oid, column_name::pg_catalog.text, target_key, context_format \
+           FROM credcrypt.reencrypt_runs WHERE run_id OPERATOR(pg_catalog.=) $1 AND app_managed",
+        &[run_id.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?,
+            ))
+        },
+    )
+    .unwrap_or_else(|e| spi_fail(e))
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| {
+        crate::errors::undefined("no such run on an application-managed column", "Run the migration again.")
+    });
+    let (root, column, key, format) = row;
+    Designation {
+        root,
+        column,
+        path: Vec::new(),
+        binds: Vec::new(),
+        mask: None,
+        key,
+        blind: None,
+        context_sql: Some(context_sql(root, format.as_deref()).or_raise()),
+    }
+}
+
+/// A column an application encrypts itself, as a designation (for `key_usage`).
+pub(crate) fn plain_column(relid: pg_sys::Oid, column: &str) -> Designation {
+    Designation {
+        root: relid,
+        column: column.to_owned(),
+        path: Vec::new(),
+        binds: Vec::new(),
+        mask: None,
+        key: String::new(),
+        blind: None,
+        context_sql: Some("NULL::pg_catalog.text".into()),
+    }
 }
 
 pub(crate) fn designation(binding_id: &str) -> Designation {
+    if let Some(run_id) = binding_id.strip_prefix(APP_BINDING).and_then(|n| n.parse::<i64>().ok()) {
+        return app_designation(run_id);
+    }
     spi::rows(
         "SELECT relid::pg_catalog.oid, column_name::pg_catalog.text, json_path, bind_columns::pg_catalog.text[], \
                 mask_column::pg_catalog.text, mask_prefix, mask_suffix, key_name \
@@ -90,6 +192,7 @@ pub(crate) fn designation(binding_id: &str) -> Designation {
                 mask,
                 key: r.get::<String>(8)?.unwrap_or_default(),
                 blind: None,
+                context_sql: None,
             })
         },
     )
@@ -147,9 +250,13 @@ pub(crate) fn value_expr(d: &Designation) -> String {
     crate::protect::sqlgen::value_expr("t", &d.column, &d.path)
 }
 
-/// SQL for the bind values of a designation in row alias `t`, each `, t.x::text`.
+/// SQL for the bind values of a designation in row alias `t`, each `, t.x::text` — or the one
+/// context of an application-managed column.
 pub(crate) fn bind_exprs(d: &Designation) -> String {
-    d.binds.iter().map(|b| format!(", (t.{})::pg_catalog.text", qi(b))).collect()
+    match &d.context_sql {
+        Some(e) => format!(", {e}"),
+        None => d.binds.iter().map(|b| format!(", (t.{})::pg_catalog.text", qi(b))).collect(),
+    }
 }
 
 /// One row picked for work: ctid, value, bind values.
@@ -162,6 +269,10 @@ pub(crate) struct Picked {
 impl Picked {
     /// The associated-data context of each picked row for designation `binding_id`.
     pub(crate) fn contexts(picked: &[Picked], binding_id: &str) -> Vec<String> {
+        if binding_id.starts_with(APP_BINDING) {
+            // The application's own context ('' = none: a NULL context, as it was written).
+            return picked.iter().map(|p| p.binds.first().cloned().flatten().unwrap_or_default()).collect();
+        }
         picked
             .iter()
             .map(|p| {

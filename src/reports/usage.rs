@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use pgrx::spi::quote_identifier as qi;
 
 use crate::errors::{raise, OrRaise as _};
-use crate::migrate::sources::{designation, value_expr};
+use crate::migrate::sources::{designation, plain_column, value_expr, Designation};
 use crate::migrate::spi_fail;
 use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::leaves;
@@ -29,8 +29,16 @@ pub(crate) fn usage_of(
     binding: &str,
     data_key_versions: &HashMap<String, String>,
 ) -> BTreeMap<UsageKey, i64> {
-    let d = designation(binding);
-    let v = value_expr(&d);
+    usage_of_designation(relid, &designation(binding), data_key_versions)
+}
+
+/// [`usage_of`] for a designation — or a column an application encrypts itself.
+fn usage_of_designation(
+    relid: pg_sys::Oid,
+    d: &Designation,
+    data_key_versions: &HashMap<String, String>,
+) -> BTreeMap<UsageKey, i64> {
+    let v = value_expr(d);
     let mut agg: BTreeMap<UsageKey, i64> = BTreeMap::new();
     let local_known = |kid: &str| match credcrypt_core::KeyId::from_hex(kid) {
         Some(id) => crate::providers::local::with_keyring(|r| Ok(r.find(id).is_some())).unwrap_or(false),
@@ -172,16 +180,32 @@ pub(crate) fn table_display(relid: pg_sys::Oid) -> String {
 }
 
 /// The rows of `credcrypt.key_usage` (documented at [`crate::api::report::key_usage`]).
-pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>) -> Vec<UsageRow> {
+pub(crate) fn key_usage(tbl: Option<pg_sys::Oid>, col: Option<&str>) -> Vec<UsageRow> {
     crate::postgres::catalog::require_current_sql();
     let dek = data_key_versions();
     let local_current = crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())).ok();
     let mut latest: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::new();
     let mut relids = Vec::new();
-    for (relid, binding, column, path) in designations_to_report(tbl) {
+    let mut columns: Vec<(pg_sys::Oid, Designation, String, Vec<String>)> = designations_to_report(tbl)
+        .into_iter()
+        .filter(|(_, _, column, _)| col.is_none_or(|c| c == column))
+        .map(|(relid, binding, column, path)| (relid, designation(&binding), column, path))
+        .collect();
+    if let (Some(relid), Some(c), true) = (tbl, col, columns.is_empty()) {
+        // A column the application encrypts itself: every value of it, read as the owner.
+        let t = crate::postgres::relation::table(relid);
+        if crate::postgres::relation::column(&t, c).is_none() {
+            crate::errors::undefined(
+                format!("column \"{c}\" of table {} does not exist", t.sql_name),
+                "Name a column of the table.",
+            );
+        }
+        columns.push((relid, plain_column(relid, c), c.to_owned(), Vec::new()));
+    }
+    for (relid, d, column, path) in columns {
         let table_name = table_display(relid);
-        for ((source, key, version), n) in usage_of(relid, &binding, &dek) {
+        for ((source, key, version), n) in usage_of_designation(relid, &d, &dek) {
             let current = match (source.as_str(), &key, &version) {
                 ("local", _, Some(v)) => Some(local_current.as_ref() == Some(v)),
                 ("transit" | "envelope", Some(k), Some(v)) => {

@@ -140,3 +140,91 @@ mod tests {
         assert_eq!(column_context(ID, &[Some(&long)]).unwrap_err().kind, ErrorKind::TooLarge);
     }
 }
+
+/// One piece of an application's context format (`'owner:{owner}'`): literal text, or the text
+/// form of a column of the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatPart {
+    /// Text taken as it is.
+    Literal(String),
+    /// The value of this column (its text form; NULL makes the whole context NULL, as SQL's
+    /// `||` does).
+    Column(String),
+}
+
+/// Parses the context format of a column that an application encrypts itself: literal text
+/// with `{column}` placeholders (`'owner:{owner}'`, `'{tenant}/{id}'`); `{{` and `}}` stand for
+/// literal braces. Not an SQL expression: nothing in it is evaluated but column values.
+pub fn parse_context_format(format: &str) -> Result<Vec<FormatPart>, Error> {
+    let bad = |why: &str| {
+        Error::new(ErrorKind::InvalidArgument, "invalid context format").with_detail(format!(
+            "{why}; a context format is text with {{column}} placeholders, e.g. 'owner:{{owner}}'"
+        ))
+    };
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some('{') | None => return Err(bad("a placeholder is not closed")),
+                        Some(c) => name.push(c),
+                    }
+                }
+                if name.is_empty() || name.len() > 63 {
+                    return Err(bad("a placeholder names no column"));
+                }
+                if !literal.is_empty() {
+                    parts.push(FormatPart::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(FormatPart::Column(name));
+            }
+            '}' => return Err(bad("a closing brace has no opening one")),
+            c => literal.push(c),
+        }
+    }
+    if !literal.is_empty() {
+        parts.push(FormatPart::Literal(literal));
+    }
+    if parts.is_empty() {
+        return Err(bad("the format is empty (pass NULL for values without a context)"));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(
+            parse_context_format("owner:{owner}").unwrap(),
+            vec![FormatPart::Literal("owner:".into()), FormatPart::Column("owner".into())]
+        );
+        assert_eq!(
+            parse_context_format("{tenant}/{id}").unwrap(),
+            vec![FormatPart::Column("tenant".into()), FormatPart::Literal("/".into()), FormatPart::Column("id".into())]
+        );
+        assert_eq!(parse_context_format("a{{b}}").unwrap(), vec![FormatPart::Literal("a{b}".into())]);
+        assert_eq!(
+            parse_context_format("Weird \"Col\"{Weird Col}").unwrap()[1],
+            FormatPart::Column("Weird Col".into())
+        );
+        for bad in ["", "{", "a{b", "}", "{}", "a}b", "{a{b}}"] {
+            assert_eq!(parse_context_format(bad).unwrap_err().kind, ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+}
