@@ -91,13 +91,8 @@ pub(crate) fn new_root(root: &Root, binding_id: &str, version: u16) -> Result<Op
         return Ok(None);
     };
     let aad = wrapping_aad(binding_id, version);
-    let answer = backend::call(Op::DataKey, name, &[ReqItem { data: &[], context: Some(aad.as_bytes()) }])?;
-    let mut it = answer.into_iter();
-    let plain = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
-    let wrapped = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
-    let wrapped = String::from_utf8(wrapped.to_vec()).map_err(|_| Error::malformed("wrapped key is not text"))?;
-    let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| Error::malformed("index root is not 32 bytes"))?;
-    let derived = Rc::new(IndexRoot::new(bytes).derive(binding_id, version)?);
+    let (bytes, wrapped) = backend::data_key(name, Some(aad.as_bytes()))?;
+    let derived = Rc::new(IndexRoot::new(&bytes).derive(binding_id, version)?);
     cache_put(binding_id, version, &wrapped, derived);
     Ok(Some(wrapped))
 }
@@ -184,24 +179,12 @@ pub(crate) fn rewrap(name: &str, rows: &[(String, u16, String)]) -> Result<Vec<S
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(400) {
         let aads: Vec<String> = chunk.iter().map(|(b, v, _)| wrapping_aad(b, *v)).collect();
-        let unwrap: Vec<ReqItem<'_>> = chunk
+        let items: Vec<(&[u8], Option<&[u8]>, Option<&[u8]>)> = chunk
             .iter()
             .zip(&aads)
-            .map(|((_, _, w), aad)| ReqItem { data: w.as_bytes(), context: Some(aad.as_bytes()) })
+            .map(|((_, _, w), aad)| (w.as_bytes(), Some(aad.as_bytes()), Some(aad.as_bytes())))
             .collect();
-        let plain: Vec<zeroize::Zeroizing<Vec<u8>>> = backend::call(Op::Decrypt, name, &unwrap)?
-            .into_iter()
-            .map(|a| a.map_err(|f| backend::fail_to_error(&f)))
-            .collect::<Result<_, _>>()?;
-        let wrap: Vec<ReqItem<'_>> = plain
-            .iter()
-            .zip(&aads)
-            .map(|(p, aad)| ReqItem { data: p.as_slice(), context: Some(aad.as_bytes()) })
-            .collect();
-        for a in backend::call(Op::Encrypt, name, &wrap)? {
-            let w = a.map_err(|f| backend::fail_to_error(&f))?;
-            out.push(String::from_utf8(w.to_vec()).map_err(|_| Error::malformed("wrapped key is not text"))?);
-        }
+        out.extend(backend::rewrap_with(name, &items)?);
     }
     Ok(out)
 }

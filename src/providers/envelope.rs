@@ -34,7 +34,6 @@ use credcrypt_core::format::{self, Ciphertext};
 use credcrypt_core::wire::{Op, ReqItem};
 use credcrypt_core::{Error, ErrorKind, KeyId, LocalKey};
 use pgrx::prelude::*;
-use zeroize::Zeroizing;
 
 use crate::gucs;
 use crate::postgres::guard::as_catalog_owner;
@@ -177,13 +176,8 @@ fn new_data_key(name: &str) -> Result<(KeyId, Rc<LocalKey>), Error> {
     let bound = binding_recorded();
     let aad = wrapping_aad(id);
     let context = bound.then_some(aad.as_bytes());
-    let answer = backend::call(Op::DataKey, name, &[ReqItem { data: &[], context }])?;
-    let mut it = answer.into_iter();
-    let plain = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
-    let wrapped = it.next().ok_or_else(|| Error::malformed("empty answer"))?.map_err(|f| backend::fail_to_error(&f))?;
-    let wrapped = String::from_utf8(wrapped.to_vec()).map_err(|_| Error::malformed("wrapped key is not text"))?;
-    let bytes: &[u8; 32] = plain.as_slice().try_into().map_err(|_| Error::malformed("data key is not 32 bytes"))?;
-    let key = Rc::new(LocalKey::new(bytes));
+    let (bytes, wrapped) = backend::data_key(name, context)?;
+    let key = Rc::new(LocalKey::new(&bytes));
     let insert = if bound {
         "INSERT INTO credcrypt.data_keys (id, transit_key, wrapped, bound) VALUES ($1, $2, $3, true)"
     } else {
@@ -379,27 +373,15 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
                     .ok_or_else(|| Error::malformed("a data key id is not 16 hex digits"))
             })
             .collect::<Result<_, _>>()?;
-        let unwrap: Vec<ReqItem<'_>> = chunk
+        let items: Vec<(&[u8], Option<&[u8]>, Option<&[u8]>)> = chunk
             .iter()
             .zip(&aads)
-            .map(|((_, w, bound), aad)| ReqItem { data: w.as_bytes(), context: bound.then_some(aad.as_bytes()) })
+            .map(|((_, w, bound), aad)| {
+                (w.as_bytes(), bound.then_some(aad.as_bytes()), recorded.then_some(aad.as_bytes()))
+            })
             .collect();
-        let plain: Vec<Zeroizing<Vec<u8>>> = backend::call(Op::Decrypt, name, &unwrap)?
-            .into_iter()
-            .map(|a| a.map_err(|f| backend::fail_to_error(&f)))
-            .collect::<Result<_, _>>()?;
-        let wrap: Vec<ReqItem<'_>> = plain
-            .iter()
-            .zip(&aads)
-            .map(|(p, aad)| ReqItem { data: p.as_slice(), context: recorded.then_some(aad.as_bytes()) })
-            .collect();
-        let mut ids = Vec::new();
-        let mut wrapped = Vec::new();
-        for ((id, _, _), a) in chunk.iter().zip(backend::call(Op::Encrypt, name, &wrap)?) {
-            let w = a.map_err(|f| backend::fail_to_error(&f))?;
-            ids.push(id.clone());
-            wrapped.push(String::from_utf8_lossy(&w).into_owned());
-        }
+        let wrapped = backend::rewrap_with(name, &items)?;
+        let ids: Vec<String> = chunk.iter().map(|(id, _, _)| id.clone()).collect();
         let update = if recorded {
             "UPDATE credcrypt.data_keys d SET wrapped = v.w, bound = true, rewrapped_at = pg_catalog.now() \
                FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS v(id, w) \
