@@ -179,7 +179,7 @@ pub(crate) fn rewrap(name: &str, rows: &[(String, u16, String)]) -> Result<Vec<S
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(400) {
         let aads: Vec<String> = chunk.iter().map(|(b, v, _)| wrapping_aad(b, *v)).collect();
-        let items: Vec<(&[u8], Option<&[u8]>, Option<&[u8]>)> = chunk
+        let items: Vec<backend::Rewrap<'_>> = chunk
             .iter()
             .zip(&aads)
             .map(|((_, _, w), aad)| (w.as_bytes(), Some(aad.as_bytes()), Some(aad.as_bytes())))

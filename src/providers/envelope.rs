@@ -373,7 +373,7 @@ pub(crate) fn rewrap_all(name: &str) -> Result<i64, Error> {
                     .ok_or_else(|| Error::malformed("a data key id is not 16 hex digits"))
             })
             .collect::<Result<_, _>>()?;
-        let items: Vec<(&[u8], Option<&[u8]>, Option<&[u8]>)> = chunk
+        let items: Vec<backend::Rewrap<'_>> = chunk
             .iter()
             .zip(&aads)
             .map(|((_, w, bound), aad)| {

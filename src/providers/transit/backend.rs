@@ -282,10 +282,14 @@ pub fn data_key(key: &str, context: Option<&[u8]>) -> Result<(Zeroizing<[u8; 32]
     Ok((Zeroizing::new(bytes), wrapped))
 }
 
-/// Wraps keys again with the latest version of Transit key `key`: each item is (wrapped key,
-/// associated data to unwrap it with, associated data to wrap it with); one Transit batch each
-/// way (Transit's rewrap cannot carry associated data). The new wrapped forms, in order.
-pub fn rewrap_with(key: &str, items: &[(&[u8], Option<&[u8]>, Option<&[u8]>)]) -> Result<Vec<String>, Error> {
+/// A wrapped key to wrap again: its wrapped form, the associated data to unwrap it with, and
+/// the associated data to wrap it with.
+pub type Rewrap<'a> = (&'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Wraps keys again with the latest version of Transit key `key` ([`Rewrap`] items); one
+/// Transit batch each way (Transit's rewrap cannot carry associated data). The new wrapped
+/// forms, in order.
+pub fn rewrap_with(key: &str, items: &[Rewrap<'_>]) -> Result<Vec<String>, Error> {
     let unwrap: Vec<ReqItem<'_>> = items.iter().map(|(w, from, _)| ReqItem { data: w, context: *from }).collect();
     let plain: Vec<Zeroizing<Vec<u8>>> = call(Op::Decrypt, key, &unwrap)?
         .into_iter()
