@@ -268,6 +268,7 @@ fn wrong_legacy_key_leaves_rows_untouched_and_reported() {
     assert_eq!(c.sql("SELECT count(*) FROM mg_legacy_plain WHERE secret = 'sk-' || id"), "21");
     // Errors: not protected, bad batch size, not the owner.
     c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'id')").expect_error("42704");
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'id', 'local')").expect_error("42804");
     c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret', batch_size => 0)").expect_error("22023");
     let o = c.psql("mg_app", "CALL credcrypt.reencrypt_column('mg_legacy', 'secret')");
     assert_eq!(o.sqlstate(), Some("42501"), "{o:?}");
@@ -403,7 +404,7 @@ fn columns_the_application_encrypts_itself_migrate_with_a_context_format() {
     .expect_ok();
     // Refusals: no target key, a placeholder naming no column, a context format on a protected
     // column, a per-row key.
-    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_app_col', 'secret')").expect_error("22023");
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_app_col', 'secret')").expect_error("42704");
     c.psql(
         "mg_owner",
         "CALL credcrypt.reencrypt_column('mg_app_col', 'secret', 'transit:app', context_format => 'owner:{nope}')",

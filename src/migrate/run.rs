@@ -160,6 +160,12 @@ pub(crate) fn prepare(
 /// Starts a run on a column an application encrypts itself (no designation): every value,
 /// with the context `context_format` builds for its row, moves to `target_key`.
 fn prepare_app(t: &Table, col: &str, target_key: Option<&str>, dry_run: bool, format: Option<&str>) -> (i64, i64) {
+    let Some(target_key) = target_key else {
+        crate::errors::undefined(
+            format!("column \"{col}\" of table {} is not protected", t.sql_name),
+            "Protect it first (protect_column … existing_values => 'migrate', then CALL credcrypt.reencrypt_column(tbl, col)); for a column your application encrypts itself, name the target key and its context: CALL credcrypt.reencrypt_column(tbl, col, 'transit:<key>', context_format => 'owner:{owner}').",
+        )
+    };
     let c = crate::postgres::relation::column(t, col).unwrap_or_else(|| {
         crate::errors::undefined(
             format!("column \"{col}\" of table {} does not exist", t.sql_name),
@@ -174,14 +180,6 @@ fn prepare_app(t: &Table, col: &str, target_key: Option<&str>, dry_run: bool, fo
             "reencrypt_column moves pg_credcrypt values kept in text columns.",
         );
     }
-    let Some(target_key) = target_key else {
-        fail(
-            ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("column \"{col}\" of table {} is not protected: name the target key", t.sql_name),
-            Some("a column the application encrypts itself has no key of its own".into()),
-            "CALL credcrypt.reencrypt_column(tbl, col, target_key => 'transit:<key>', context_format => 'owner:{owner}'), with the context the application passes to encrypt_credential (NULL: none).",
-        )
-    };
     let target = ColumnKey::parse(target_key).or_raise();
     if matches!(target, ColumnKey::PerRow(_)) {
         fail(
