@@ -238,6 +238,24 @@ fn on_xact(event: pg_sys::XactEvent::Type) {
                 pgrx::log!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s) in a statement that failed");
             }
         }
+        // A prepared transaction may still be rolled back (ROLLBACK PREPARED), with its audit
+        // rows, by anyone who can: its records go to the log now, so no reader can hide a
+        // decryption behind two-phase commit.
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            for (_, line) in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                pgrx::log!("{line} (in a prepared transaction: the audit row is lost if it is rolled back)");
+            }
+            for line in UNWRITTEN.with(|u| std::mem::take(&mut *u.borrow_mut())) {
+                pgrx::log!("{line}");
+            }
+            for (role, _, count) in PENDING.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                pgrx::log!("pg_credcrypt audit: role \"{role}\" decrypted {count} value(s)");
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            DEPTH_AT.with(|d| d.borrow_mut().clear());
+            DEPTH.with(|d| d.set(0));
+        }
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             WRITTEN.with(|w| w.borrow_mut().clear());
             DEPTH_AT.with(|d| d.borrow_mut().clear());

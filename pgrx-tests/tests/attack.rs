@@ -1076,9 +1076,52 @@ fn maintenance_refuses_tables_whose_policies_hide_rows_from_it() {
     )
     .expect_ok();
     c.psql("at_admin", "SELECT count(*) FROM credcrypt.key_usage('at_f4')").expect_error("55000");
+    // Fourth attack (reviews/attack-6.md), F-A: unprotect_column's "still holds encrypted
+    // values" check saw no row through the owner's forced policy, dropped the designation, and
+    // left two ciphertexts that could never be decrypted again. It refuses now, as every other
+    // maintenance routine does; so does protect_column's emptiness check.
+    c.psql("at_admin", "SELECT * FROM credcrypt.unprotect_column('at_f4', 'tok')").expect_error("55000");
+    assert_eq!(c.sql("SELECT count(*) FROM credcrypt.protected_columns WHERE relid = 'at_f4'::regclass"), "1");
+    c.psql("at_admin", "ALTER TABLE at_f4 ADD COLUMN tok2 text; SELECT credcrypt.protect_column('at_f4', 'tok2')")
+        .expect_error("55000");
     c.psql("at_admin", "ALTER TABLE at_f4 NO FORCE ROW LEVEL SECURITY").expect_ok();
     assert_eq!(c.value("at_admin", "SELECT sum(\"values\") FROM credcrypt.key_usage('at_f4')"), "2");
     c.sql("DROP TABLE at_f4 CASCADE");
+}
+
+/// Fourth attack, F-B: decrypt-audit rows written in a transaction that is PREPAREd and then
+/// ROLLBACK PREPARED vanished without the "rolled back" log line. The record goes to the log
+/// at PREPARE.
+#[test]
+fn a_prepared_transaction_cannot_hide_a_decryption_from_the_audit() {
+    let (_g, c) = setup();
+    fresh_table(&c, "at_admin", "at_2pc", "id int PRIMARY KEY, s text");
+    c.psql(
+        "at_admin",
+        "SELECT credcrypt.protect_column('at_2pc', 's', bind_columns => ARRAY['id']);
+         INSERT INTO at_2pc VALUES (1, 'twophase-SECRETMARKER');
+         GRANT SELECT ON at_2pc TO at_reader;",
+    )
+    .expect_ok();
+    c.sql("ALTER ROLE at_reader SET credcrypt.audit_decrypt = 'table'");
+    let o = c.psql(
+        "at_reader",
+        "BEGIN;
+         SELECT credcrypt.decrypt_credential(s, credcrypt.column_context(p.binding_id, ARRAY[id::text]))
+           FROM at_2pc, credcrypt.protected_columns p WHERE p.relid = 'at_2pc'::regclass;
+         PREPARE TRANSACTION 'at_hide';
+         ROLLBACK PREPARED 'at_hide';",
+    );
+    c.sql("ALTER ROLE at_reader RESET credcrypt.audit_decrypt");
+    o.expect_ok();
+    let log = c.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("role \"at_reader\" decrypted 1 value(s)") && l.contains("in a prepared transaction")),
+        "no audit record of the decryption in a prepared transaction"
+    );
+    assert!(!log.contains("twophase-SECRETMARKER"));
+    c.sql("DROP TABLE at_2pc CASCADE");
 }
 
 /// F5: a protected or mask column cannot be a bind column (its stored text changes with every

@@ -58,6 +58,7 @@ log_min_messages = ${CC_LOG_MIN_MESSAGES:-info}
 log_error_verbosity = ${CC_LOG_VERBOSITY:-default}
 log_min_error_statement = panic
 shared_preload_libraries = 'pg_credcrypt'
+max_prepared_transactions = 8
 include_if_exists = 'credcrypt.conf'
 CONF
     cat > "$dir/data/credcrypt.conf" <<CONF

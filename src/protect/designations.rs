@@ -42,8 +42,12 @@ fn bad_arg(msg: impl Into<String>, hint: &str) -> ! {
 
 /// Whether the table holds any non-NULL value in `col` (at `path`, for jsonb); with
 /// `encrypted_only`, any value that is a pg_credcrypt ciphertext. Reads every row (as the
-/// table's owner, through the maintenance path).
+/// table's owner, through the maintenance path) — and refuses (`55000`), like every maintenance
+/// routine, a table whose row-level security hides rows from its owner or whose partitions
+/// belong to another role: an answer from part of the rows could drop the designation of
+/// ciphertexts it did not see (they could then never be decrypted), or leave plaintext behind.
 fn has_values(t: &Table, col: &str, path: &[String], encrypted_only: bool) -> bool {
+    crate::postgres::relation::leaves(t.oid);
     let expr = value_expr("t", col, path);
     let filter =
         if encrypted_only { format!("pg_catalog.starts_with({expr}, 'cc1:')") } else { format!("{expr} IS NOT NULL") };
