@@ -580,6 +580,105 @@ COMMENT ON FUNCTION credcrypt.key_usage(regclass, name) IS
     'pg_credcrypt: values per provider, key and version (plaintext and unreadable counted) for each protected column (or one column, also one the application encrypts itself)';
 
 -- ---------------------------------------------------------------------------------------
+-- DDL checks (sql/protect.sql): a blind index column cannot change type (ALTER COLUMN … TYPE
+-- … USING would write it without the trigger), and a partition is attached only with its blind
+-- index column empty.
+CREATE FUNCTION credcrypt._retyped_columns(cmd pg_catalog.pg_ddl_command) RETURNS TABLE (relid pg_catalog.oid, attnum pg_catalog.int2) STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'retyped_columns_wrapper';
+
+CREATE OR REPLACE FUNCTION credcrypt._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t oid;
+    prob record;
+    part record;
+    d record;
+    bad boolean;
+BEGIN
+    -- A blind index column is the protection trigger's alone: ALTER COLUMN … TYPE … USING
+    -- rewrites it without the trigger, and would make a row answer to a secret it does not hold.
+    SELECT p.relid::regclass AS tbl, p.blind_index_column AS col INTO prob
+      FROM pg_event_trigger_ddl_commands() c
+     CROSS JOIN LATERAL credcrypt._retyped_columns(c.command) r
+      JOIN pg_attribute a ON a.attrelid = r.relid AND a.attnum = r.attnum
+      JOIN credcrypt.protected_columns p
+        ON (p.relid::oid = r.relid OR p.relid::oid IN (SELECT an.relid FROM pg_partition_ancestors(r.relid) an))
+       AND p.blind_index_column = a.attname
+     WHERE c.command_tag = 'ALTER TABLE'
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the type of blind index column % of % cannot change: the protection trigger alone writes it', prob.col, prob.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A blind index column stays bytea. To index into another column, unprotect_column and protect_column again with the new blind_index_column.';
+    END IF;
+    FOR t IN
+        SELECT DISTINCT p.relid::oid
+          FROM (SELECT CASE c.classid
+                         WHEN 'pg_class'::regclass THEN c.objid
+                         WHEN 'pg_trigger'::regclass THEN (SELECT g.tgrelid FROM pg_trigger g WHERE g.oid = c.objid)
+                         WHEN 'pg_rewrite'::regclass THEN (SELECT w.ev_class FROM pg_rewrite w WHERE w.oid = c.objid)
+                         WHEN 'pg_policy'::regclass THEN (SELECT y.polrelid FROM pg_policy y WHERE y.oid = c.objid)
+                       END AS rel
+                  FROM pg_event_trigger_ddl_commands() c) x
+          JOIN pg_class rc ON rc.oid = x.rel
+          JOIN credcrypt.protected_columns p
+            ON p.relid::oid = x.rel
+            OR p.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(x.rel) a)
+            OR p.relid::oid IN (SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = x.rel)
+    LOOP
+        SELECT * INTO prob FROM credcrypt._protection_problems(t::regclass)
+         WHERE kind NOT IN ('missing', 'partition_owner') LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION '% would weaken the protection of %: %', prob.object, t::regclass, prob.finding
+                USING ERRCODE = 'object_not_in_prerequisite_state', HINT = prob.fix;
+        END IF;
+        -- Leaves this command attached (or created), or rewrote (ALTER COLUMN … TYPE … USING
+        -- rewrites every row without row triggers): every protected value must be a ciphertext.
+        FOR part IN
+            SELECT l.oid AS rel, credcrypt._rewritten(l.oid) AS rewritten
+              FROM pg_class l
+             WHERE l.relkind = 'r'
+               AND (l.oid = t OR l.oid IN (SELECT pt.relid FROM pg_partition_tree(t::regclass) pt WHERE pt.isleaf))
+               AND (credcrypt._rewritten(l.oid)
+                    OR (l.oid <> t AND NOT credcrypt._protect_in_progress(t) AND EXISTS (SELECT FROM pg_trigger g
+                                                WHERE g.tgrelid = l.oid AND g.tgname = 'zz_credcrypt_protect'
+                                                  AND credcrypt._xact_is_current(g.xmin))))
+        LOOP
+            FOR d IN SELECT column_name, json_path, blind_index_column FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
+                -- A partition attached with blind index values: they were not computed by the
+                -- trigger from the values beside them (a copy of another row's index would
+                -- make this row answer to that row's secret).
+                IF NOT part.rewritten AND d.blind_index_column IS NOT NULL THEN
+                    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE x.%I IS NOT NULL)', part.rel::regclass, d.blind_index_column)
+                       INTO bad;
+                    IF bad THEN
+                        RAISE EXCEPTION 'partition % holds values in blind index column % of protected column %', part.rel::regclass, d.blind_index_column, d.column_name
+                            USING ERRCODE = 'object_not_in_prerequisite_state',
+                                  HINT = format('Attach it with the column empty (UPDATE … SET %I = NULL before ATTACH PARTITION), then CALL credcrypt.reencrypt_column(''%s'', ''%s'') computes the indexes; or attach an empty partition and copy the rows in with INSERT … SELECT.', d.blind_index_column, t::regclass, d.column_name);
+                    END IF;
+                END IF;
+                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND credcrypt._value_source(%s) !~ ''^(local|transit|envelope):'')',
+                               part.rel::regclass,
+                               CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
+                                    ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END,
+                               CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
+                                    ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END)
+                   INTO bad;
+                IF bad AND part.rewritten THEN
+                    RAISE EXCEPTION 'rewriting % would leave values of protected column % that are not pg_credcrypt ciphertexts', part.rel::regclass, d.column_name
+                        USING ERRCODE = 'object_not_in_prerequisite_state',
+                              HINT = 'Change the type without a USING expression that alters protected values (the values keep their text); to change them, UPDATE the rows (the trigger encrypts), or unprotect_column first. If plaintext was already there (existing_values => ''migrate''), finish CALL credcrypt.reencrypt_column first.';
+                ELSIF bad THEN
+                    RAISE EXCEPTION 'partition % holds values of protected column % that are not encrypted', part.rel::regclass, d.column_name
+                        USING ERRCODE = 'object_not_in_prerequisite_state',
+                              HINT = 'Attach an empty partition and copy the rows in with INSERT … SELECT (the protection trigger encrypts them).';
+                END IF;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
 -- Privileges (sql/grants.sql): deny by default, then the grants.
 REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA credcrypt FROM PUBLIC;
 DO $grants$

@@ -463,3 +463,100 @@ fn indexes_of_envelope_and_transit_columns_are_rooted_in_openbao() {
     // (key_usage() over every table would rightly fail on them).
     c.sql("DROP TABLE bo_env, bo_tr CASCADE");
 }
+
+/// Fifth attack (F1, F3): the index column is the trigger's alone. A table owner cannot write
+/// it through DDL that bypasses row triggers — `ALTER COLUMN … TYPE … USING` (a rewrite) or a
+/// partition attached with index values copied from another row — so no row answers to a
+/// secret it does not hold; and an index is not added to a column a masked view already shows.
+#[test]
+fn ddl_cannot_write_the_index_column_and_masked_views_never_show_it() {
+    let (_g, c) = setup();
+    creds(&c, "bi_ddl", 3);
+    c.psql("bi_app", "UPDATE bi_ddl SET api_key = NULL WHERE id = 2").expect_ok();
+    // (Without the UNIQUE index, which would refuse the copy below by itself.)
+    c.psql("bi_owner", "DROP INDEX bi_ddl_bidx").expect_ok();
+    let victim = c.value("postgres", "SELECT encode(api_key_bidx, 'hex') FROM bi_ddl WHERE id = 1");
+    // A rewrite that copies the victim's index into row 2 (which holds no secret): refused.
+    c.psql(
+        "bi_owner",
+        &format!(
+            "ALTER TABLE bi_ddl ALTER COLUMN api_key_bidx TYPE bytea
+                USING (CASE WHEN id = 2 THEN '\\x{victim}'::bytea ELSE api_key_bidx END)"
+        ),
+    )
+    .expect_error("55000")
+    .expect_clean("sk-bidx-1");
+    // Any type change of the index column, even one that keeps the values.
+    c.psql("bi_owner", "ALTER TABLE bi_ddl ALTER COLUMN api_key_bidx TYPE bytea USING api_key_bidx")
+        .expect_error("55000");
+    assert_eq!(c.value("bi_app", &lookup("bi_ddl", "sk-bidx-1")), "1");
+    // A rewrite of another column keeps the indexes, and is allowed.
+    c.psql("bi_owner", "ALTER TABLE bi_ddl ALTER COLUMN user_id TYPE varchar(40) USING user_id || ''").expect_ok();
+    assert_eq!(c.value("bi_app", &lookup("bi_ddl", "sk-bidx-3")), "3");
+
+    // A partition attached with an index value of another partition's row: refused.
+    c.sql("DROP TABLE IF EXISTS bi_parted CASCADE; DROP TABLE IF EXISTS bi_parted_2");
+    c.psql(
+        "bi_owner",
+        "CREATE TABLE bi_parted (id bigint, grp int, api_key text) PARTITION BY LIST (grp);
+         CREATE TABLE bi_parted_1 PARTITION OF bi_parted FOR VALUES IN (1);
+         SELECT credcrypt.protect_column('bi_parted', 'api_key', bind_columns => ARRAY['id'], blind_index_column => 'api_key_bidx');
+         GRANT SELECT, INSERT ON bi_parted TO bi_app;",
+    )
+    .expect_ok();
+    c.psql("bi_app", "INSERT INTO bi_parted VALUES (1, 1, 'sk-parted-victim')").expect_ok();
+    let victim = c.value("postgres", "SELECT encode(api_key_bidx, 'hex') FROM bi_parted WHERE id = 1");
+    let find = "SELECT string_agg(id::text, ',' ORDER BY id) FROM bi_parted \
+                WHERE api_key_bidx = credcrypt.blind_index('bi_parted', 'api_key', 'sk-parted-victim')";
+    c.psql(
+        "bi_owner",
+        &format!(
+            "CREATE TABLE bi_parted_2 (LIKE bi_parted);
+             INSERT INTO bi_parted_2 VALUES (2, 2, NULL, '\\x{victim}');"
+        ),
+    )
+    .expect_ok();
+    c.psql("bi_owner", "ALTER TABLE bi_parted ATTACH PARTITION bi_parted_2 FOR VALUES IN (2)").expect_error("55000");
+    assert_eq!(c.value("bi_app", find), "1");
+    // With the column emptied it attaches, and reencrypt_column computes what is missing.
+    c.psql(
+        "bi_owner",
+        "UPDATE bi_parted_2 SET api_key_bidx = NULL;
+         ALTER TABLE bi_parted ATTACH PARTITION bi_parted_2 FOR VALUES IN (2);",
+    )
+    .expect_ok();
+    c.psql("bi_app", "INSERT INTO bi_parted VALUES (3, 2, 'sk-parted-other')").expect_ok();
+    assert_eq!(c.value("bi_app", find), "1");
+    c.psql("bi_owner", "CALL credcrypt.reencrypt_column('bi_parted', 'api_key')").expect_ok();
+    assert_eq!(c.value("bi_app", find), "1");
+    assert_eq!(
+        c.value(
+            "bi_app",
+            "SELECT id FROM bi_parted WHERE api_key_bidx = credcrypt.blind_index('bi_parted', 'api_key', 'sk-parted-other')"
+        ),
+        "3"
+    );
+
+    // A masked view that shows a bytea column: the column cannot become a blind index column
+    // until the view is made again (without it).
+    c.psql(
+        "bi_owner",
+        "ALTER TABLE bi_ddl ADD COLUMN other text, ADD COLUMN fp bytea;
+         SELECT credcrypt.protect_column('bi_ddl', 'other', bind_columns => ARRAY['id']);
+         SELECT credcrypt.create_masked_view('bi_ddl', 'bi_ddl_masked');",
+    )
+    .expect_ok();
+    c.psql("bi_owner", "SELECT credcrypt.add_blind_index('bi_ddl', 'other', 'fp')").expect_error("55000");
+    c.psql(
+        "bi_owner",
+        "SELECT credcrypt.drop_masked_view('bi_ddl_masked');
+         SELECT credcrypt.add_blind_index('bi_ddl', 'other', 'fp');
+         SELECT credcrypt.create_masked_view('bi_ddl', 'bi_ddl_masked');",
+    )
+    .expect_ok();
+    assert_eq!(
+        c.sql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'bi_ddl_masked'::regclass AND attname IN ('fp', 'api_key_bidx')"),
+        "0"
+    );
+    c.sql("DROP TABLE bi_ddl CASCADE; DROP TABLE bi_parted CASCADE");
+}

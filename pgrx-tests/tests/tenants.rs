@@ -308,3 +308,47 @@ fn a_column_moves_from_one_key_to_per_tenant_keys_while_the_application_writes()
     assert!(c.sql("SELECT reason FROM credcrypt.reencrypt_failures f JOIN credcrypt.reencrypt_runs r USING (run_id) WHERE r.relid = 'tn_mig'::regclass LIMIT 1").contains("key"));
     c.sql("DROP TABLE tn_mig CASCADE");
 }
+
+/// Fifth attack (F4): a shredded key name made again — from another database of the cluster
+/// with auto_create_keys, or by hand — does not bring the tenant back here: writes under the
+/// name stay refused and the old values stay "destroyed" (38000), never "tampered" (39000).
+#[test]
+fn a_shredded_key_made_again_elsewhere_does_not_revive_the_tenant() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS tn_revive CASCADE");
+    create_keys(&e, ["revive".to_owned(), "keep".to_owned()].into_iter());
+    c.psql(
+        "tn_owner",
+        "CREATE TABLE tn_revive (id int PRIMARY KEY, org_id text, api_key text);
+         SELECT credcrypt.protect_column('tn_revive', 'api_key', key_name => 'transit:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
+         GRANT INSERT, SELECT ON tn_revive TO tn_app;",
+    )
+    .expect_ok();
+    c.psql("tn_app", "INSERT INTO tn_revive VALUES (1, 'revive', 'sk-revive-1'), (2, 'keep', 'sk-keep-2')").expect_ok();
+    // A pooled session that wrote under the key before the shred.
+    let mut pooled = credcrypt_blackbox::Session::open(c, "tn_app");
+    assert!(pooled.run("INSERT INTO tn_revive VALUES (3, 'revive', 'sk-revive-3')").ok);
+    c.psql("tn_owner", "SELECT credcrypt.shred_key('transit:tenant-revive')").expect_ok();
+    // The key name made again in OpenBao (as another database's auto_create_keys would).
+    e.bao.must(&["write", "-f", "transit/keys/tenant-revive"]);
+    let read = "SELECT credcrypt.decrypt_credential(t.api_key, credcrypt.column_context(p.binding_id, ARRAY[t.id::text, t.org_id])) \
+                FROM tn_revive t, credcrypt.protected_columns p \
+                WHERE p.relid = 'tn_revive'::regclass AND p.column_name = 'api_key' AND t.id = ";
+    c.psql("tn_app", &format!("{read}1")).expect_error("38000").expect_clean("sk-revive");
+    for s in [
+        c.psql("tn_app", "INSERT INTO tn_revive VALUES (4, 'revive', 'sk-revive-4')"),
+        pooled.run("INSERT INTO tn_revive VALUES (5, 'revive', 'sk-revive-5')"),
+    ] {
+        s.expect_error("38000").expect_clean("sk-revive");
+    }
+    c.sql("ALTER ROLE tn_app SET credcrypt.auto_create_keys = on");
+    c.psql("tn_app", "INSERT INTO tn_revive VALUES (6, 'revive', 'sk-revive-6')").expect_error("38000");
+    c.sql("ALTER ROLE tn_app RESET credcrypt.auto_create_keys");
+    assert_eq!(c.sql("SELECT count(*) FROM tn_revive WHERE org_id = 'revive'"), "2");
+    // Other tenants are untouched.
+    c.psql("tn_app", "INSERT INTO tn_revive VALUES (7, 'keep', 'sk-keep-7')").expect_ok();
+    assert_eq!(c.value("tn_app", &format!("{read}2")), "sk-keep-2");
+    drop(pooled);
+    c.sql("DROP TABLE tn_revive CASCADE");
+}

@@ -215,6 +215,26 @@ fn was_rewritten(tbl: pg_sys::Oid) -> bool {
     crate::protect::rewrites::rewritten(tbl)
 }
 
+/// The columns whose type an `ALTER TABLE` command changed, for the DDL check at its end: a
+/// blind index column is the protection trigger's alone, and `ALTER COLUMN … TYPE … USING`
+/// would write any value into it without the trigger.
+#[pg_extern(
+    volatile,
+    strict,
+    sql = "CREATE FUNCTION credcrypt._retyped_columns(cmd pg_catalog.pg_ddl_command) RETURNS TABLE (relid pg_catalog.oid, attnum pg_catalog.int2) STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
+)]
+fn retyped_columns(
+    cmd: pgrx::datum::Internal,
+) -> TableIterator<'static, (name!(relid, pg_sys::Oid), name!(attnum, i16))> {
+    let cols = match cmd.unwrap() {
+        // SAFETY: the SQL declaration takes a pg_ddl_command, which only
+        // pg_event_trigger_ddl_commands() produces, inside the event trigger that reads it.
+        Some(d) => unsafe { crate::postgres::ddl::retyped_columns(d) },
+        None => Vec::new(),
+    };
+    TableIterator::new(cols)
+}
+
 /// The trigger function installed by `protect_column` (see [`crate::protect::trigger`]).
 #[pg_trigger]
 fn protect_trigger<'a>(

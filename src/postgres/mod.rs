@@ -2,6 +2,7 @@
 //! relation lookup, backend-local scopes, SPI helpers and the log hook.
 
 pub mod catalog;
+pub mod ddl;
 pub mod guard;
 pub mod log_redact;
 pub mod relation;

@@ -236,6 +236,29 @@ pub(crate) fn prepare_column(t: &Table, col: &str, index_column: &str, binds: &[
             "Give each protected column its own blind index column.",
         );
     }
+    // A masked view made before the index existed may show the column: reporting roles would
+    // see which rows hold the same secret (masked views leave index columns out).
+    let shown_by = get::<String>(
+        "SELECT w.ev_class::pg_catalog.regclass::pg_catalog.text \
+           FROM pg_catalog.pg_depend d \
+           JOIN pg_catalog.pg_rewrite w ON w.oid OPERATOR(pg_catalog.=) d.objid \
+           JOIN pg_catalog.pg_class v ON v.oid OPERATOR(pg_catalog.=) w.ev_class \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid \
+          WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+            AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+            AND d.refobjid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+            AND v.relowner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'credcrypt_masker') \
+          LIMIT 1",
+        &[t.oid.into(), index_column.into()],
+    );
+    if let Some(view) = shown_by {
+        fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("column \"{index_column}\" is shown by masked view {view}"),
+            None,
+            "Drop the view with credcrypt.drop_masked_view(), add the blind index, then create the view again: masked views leave blind index columns out.",
+        );
+    }
     match column(t, index_column) {
         Some(c) if c.base_type == "bytea" && !c.generated => {}
         Some(c) => bad_arg(

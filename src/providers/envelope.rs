@@ -65,7 +65,7 @@ thread_local! {
 }
 
 /// Remembers the OID of `credcrypt.data_keys` (for the invalidation callback).
-fn note_catalog_oid() {
+pub(crate) fn note_catalog_oid() {
     if DATA_KEYS_OID.with(std::cell::Cell::get) == pg_sys::InvalidOid {
         // SAFETY: catalog cache lookups by name; missing objects answer InvalidOid.
         let oid = unsafe {
@@ -87,6 +87,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     let mine = DATA_KEYS_OID.with(std::cell::Cell::get);
     if relid == pg_sys::InvalidOid || (mine != pg_sys::InvalidOid && relid == mine) {
         forget_everything();
+        crate::providers::forget_erasure_checks();
     }
 }
 

@@ -79,15 +79,16 @@ pub(crate) fn encrypt_per_row(
     key: &KeyRef,
     contexts: &[Option<&str>],
 ) -> Result<Vec<String>, Error> {
+    // A tenant erased is not written again under the same key name, even if a key of that name
+    // exists again (created from another database, or by hand): its old values would then fail
+    // as tampering instead of as destroyed.
+    if let Some(name) = key.transit_name() {
+        refuse_erased(name)?;
+    }
     match encrypt_with(plaintexts, key, contexts, false) {
         Err(e) if e.kind == ErrorKind::TransitKeyNotFound && gucs::auto_create_keys() => {
             let name = key.transit_name().ok_or(e)?;
-            // A tenant erased is not written again under the same key name: its old values
-            // would then fail as tampering instead of as destroyed.
-            if let Some((at, _)) = erasure_of(name) {
-                return Err(Error::new(ErrorKind::KeyDestroyed, "this key was destroyed (crypto-shredded)")
-                    .with_detail(format!("Transit key {name} was destroyed at {at}; write under a new key name")));
-            }
+            refuse_erased(name)?;
             let created = backend::call(Op::CreateKey, name, &[])?;
             if let Some(Err(f)) = created.into_iter().next() {
                 return Err(fail_to_error(&f));
@@ -99,6 +100,48 @@ pub(crate) fn encrypt_per_row(
         )),
         r => r,
     }
+}
+
+thread_local! {
+    /// Per-row key names this backend found in no erasure record, forgotten when
+    /// `credcrypt.data_keys` is invalidated (every `shred_key` sends that invalidation) and
+    /// bounded: a stale entry can only say "not erased" for a key that OpenBao has deleted, so
+    /// the write fails there and the record is read again.
+    static NOT_ERASED: std::cell::RefCell<std::collections::HashSet<String>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+const NOT_ERASED_MAX: usize = 4096;
+
+/// Fails with "key destroyed" when Transit key `name` was shredded in this database.
+fn refuse_erased(name: &str) -> Result<(), Error> {
+    if NOT_ERASED.with(|s| s.borrow().contains(name)) {
+        return Ok(());
+    }
+    if let Some((at, _)) = erasure_of(name) {
+        return Err(Error::new(ErrorKind::KeyDestroyed, "this key was destroyed (crypto-shredded)")
+            .with_detail(format!("Transit key {name} was destroyed at {at}; write under a new key name")));
+    }
+    envelope::note_catalog_oid(); // its invalidation is what forgets the answer
+    NOT_ERASED.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() >= NOT_ERASED_MAX {
+                s.clear();
+            }
+            s.insert(name.to_owned());
+        }
+    });
+    Ok(())
+}
+
+/// Forgets which key names were found not erased (the `credcrypt.data_keys` invalidation
+/// that `shred_key` sends; never raises).
+pub(crate) fn forget_erasure_checks() {
+    NOT_ERASED.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.clear();
+        }
+    });
 }
 
 /// When and by whom Transit key `name` was destroyed (`credcrypt.shred_key`), if it was: read
@@ -124,11 +167,11 @@ pub(crate) fn erasure_of(name: &str) -> Option<(String, String)> {
 /// key was destroyed on purpose.
 pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
     match erasure_of(name) {
-        Some((at, by)) => Error::new(
+        Some((at, _)) => Error::new(
             ErrorKind::KeyDestroyed,
             "the key of this value was destroyed (crypto-shredded): the value can never be decrypted",
         )
-        .with_detail(format!("Transit key {name} was destroyed at {at} by {by}")),
+        .with_detail(format!("Transit key {name} was destroyed at {at}")),
         None => e,
     }
 }
@@ -288,7 +331,9 @@ pub(crate) fn decrypt_each(
         };
         for ((i, payload, _), a) in entries.iter().zip(answers) {
             out[*i] = a.map_err(|f| match f.kind {
-                FailKind::AuthenticationFailed => Error::auth_failed(),
+                // A key of a shredded name made again (from another database, or by hand)
+                // does not authenticate the old values: they are destroyed, not tampered with.
+                FailKind::AuthenticationFailed => destroyed_or(&name, Error::auth_failed()),
                 FailKind::KeyNotFound => destroyed_or(&name, fail_to_error(&f)),
                 FailKind::VersionRetired => {
                     let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
