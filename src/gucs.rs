@@ -104,8 +104,9 @@ static TRANSIT_BULK_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// in OpenBao yet is created on its first use instead of failing with 42704.
 static AUTO_CREATE_KEYS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
-/// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most.
-static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most (and Transit keys
+/// it keeps a current data key for): above the number of tenants a backend serves.
+static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
 
 /// Where decryptions are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]

@@ -352,3 +352,41 @@ fn a_shredded_key_made_again_elsewhere_does_not_revive_the_tenant() {
     drop(pooled);
     c.sql("DROP TABLE tn_revive CASCADE");
 }
+
+/// Rows that cycle through one more tenant than `credcrypt.envelope_cache_size` holds: the
+/// backend evicts an arbitrary current data key, not the oldest — evicting the oldest threw out
+/// exactly the tenant needed next, every time, so every row made a new data key (a Transit call
+/// and a `data_keys` row: 180 for these 180 rows; found by bench/tenants.sh).
+#[test]
+fn more_tenants_than_the_cache_holds_do_not_make_a_data_key_per_row() {
+    let e = setup();
+    let c = &e.c;
+    let tenants: Vec<String> = (0..9).map(|i| format!("cyc{i}")).collect();
+    create_keys(&e, tenants.iter().cloned());
+    let file = c.keys.join("bao-tenant.token");
+    point_at(
+        c,
+        &e.bao.addr,
+        &format!("credcrypt.bao_token_file = '{}'\ncredcrypt.envelope_cache_size = 8\n", file.display()),
+    );
+    c.sql("DROP TABLE IF EXISTS tn_cycle CASCADE");
+    c.psql(
+        "tn_owner",
+        "CREATE TABLE tn_cycle (id int PRIMARY KEY, org_id text, api_key text);
+         SELECT credcrypt.protect_column('tn_cycle', 'api_key', key_name => 'envelope:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
+         GRANT INSERT, SELECT ON tn_cycle TO tn_app;",
+    )
+    .expect_ok();
+    assert_eq!(c.value("tn_app", "SHOW credcrypt.envelope_cache_size"), "8");
+    c.psql(
+        "tn_app",
+        "INSERT INTO tn_cycle SELECT g, 'cyc' || (g % 9), 'sk-' || g FROM generate_series(0, 179) g ORDER BY g",
+    )
+    .expect_ok();
+    let made: i64 =
+        c.sql("SELECT count(*) FROM credcrypt.data_keys WHERE transit_key LIKE 'tenant-cyc%'").parse().expect("count");
+    point_at(c, &e.bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", file.display()));
+    assert!((9..=120).contains(&made), "{made} data keys for 180 rows over 9 tenants and a cache of 8");
+    assert_eq!(c.value("tn_app", "SELECT count(*) FROM tn_cycle WHERE api_key LIKE 'cc1:envelope:tenant-cyc%'"), "180");
+    c.sql("DROP TABLE tn_cycle CASCADE; DELETE FROM credcrypt.data_keys WHERE transit_key LIKE 'tenant-cyc%'");
+}

@@ -71,3 +71,22 @@ umount_binds() {
         if mountpoint -q "$m"; then umount -l "$m" || true; fi
     done
 }
+
+# remove_root DIR: unmounts whatever is still mounted below DIR (a run killed before its
+# cleanup leaves bind mounts of the repository and the toolchain there: `rm --one-file-system`
+# does descend into a bind mount of the same filesystem, and would empty the repository), then
+# deletes DIR; refuses if anything stays mounted.
+remove_root() {
+    local dir m
+    dir="$(realpath -m "$1")"
+    [ -d "$dir" ] || return 0
+    # Deepest first; mountinfo's 5th field is the mount point (octal escapes for spaces).
+    for m in $(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+        umount -l "$(printf '%b' "$m")" || true
+    done
+    if awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+        echo "refusing to delete $dir: something is still mounted below it" >&2
+        return 1
+    fi
+    rm -rf --one-file-system "$dir"
+}

@@ -106,19 +106,36 @@ fn forget_everything() {
 }
 
 /// Makes `name`'s data key current, first dropping current keys that are past
-/// `credcrypt.envelope_max_age` and, beyond `credcrypt.envelope_cache_size` Transit keys, the
-/// oldest: with per-row keys (one Transit key per tenant) the map stays bounded.
+/// `credcrypt.envelope_max_age` and, beyond `credcrypt.envelope_cache_size` Transit keys, one
+/// other ([`victim_index`]): with per-row keys (one Transit key per tenant) the map stays bounded.
 fn make_current(name: &str, cur: Current) {
     let (age, limit) = (max_age(), gucs::envelope_cache_size());
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|_, v| v.born.elapsed() < age);
         while c.len() >= limit {
-            let Some(oldest) = c.iter().min_by_key(|(_, v)| v.born).map(|(k, _)| k.clone()) else { break };
-            c.remove(&oldest);
+            let Some(victim) = c.keys().nth(victim_index(c.len())).cloned() else { break };
+            c.remove(&victim);
         }
         c.insert(name.to_owned(), cur);
     });
+}
+
+thread_local! {
+    static EVICTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Which entry of a full cache of `len` entries to evict: a different one each time, spread
+/// over the map, and not the oldest — rows that cycle through one more Transit key (tenant)
+/// than the cache holds would otherwise evict exactly the key they need next, every time, and
+/// make a new data key (a Transit call and a `data_keys` row) per key per pass.
+fn victim_index(len: usize) -> usize {
+    let n = EVICTIONS.with(|e| {
+        let n = e.get().wrapping_add(1);
+        e.set(n);
+        n
+    });
+    n.wrapping_mul(7919) % len.max(1)
 }
 
 fn max_uses() -> u64 {
@@ -137,14 +154,15 @@ fn spi_error(e: pgrx::spi::SpiError) -> Error {
     Error::new(ErrorKind::CatalogMismatch, "credcrypt.data_keys could not be used").with_detail(e.to_string())
 }
 
-/// Caches an unwrapped data key, evicting the oldest beyond `credcrypt.envelope_cache_size`.
+/// Caches an unwrapped data key, evicting one beyond `credcrypt.envelope_cache_size` (see
+/// [`victim_index`]).
 fn cache_insert(id: KeyId, entry: Cached) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         let limit = gucs::envelope_cache_size();
         while c.len() >= limit {
-            let Some(oldest) = c.iter().min_by_key(|(_, v)| v.loaded).map(|(k, _)| *k) else { break };
-            c.remove(&oldest);
+            let Some(victim) = c.keys().nth(victim_index(c.len())).copied() else { break };
+            c.remove(&victim);
         }
         c.insert(id, entry);
     });
