@@ -353,22 +353,48 @@ DECLARE
     d record;
     bad boolean;
 BEGIN
-    -- A blind index column is the protection trigger's alone: ALTER COLUMN … TYPE … USING
-    -- rewrites it without the trigger, and would make a row answer to a secret it does not hold.
-    SELECT p.relid::regclass AS tbl, p.blind_index_column AS col INTO prob
+    -- The blind index and mask columns are the protection trigger's alone. ALTER COLUMN …
+    -- TYPE … USING rewrites them without the trigger; a partition attached with values in its
+    -- index column brings indexes the trigger did not compute (a copy of another row's index
+    -- would make a row answer to that row's secret). Both read from the command itself.
+    SELECT p.relid::regclass AS tbl, a.attname AS col INTO prob
       FROM pg_event_trigger_ddl_commands() c
-     CROSS JOIN LATERAL credcrypt._retyped_columns(c.command) r
-      JOIN pg_attribute a ON a.attrelid = r.relid AND a.attnum = r.attnum
+     CROSS JOIN LATERAL credcrypt._ddl_subcommands(c.command) s
+      JOIN pg_attribute a ON a.attrelid = s.relid AND a.attnum = s.attnum
       JOIN credcrypt.protected_columns p
-        ON (p.relid::oid = r.relid OR p.relid::oid IN (SELECT an.relid FROM pg_partition_ancestors(r.relid) an))
-       AND p.blind_index_column = a.attname
-     WHERE c.command_tag = 'ALTER TABLE'
+        ON (p.relid::oid = s.relid OR p.relid::oid IN (SELECT an.relid FROM pg_partition_ancestors(s.relid) an))
+       AND a.attname IN (p.blind_index_column, p.mask_column)
+     WHERE c.command_tag = 'ALTER TABLE' AND s.action = 'retype'
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'the type of blind index column % of % cannot change: the protection trigger alone writes it', prob.col, prob.tbl
+        RAISE EXCEPTION 'the type of column % of % cannot change: the protection trigger alone writes it (a blind index or mask column)', prob.col, prob.tbl
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'A blind index column stays bytea. To index into another column, unprotect_column and protect_column again with the new blind_index_column.';
+                  HINT = 'Blind index and mask columns keep their type. To use another column, unprotect_column and protect_column again naming the new one.';
     END IF;
+    FOR d IN
+        -- The partition by its name as written (PostgreSQL 15 reports no address for an
+        -- ATTACH): every partition of that name under the table, whatever its schema when none
+        -- was written.
+        SELECT DISTINCT l.relid AS leaf, p.relid::regclass AS tbl, p.column_name, p.blind_index_column
+          FROM pg_event_trigger_ddl_commands() c
+         CROSS JOIN LATERAL credcrypt._ddl_subcommands(c.command) s
+          JOIN pg_inherits i ON i.inhparent = s.relid
+          JOIN pg_class k ON k.oid = i.inhrelid AND k.relname = s.rel_name
+                         AND (s.schema_name IS NULL OR k.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = s.schema_name))
+         CROSS JOIN LATERAL pg_partition_tree(k.oid) l
+          JOIN credcrypt.protected_columns p
+            ON p.relid::oid IN (SELECT an.relid FROM pg_partition_ancestors(s.relid) an)
+         WHERE c.command_tag = 'ALTER TABLE' AND s.action = 'attach' AND l.isleaf
+           AND p.blind_index_column IS NOT NULL
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE x.%I IS NOT NULL)', d.leaf::regclass, d.blind_index_column)
+           INTO bad;
+        IF bad THEN
+            RAISE EXCEPTION 'partition % holds values in blind index column % of protected column %', d.leaf::regclass, d.blind_index_column, d.column_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Attach it with the column empty (UPDATE … SET %I = NULL before ATTACH PARTITION), then CALL credcrypt.reencrypt_column(%L, %L) computes the indexes; or attach an empty partition and copy the rows in with INSERT … SELECT.', d.blind_index_column, d.tbl::text, d.column_name);
+        END IF;
+    END LOOP;
     FOR t IN
         SELECT DISTINCT p.relid::oid
           FROM (SELECT CASE c.classid
@@ -402,19 +428,7 @@ BEGIN
                                                 WHERE g.tgrelid = l.oid AND g.tgname = 'zz_credcrypt_protect'
                                                   AND credcrypt._xact_is_current(g.xmin))))
         LOOP
-            FOR d IN SELECT column_name, json_path, blind_index_column FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
-                -- A partition attached with blind index values: they were not computed by the
-                -- trigger from the values beside them (a copy of another row's index would
-                -- make this row answer to that row's secret).
-                IF NOT part.rewritten AND d.blind_index_column IS NOT NULL THEN
-                    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE x.%I IS NOT NULL)', part.rel::regclass, d.blind_index_column)
-                       INTO bad;
-                    IF bad THEN
-                        RAISE EXCEPTION 'partition % holds values in blind index column % of protected column %', part.rel::regclass, d.blind_index_column, d.column_name
-                            USING ERRCODE = 'object_not_in_prerequisite_state',
-                                  HINT = format('Attach it with the column empty (UPDATE … SET %I = NULL before ATTACH PARTITION), then CALL credcrypt.reencrypt_column(''%s'', ''%s'') computes the indexes; or attach an empty partition and copy the rows in with INSERT … SELECT.', d.blind_index_column, t::regclass, d.column_name);
-                    END IF;
-                END IF;
+            FOR d IN SELECT column_name, json_path FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
                 EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND credcrypt._value_source(%s) !~ ''^(local|transit|envelope):'')',
                                part.rel::regclass,
                                CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)

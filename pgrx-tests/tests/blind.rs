@@ -356,6 +356,17 @@ fn dump_and_restore_keep_lookups_working() {
          SELECT credcrypt.rotate_blind_index('bi_dump', 'api_key');
          GRANT SELECT ON bi_dump TO bi_app;",
     );
+    // A partitioned table too: pg_restore loads the partitions' rows (with their indexes) and
+    // creates the protection trigger afterwards — which the DDL checks must let through.
+    src(
+        "bi_owner",
+        "CREATE TABLE bi_dump_p (id int, grp int, api_key text) PARTITION BY LIST (grp);
+         CREATE TABLE bi_dump_p1 PARTITION OF bi_dump_p FOR VALUES IN (1);
+         CREATE TABLE bi_dump_p2 PARTITION OF bi_dump_p FOR VALUES IN (2);
+         SELECT credcrypt.protect_column('bi_dump_p', 'api_key', bind_columns => ARRAY['id'], blind_index_column => 'api_key_bidx');
+         INSERT INTO bi_dump_p SELECT g, 1 + g % 2, 'sk-dump-p-' || g FROM generate_series(1, 20) g;
+         GRANT SELECT ON bi_dump_p TO bi_app;",
+    );
     let file = c.keys.join("bi_src.pgdump").to_string_lossy().into_owned();
     let (ok, out) = c.client("pg_dump", &["-d", "bi_src", "-Fc", "-f", &file]);
     assert!(ok, "{out}");
@@ -366,13 +377,21 @@ fn dump_and_restore_keep_lookups_working() {
     let r = |user: &str, sql: &str| c.psql_in("bi_restored", user, sql).expect_ok().to_owned();
     // Rows under version 1 (before the rotation) and the index keys of both versions came along.
     assert_eq!(
-        r("postgres", "SELECT string_agg(version || ':' || state, ',' ORDER BY version) FROM credcrypt.index_keys"),
+        r(
+            "postgres",
+            "SELECT string_agg(version || ':' || state, ',' ORDER BY version) FROM credcrypt.index_keys k
+              JOIN credcrypt.protected_columns p USING (binding_id) WHERE p.relid = 'bi_dump'::regclass"
+        ),
         "1:previous,2:current"
     );
     let find = "SELECT id FROM bi_dump WHERE api_key_bidx = ANY (credcrypt.blind_indexes('bi_dump', 'api_key', ARRAY['sk-dump-64']))";
     assert_eq!(r("bi_app", find), "64");
     r("postgres", "INSERT INTO bi_dump VALUES (101, 'sk-after-restore')");
     assert_eq!(r("bi_app", "SELECT id FROM bi_dump WHERE api_key_bidx = credcrypt.blind_index('bi_dump', 'api_key', 'sk-after-restore')"), "101");
+    assert_eq!(
+        r("bi_app", "SELECT id FROM bi_dump_p WHERE api_key_bidx = credcrypt.blind_index('bi_dump_p', 'api_key', 'sk-dump-p-7')"),
+        "7"
+    );
     r("bi_owner", "CALL credcrypt.reencrypt_column('bi_dump', 'api_key')");
     assert_eq!(
         r(
@@ -486,6 +505,9 @@ fn ddl_cannot_write_the_index_column_and_masked_views_never_show_it() {
     )
     .expect_error("55000")
     .expect_clean("sk-bidx-1");
+    // Nor the mask column, which the trigger owns as well.
+    c.psql("bi_owner", "ALTER TABLE bi_ddl ALTER COLUMN api_key_mask TYPE text USING 'sk-…forged'")
+        .expect_error("55000");
     // Any type change of the index column, even one that keeps the values.
     c.psql("bi_owner", "ALTER TABLE bi_ddl ALTER COLUMN api_key_bidx TYPE bytea USING api_key_bidx")
         .expect_error("55000");
@@ -517,6 +539,27 @@ fn ddl_cannot_write_the_index_column_and_masked_views_never_show_it() {
     )
     .expect_ok();
     c.psql("bi_owner", "ALTER TABLE bi_parted ATTACH PARTITION bi_parted_2 FOR VALUES IN (2)").expect_error("55000");
+    assert_eq!(c.value("bi_app", find), "1");
+    // Nor after a rewrite of the partition earlier in the same transaction (the check reads the
+    // command's ATTACH, not which tables were rewritten).
+    c.psql(
+        "bi_owner",
+        "CREATE TABLE bi_parted_3 PARTITION OF bi_parted FOR VALUES IN (3);
+         INSERT INTO bi_parted VALUES (4, 3, NULL);",
+    )
+    .expect_ok();
+    c.psql(
+        "bi_owner",
+        &format!(
+            "BEGIN;
+             ALTER TABLE bi_parted ADD COLUMN z float8 DEFAULT random();
+             ALTER TABLE bi_parted DETACH PARTITION bi_parted_3;
+             UPDATE bi_parted_3 SET api_key_bidx = '\\x{victim}' WHERE id = 4;
+             ALTER TABLE bi_parted ATTACH PARTITION bi_parted_3 FOR VALUES IN (3);
+             COMMIT;"
+        ),
+    )
+    .expect_error("55000");
     assert_eq!(c.value("bi_app", find), "1");
     // With the column emptied it attaches, and reencrypt_column computes what is missing.
     c.psql(

@@ -50,6 +50,21 @@ fn tenant_table(c: &Cluster, db: &str, name: &str, key: &str) {
     .expect_ok();
 }
 
+/// Table `name` (id, org_id, api_key) with api keys under the per-row key `key`, bound to
+/// (id, org_id), writable and readable by tn_app; no row-level security.
+fn row_key_table(c: &Cluster, name: &str, key: &str) {
+    c.sql(&format!("DROP TABLE IF EXISTS {name} CASCADE"));
+    c.psql(
+        "tn_owner",
+        &format!(
+            "CREATE TABLE {name} (id int PRIMARY KEY, org_id text, api_key text);
+             SELECT credcrypt.protect_column('{name}', 'api_key', key_name => '{key}', bind_columns => ARRAY['id', 'org_id']);
+             GRANT INSERT, SELECT ON {name} TO tn_app;"
+        ),
+    )
+    .expect_ok();
+}
+
 /// Inserts `n` rows for tenant `t` as that tenant (RLS), in database `db`.
 fn insert_for(c: &Cluster, db: &str, table: &str, t: &str, n: i32) {
     c.psql_in(
@@ -204,14 +219,7 @@ fn fifty_tenants_one_shredded_the_others_untouched_and_the_erasure_recorded() {
 fn hostile_tenant_values_and_missing_keys_are_refused_and_auto_creation_happens_once() {
     let e = setup();
     let c = &e.c;
-    c.sql("DROP TABLE IF EXISTS tn_hostile CASCADE");
-    c.psql(
-        "tn_owner",
-        "CREATE TABLE tn_hostile (id int PRIMARY KEY, org_id text, api_key text);
-         SELECT credcrypt.protect_column('tn_hostile', 'api_key', key_name => 'transit:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
-         GRANT INSERT, SELECT ON tn_hostile TO tn_app;",
-    )
-    .expect_ok();
+    row_key_table(c, "tn_hostile", "transit:tenant-{org_id}");
     for (i, v) in ["../x", "a b", "a.b", "", "x/../../sys", "ünïcode"].iter().enumerate() {
         c.psql("tn_app", &format!("INSERT INTO tn_hostile VALUES ({i}, '{v}', 'sk-HOSTILEMARKER')"))
             .expect_error("22023")
@@ -316,15 +324,8 @@ fn a_column_moves_from_one_key_to_per_tenant_keys_while_the_application_writes()
 fn a_shredded_key_made_again_elsewhere_does_not_revive_the_tenant() {
     let e = setup();
     let c = &e.c;
-    c.sql("DROP TABLE IF EXISTS tn_revive CASCADE");
     create_keys(&e, ["revive".to_owned(), "keep".to_owned()].into_iter());
-    c.psql(
-        "tn_owner",
-        "CREATE TABLE tn_revive (id int PRIMARY KEY, org_id text, api_key text);
-         SELECT credcrypt.protect_column('tn_revive', 'api_key', key_name => 'transit:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
-         GRANT INSERT, SELECT ON tn_revive TO tn_app;",
-    )
-    .expect_ok();
+    row_key_table(c, "tn_revive", "transit:tenant-{org_id}");
     c.psql("tn_app", "INSERT INTO tn_revive VALUES (1, 'revive', 'sk-revive-1'), (2, 'keep', 'sk-keep-2')").expect_ok();
     // A pooled session that wrote under the key before the shred.
     let mut pooled = credcrypt_blackbox::Session::open(c, "tn_app");
@@ -369,14 +370,7 @@ fn more_tenants_than_the_cache_holds_do_not_make_a_data_key_per_row() {
         &e.bao.addr,
         &format!("credcrypt.bao_token_file = '{}'\ncredcrypt.envelope_cache_size = 8\n", file.display()),
     );
-    c.sql("DROP TABLE IF EXISTS tn_cycle CASCADE");
-    c.psql(
-        "tn_owner",
-        "CREATE TABLE tn_cycle (id int PRIMARY KEY, org_id text, api_key text);
-         SELECT credcrypt.protect_column('tn_cycle', 'api_key', key_name => 'envelope:tenant-{org_id}', bind_columns => ARRAY['id', 'org_id']);
-         GRANT INSERT, SELECT ON tn_cycle TO tn_app;",
-    )
-    .expect_ok();
+    row_key_table(c, "tn_cycle", "envelope:tenant-{org_id}");
     assert_eq!(c.value("tn_app", "SHOW credcrypt.envelope_cache_size"), "8");
     c.psql(
         "tn_app",
@@ -385,7 +379,19 @@ fn more_tenants_than_the_cache_holds_do_not_make_a_data_key_per_row() {
     .expect_ok();
     let made: i64 =
         c.sql("SELECT count(*) FROM credcrypt.data_keys WHERE transit_key LIKE 'tenant-cyc%'").parse().expect("count");
+    // One batch that needs more data keys than the cache holds decrypts whole: the batch keeps
+    // the keys it unwrapped, whatever the cache evicts meanwhile.
+    let whole = c.value(
+        "tn_app",
+        "SELECT count(*) FROM unnest(credcrypt.decrypt_credentials(
+             ARRAY(SELECT api_key FROM tn_cycle ORDER BY id),
+             ARRAY(SELECT credcrypt.column_context(p.binding_id, ARRAY[t.id::text, t.org_id])
+                     FROM tn_cycle t, credcrypt.protected_columns p
+                    WHERE p.relid = 'tn_cycle'::regclass AND p.column_name = 'api_key' ORDER BY t.id))) d
+          WHERE d LIKE 'sk-%'",
+    );
     point_at(c, &e.bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", file.display()));
+    assert_eq!(whole, "180", "a batch lost data keys it needed to the cache's evictions");
     assert!((9..=120).contains(&made), "{made} data keys for 180 rows over 9 tenants and a cache of 8");
     assert_eq!(c.value("tn_app", "SELECT count(*) FROM tn_cycle WHERE api_key LIKE 'cc1:envelope:tenant-cyc%'"), "180");
     c.sql("DROP TABLE tn_cycle CASCADE; DELETE FROM credcrypt.data_keys WHERE transit_key LIKE 'tenant-cyc%'");

@@ -77,14 +77,17 @@ umount_binds() {
 # does descend into a bind mount of the same filesystem, and would empty the repository), then
 # deletes DIR; refuses if anything stays mounted.
 remove_root() {
-    local dir m
+    local dir esc m
     dir="$(realpath -m "$1")"
     [ -d "$dir" ] || return 0
-    # Deepest first; mountinfo's 5th field is the mount point (octal escapes for spaces).
-    for m in $(awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+    # mountinfo writes a space as \040 and a backslash as \134 in its 5th field (mount point).
+    esc="${dir//\\/\\134}"
+    esc="${esc// /\\040}"
+    # Deepest first.
+    while IFS= read -r m; do
         umount -l "$(printf '%b' "$m")" || true
-    done
-    if awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+    done < <(D="$esc" awk '$5 == ENVIRON["D"] || index($5, ENVIRON["D"] "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    if D="$esc" awk '$5 == ENVIRON["D"] || index($5, ENVIRON["D"] "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
         echo "refusing to delete $dir: something is still mounted below it" >&2
         return 1
     fi

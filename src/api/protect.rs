@@ -215,24 +215,39 @@ fn was_rewritten(tbl: pg_sys::Oid) -> bool {
     crate::protect::rewrites::rewritten(tbl)
 }
 
-/// The columns whose type an `ALTER TABLE` command changed, for the DDL check at its end: a
-/// blind index column is the protection trigger's alone, and `ALTER COLUMN … TYPE … USING`
-/// would write any value into it without the trigger.
+/// The column type changes (`retype`, with the attribute) and partition attachments (`attach`)
+/// of an `ALTER TABLE` command, for the DDL check at its end: the blind index and mask columns
+/// are the protection trigger's alone, and `ALTER COLUMN … TYPE … USING` or a partition attached
+/// with values in them would write them without the trigger.
 #[pg_extern(
     volatile,
     strict,
-    sql = "CREATE FUNCTION credcrypt._retyped_columns(cmd pg_catalog.pg_ddl_command) RETURNS TABLE (relid pg_catalog.oid, attnum pg_catalog.int2) STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
+    sql = "CREATE FUNCTION credcrypt._ddl_subcommands(cmd pg_catalog.pg_ddl_command) RETURNS TABLE (action pg_catalog.text, relid pg_catalog.oid, attnum pg_catalog.int2, schema_name pg_catalog.text, rel_name pg_catalog.text) STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
 )]
-fn retyped_columns(
+#[allow(clippy::type_complexity)] // the row type is spelled out for pgrx's SQL generation
+fn ddl_subcommands(
     cmd: pgrx::datum::Internal,
-) -> TableIterator<'static, (name!(relid, pg_sys::Oid), name!(attnum, i16))> {
-    let cols = match cmd.unwrap() {
+) -> TableIterator<
+    'static,
+    (
+        name!(action, String),
+        name!(relid, pg_sys::Oid),
+        name!(attnum, Option<i16>),
+        name!(schema_name, Option<String>),
+        name!(rel_name, Option<String>),
+    ),
+> {
+    use crate::postgres::ddl::{subcommands, Subcommand};
+    let subs = match cmd.unwrap() {
         // SAFETY: the SQL declaration takes a pg_ddl_command, which only
         // pg_event_trigger_ddl_commands() produces, inside the event trigger that reads it.
-        Some(d) => unsafe { crate::postgres::ddl::retyped_columns(d) },
+        Some(d) => unsafe { subcommands(d) },
         None => Vec::new(),
     };
-    TableIterator::new(cols)
+    TableIterator::new(subs.into_iter().map(|s| match s {
+        Subcommand::Retype(rel, att) => ("retype".to_owned(), rel, Some(att), None, None),
+        Subcommand::Attach(parent, schema, name) => ("attach".to_owned(), parent, None, schema, Some(name)),
+    }))
 }
 
 /// The trigger function installed by `protect_column` (see [`crate::protect::trigger`]).

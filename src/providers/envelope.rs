@@ -88,6 +88,8 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     if relid == pg_sys::InvalidOid || (mine != pg_sys::InvalidOid && relid == mine) {
         forget_everything();
         crate::providers::forget_erasure_checks();
+        // Looked up again before the caches fill (DROP/CREATE EXTENSION makes a new table).
+        DATA_KEYS_OID.with(|o| o.set(pg_sys::InvalidOid));
     }
 }
 
@@ -113,8 +115,11 @@ fn make_current(name: &str, cur: Current) {
     CURRENT.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|_, v| v.born.elapsed() < age);
+        // Keys created in the open transaction stay (a rollback must find them to forget their
+        // unwrapped copies); the map may then exceed the limit until the transaction ends.
         while c.len() >= limit {
-            let Some(victim) = c.keys().nth(victim_index(c.len())).cloned() else { break };
+            let durable: Vec<&String> = c.iter().filter(|(_, v)| v.created_in.is_none()).map(|(k, _)| k).collect();
+            let Some(victim) = durable.get(victim_index(durable.len())).map(|k| (*k).clone()) else { break };
             c.remove(&victim);
         }
         c.insert(name.to_owned(), cur);
@@ -254,16 +259,24 @@ pub(crate) fn encrypt(name: &str, plaintexts: &[&[u8]], contexts: &[Option<&str>
     Ok(out)
 }
 
-/// Makes sure the data keys `ids` (of values under Transit key names) are unwrapped and cached.
-fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
+/// The unwrapped data keys `ids` (of values under Transit key names) that exist, with their
+/// Transit key: from the cache, the others unwrapped (and cached). The answer holds every key
+/// of the batch even when caching one evicts another.
+fn load(ids: &[(KeyId, String)]) -> Result<HashMap<KeyId, (String, Rc<LocalKey>)>, Error> {
     let ttl = cache_ttl();
+    let mut found: HashMap<KeyId, (String, Rc<LocalKey>)> = HashMap::new();
     let missing: Vec<&(KeyId, String)> = CACHE.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|_, v| v.loaded.elapsed() < ttl);
-        ids.iter().filter(|(id, _)| !c.contains_key(id)).collect()
+        for (id, _) in ids {
+            if let Some(v) = c.get(id) {
+                found.insert(*id, (v.transit_key.clone(), v.key.clone()));
+            }
+        }
+        ids.iter().filter(|(id, _)| !found.contains_key(id)).collect()
     });
     if missing.is_empty() {
-        return Ok(());
+        return Ok(found);
     }
     note_catalog_oid();
     let hex: Vec<String> = missing.iter().map(|(id, _)| id.to_hex()).collect();
@@ -308,10 +321,11 @@ fn load(ids: &[(KeyId, String)]) -> Result<(), Error> {
             let Ok(plain) = a else { continue }; // reported per value below (unknown data key)
             let Ok(bytes) = <&[u8; 32]>::try_from(plain.as_slice()) else { continue };
             let key = Rc::new(LocalKey::new(bytes));
+            found.insert(*id, (transit_key.clone(), key.clone()));
             cache_insert(*id, Cached { key, transit_key: transit_key.clone(), loaded: Instant::now() });
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Decrypts envelope values: (position, parsed value, context). The outer error is for the
@@ -323,13 +337,13 @@ pub(crate) fn decrypt(
         values.iter().filter_map(|(_, ct, _)| ct.data_key_id().map(|id| (id, ct.key_name.to_owned()))).collect();
     ids.sort_by_key(|(id, _)| id.to_hex());
     ids.dedup_by_key(|(id, _)| *id);
-    load(&ids)?;
+    let keys = load(&ids)?;
     Ok(values
         .iter()
         .map(|(i, ct, ctx)| {
-            let key = ct.data_key_id().and_then(|id| {
-                CACHE.with(|c| c.borrow().get(&id).filter(|k| k.transit_key == ct.key_name).map(|k| k.key.clone()))
-            });
+            let key = ct
+                .data_key_id()
+                .and_then(|id| keys.get(&id).filter(|(tk, _)| tk == ct.key_name).map(|(_, k)| k.clone()));
             let r = match key {
                 Some(k) => k.open(ct, ctx.map(str::as_bytes)),
                 None => Err(crate::providers::destroyed_or(

@@ -79,12 +79,6 @@ pub(crate) fn encrypt_per_row(
     key: &KeyRef,
     contexts: &[Option<&str>],
 ) -> Result<Vec<String>, Error> {
-    // A tenant erased is not written again under the same key name, even if a key of that name
-    // exists again (created from another database, or by hand): its old values would then fail
-    // as tampering instead of as destroyed.
-    if let Some(name) = key.transit_name() {
-        refuse_erased(name)?;
-    }
     match encrypt_with(plaintexts, key, contexts, false) {
         Err(e) if e.kind == ErrorKind::TransitKeyNotFound && gucs::auto_create_keys() => {
             let name = key.transit_name().ok_or(e)?;
@@ -103,10 +97,11 @@ pub(crate) fn encrypt_per_row(
 }
 
 thread_local! {
-    /// Per-row key names this backend found in no erasure record, forgotten when
-    /// `credcrypt.data_keys` is invalidated (every `shred_key` sends that invalidation) and
-    /// bounded: a stale entry can only say "not erased" for a key that OpenBao has deleted, so
-    /// the write fails there and the record is read again.
+    /// Key names this backend found in no erasure record, forgotten when `credcrypt.data_keys`
+    /// is invalidated (every `shred_key` sends that invalidation; a backend processes it at its
+    /// next transaction or lock, so a transaction already open during a shred may still see
+    /// "not erased" — its writes then reach OpenBao, where the key is gone unless somebody made
+    /// it again within that window) and bounded.
     static NOT_ERASED: std::cell::RefCell<std::collections::HashSet<String>> =
         std::cell::RefCell::new(std::collections::HashSet::new());
 }
@@ -118,7 +113,8 @@ fn refuse_erased(name: &str) -> Result<(), Error> {
     if NOT_ERASED.with(|s| s.borrow().contains(name)) {
         return Ok(());
     }
-    if let Some((at, _)) = erasure_of(name) {
+    // An erasure record that cannot be read is an error, never "not erased".
+    if let Some((at, _)) = erasure_lookup(name)? {
         return Err(Error::new(ErrorKind::KeyDestroyed, "this key was destroyed (crypto-shredded)")
             .with_detail(format!("Transit key {name} was destroyed at {at}; write under a new key name")));
     }
@@ -147,8 +143,13 @@ pub(crate) fn forget_erasure_checks() {
 /// When and by whom Transit key `name` was destroyed (`credcrypt.shred_key`), if it was: read
 /// from `credcrypt.erasures` with the latest snapshot. Only the SQL of 0.3.0 on has the table.
 pub(crate) fn erasure_of(name: &str) -> Option<(String, String)> {
+    erasure_lookup(name).ok().flatten()
+}
+
+/// [`erasure_of`], with the catalog error when the record cannot be read.
+fn erasure_lookup(name: &str) -> Result<Option<(String, String)>, Error> {
     if !crate::postgres::catalog::has_column(c"erasures", c"key_name") {
-        return None;
+        return Ok(None);
     }
     let name_datum = name.into_datum();
     crate::postgres::guard::as_catalog_owner(|| {
@@ -159,8 +160,10 @@ pub(crate) fn erasure_of(name: &str) -> Option<(String, String)> {
             |r| (r.get::<String>(1).unwrap_or_default(), r.get::<String>(2).unwrap_or_default()),
         )
     })
-    .ok()
-    .and_then(|v| v.into_iter().next())
+    .map(|v| v.into_iter().next())
+    .map_err(|e| {
+        Error::new(ErrorKind::CatalogMismatch, "credcrypt.erasures could not be read").with_detail(e.to_string())
+    })
 }
 
 /// `e` (a "key not found" error for Transit key `name`), or the "key destroyed" error when the
@@ -217,6 +220,13 @@ pub(crate) fn encrypt_with(
     contexts: &[Option<&str>],
     allow_fallback: bool,
 ) -> Result<Vec<String>, Error> {
+    // A key shredded here is not written under again, even if a key of that name exists again
+    // in OpenBao (made from another database, or by hand): whatever the path (the trigger,
+    // encrypt_credential(s), a re-encryption), the old values would then fail as tampering
+    // instead of as destroyed, and new ones would revive an erased tenant.
+    if let KeyRef::Transit(name) | KeyRef::Envelope(name) = key {
+        refuse_erased(name)?;
+    }
     match key {
         KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
             Err(e) if allow_fallback && may_fall_back(&e) => {
