@@ -140,16 +140,10 @@ fn app_designation(run_id: i64) -> Designation {
         crate::errors::undefined("no such run on an application-managed column", "Run the migration again.")
     });
     let (root, column, key, format) = row;
-    Designation {
-        root,
-        column,
-        path: Vec::new(),
-        binds: Vec::new(),
-        mask: None,
-        key,
-        blind: None,
-        context_sql: Some(context_sql(root, format.as_deref()).or_raise()),
-    }
+    let mut d = plain_column(root, &column);
+    d.key = key;
+    d.context_sql = Some(context_sql(root, format.as_deref()).or_raise());
+    d
 }
 
 /// A column an application encrypts itself, as a designation (for `key_usage`).

@@ -81,8 +81,8 @@ pub(crate) fn encrypt_per_row(
 ) -> Result<Vec<String>, Error> {
     match encrypt_with(plaintexts, key, contexts, false) {
         Err(e) if e.kind == ErrorKind::TransitKeyNotFound && gucs::auto_create_keys() => {
+            // (encrypt_with refused the name above if it was shredded here.)
             let name = key.transit_name().ok_or(e)?;
-            refuse_erased(name)?;
             let created = backend::call(Op::CreateKey, name, &[])?;
             if let Some(Err(f)) = created.into_iter().next() {
                 return Err(fail_to_error(&f));
@@ -114,7 +114,7 @@ fn refuse_erased(name: &str) -> Result<(), Error> {
         return Ok(());
     }
     // An erasure record that cannot be read is an error, never "not erased".
-    if let Some((at, _)) = erasure_lookup(name)? {
+    if let Some(at) = erasure_lookup(name)? {
         return Err(Error::new(ErrorKind::KeyDestroyed, "this key was destroyed (crypto-shredded)")
             .with_detail(format!("Transit key {name} was destroyed at {at}; write under a new key name")));
     }
@@ -140,24 +140,24 @@ pub(crate) fn forget_erasure_checks() {
     });
 }
 
-/// When and by whom Transit key `name` was destroyed (`credcrypt.shred_key`), if it was: read
-/// from `credcrypt.erasures` with the latest snapshot. Only the SQL of 0.3.0 on has the table.
-pub(crate) fn erasure_of(name: &str) -> Option<(String, String)> {
+/// When Transit key `name` was destroyed (`credcrypt.shred_key`), if it was: read from
+/// `credcrypt.erasures` with the latest snapshot. Only the SQL of 0.3.0 on has the table.
+pub(crate) fn erasure_of(name: &str) -> Option<String> {
     erasure_lookup(name).ok().flatten()
 }
 
 /// [`erasure_of`], with the catalog error when the record cannot be read.
-fn erasure_lookup(name: &str) -> Result<Option<(String, String)>, Error> {
+fn erasure_lookup(name: &str) -> Result<Option<String>, Error> {
     if !crate::postgres::catalog::has_column(c"erasures", c"key_name") {
         return Ok(None);
     }
     let name_datum = name.into_datum();
     crate::postgres::guard::as_catalog_owner(|| {
         crate::postgres::spi::rows_latest(
-            c"SELECT erased_at::pg_catalog.text, erased_by::pg_catalog.text FROM credcrypt.erasures \
+            c"SELECT erased_at::pg_catalog.text FROM credcrypt.erasures \
                WHERE key_name OPERATOR(pg_catalog.=) $1 ORDER BY erased_at DESC LIMIT 1",
             &[(pgrx::pg_sys::TEXTOID, name_datum)],
-            |r| (r.get::<String>(1).unwrap_or_default(), r.get::<String>(2).unwrap_or_default()),
+            |r| r.get::<String>(1).unwrap_or_default(),
         )
     })
     .map(|v| v.into_iter().next())
@@ -170,7 +170,7 @@ fn erasure_lookup(name: &str) -> Result<Option<(String, String)>, Error> {
 /// key was destroyed on purpose.
 pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
     match erasure_of(name) {
-        Some((at, _)) => Error::new(
+        Some(at) => Error::new(
             ErrorKind::KeyDestroyed,
             "the key of this value was destroyed (crypto-shredded): the value can never be decrypted",
         )
