@@ -158,6 +158,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
      WHERE NOT c.relispartition
     UNION ALL
+    SELECT 'foreign_table', format('foreign table %s', c.oid::regclass),
+           format('is a partition or child of %s: rows written through it are stored by another server, without the protection trigger', r.rel::regclass),
+           format('ALTER TABLE %s DETACH PARTITION %s;  -- or NO INHERIT; keep protected rows in local tables', r.rel::regclass, c.oid::regclass)
+      FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE c.relkind = 'f'
+    UNION ALL
     SELECT 'bind_type', format('column %I of %s', b.name, tbl),
            format('bind column of protected column %I changed type (from %s to %s): every stored value is bound to its old text form',
                   p.column_name, b.recorded, coalesce(credcrypt._type_class(a.atttypid, a.atttypmod), 'nothing')),
@@ -691,6 +697,17 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- ---------------------------------------------------------------------------------------
+-- A foreign table cannot become a partition or child of a protected table (rows written
+-- through it are stored by another server without the protection trigger): the DDL check
+-- also runs for CREATE and ALTER FOREIGN TABLE, and _protection_problems reports kind foreign_table.
+-- An event trigger's tags cannot be altered, so it is made again.
+
+DROP EVENT TRIGGER credcrypt_on_ddl_end;
+CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
+    EXECUTE FUNCTION credcrypt._on_ddl_end();
 
 -- ---------------------------------------------------------------------------------------
 -- Privileges (sql/grants.sql): deny by default, then the grants.

@@ -104,7 +104,7 @@ $$;
 -- report flags it; DROP TRIGGER is refused on its own), altered (disabled, renamed, replaced,
 -- restricted to some columns or a condition), later_trigger, rule, inheritance, bind_type,
 -- column_type, partition_owner (a partition owned by another role: maintenance refuses it, DDL
--- does not), masked_policy (a policy with a subquery on a table that has a masked view: the
+-- does not), foreign_table (a foreign table as partition or child), masked_policy (a policy with a subquery on a table that has a masked view: the
 -- subquery would run with credcrypt_masker's rights).
 CREATE FUNCTION credcrypt._protection_problems(tbl regclass)
 RETURNS TABLE (kind text, object text, finding text, fix text)
@@ -142,6 +142,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            format('ALTER TABLE %s NO INHERIT %s;  -- or make it a partition', c.oid::regclass, r.rel::regclass)
       FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
      WHERE NOT c.relispartition
+    UNION ALL
+    SELECT 'foreign_table', format('foreign table %s', c.oid::regclass),
+           format('is a partition or child of %s: rows written through it are stored by another server, without the protection trigger', r.rel::regclass),
+           format('ALTER TABLE %s DETACH PARTITION %s;  -- or NO INHERIT; keep protected rows in local tables', r.rel::regclass, c.oid::regclass)
+      FROM tree r JOIN pg_inherits i ON i.inhparent = r.rel JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE c.relkind = 'f'
     UNION ALL
     SELECT 'bind_type', format('column %I of %s', b.name, tbl),
            format('bind column of protected column %I changed type (from %s to %s): every stored value is bound to its old text form',
@@ -451,7 +457,7 @@ BEGIN
 END
 $$;
 CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
     EXECUTE FUNCTION credcrypt._on_ddl_end();
 
 -- Tables rewritten by DDL, for the check at the command's end (credcrypt._on_ddl_end).

@@ -670,6 +670,70 @@ fn partitions_cannot_bypass_protection() {
     c.sql("DROP TABLE at_p, at_p_plain CASCADE");
 }
 
+/// Residual risk of the fifth attack: a foreign table as a partition (or inheritance child) of
+/// a protected table stores the rows routed to it on another server, without the protection
+/// trigger. Creating, attaching or inheriting one is refused; protect_column refuses a table
+/// that already has one.
+#[test]
+fn foreign_tables_cannot_join_a_protected_table() {
+    let (_g, c) = setup();
+    c.sql(
+        "DROP TABLE IF EXISTS at_fp, at_fp_pre, at_fp_flat CASCADE;
+         DROP FOREIGN TABLE IF EXISTS at_fp_loose;
+         DROP SERVER IF EXISTS at_fp_srv CASCADE; DROP FOREIGN DATA WRAPPER IF EXISTS at_fp_fdw CASCADE;
+         CREATE FOREIGN DATA WRAPPER at_fp_fdw; CREATE SERVER at_fp_srv FOREIGN DATA WRAPPER at_fp_fdw;
+         GRANT USAGE ON FOREIGN SERVER at_fp_srv TO at_admin;",
+    );
+    c.psql(
+        "at_admin",
+        "CREATE TABLE at_fp (id int, api_key text) PARTITION BY RANGE (id);
+         CREATE TABLE at_fp_1 PARTITION OF at_fp FOR VALUES FROM (0) TO (100);
+         SELECT credcrypt.protect_column('at_fp', 'api_key', bind_columns => ARRAY['id']);",
+    )
+    .expect_ok();
+    let refused = |sql: &str| c.psql("at_admin", sql).expect_error("55000").err.clone();
+    let e = refused("CREATE FOREIGN TABLE at_fp_f PARTITION OF at_fp FOR VALUES FROM (100) TO (200) SERVER at_fp_srv");
+    assert!(e.contains("foreign table"), "{e}");
+    c.psql("at_admin", "CREATE FOREIGN TABLE at_fp_loose (id int, api_key text) SERVER at_fp_srv").expect_ok();
+    let e = refused("ALTER TABLE at_fp ATTACH PARTITION at_fp_loose FOR VALUES FROM (100) TO (200)");
+    assert!(e.contains("foreign table"), "{e}");
+    // Nor inherit from a protected table (PostgreSQL itself refuses inheriting from a partition).
+    c.psql("at_admin", "CREATE TABLE at_fp_flat (id int, api_key text); SELECT credcrypt.protect_column('at_fp_flat', 'api_key', bind_columns => ARRAY['id'])")
+        .expect_ok();
+    refused("ALTER FOREIGN TABLE at_fp_loose INHERIT at_fp_flat");
+    refused("CREATE FOREIGN TABLE at_fp_child () INHERITS (at_fp_flat) SERVER at_fp_srv");
+    assert_eq!(
+        c.sql("SELECT count(*) FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid WHERE k.relkind = 'f' AND k.relname LIKE 'at_fp%'"),
+        "0"
+    );
+    // One a superuser attaches with the DDL checks off is reported, and maintenance refuses the table.
+    c.sql(
+        "ALTER EVENT TRIGGER credcrypt_on_ddl_end DISABLE;
+         ALTER TABLE at_fp ATTACH PARTITION at_fp_loose FOR VALUES FROM (100) TO (200);
+         ALTER EVENT TRIGGER credcrypt_on_ddl_end ENABLE;",
+    );
+    assert_eq!(
+        c.sql("SELECT severity || ' ' || object FROM credcrypt.security_report() WHERE object LIKE '%at_fp_loose%'"),
+        "critical foreign table public.at_fp_loose"
+    );
+    let e = refused("CALL credcrypt.reencrypt_column('at_fp', 'api_key')");
+    assert!(e.contains("foreign table"), "{e}");
+    c.sql("ALTER TABLE at_fp DETACH PARTITION at_fp_loose");
+    // A table that already has a foreign partition cannot be protected.
+    c.psql(
+        "at_admin",
+        "CREATE TABLE at_fp_pre (id int, api_key text) PARTITION BY RANGE (id);
+         CREATE FOREIGN TABLE at_fp_pre_f PARTITION OF at_fp_pre FOR VALUES FROM (0) TO (100) SERVER at_fp_srv;",
+    )
+    .expect_ok();
+    let e = refused("SELECT credcrypt.protect_column('at_fp_pre', 'api_key', bind_columns => ARRAY['id'])");
+    assert!(e.contains("foreign table"), "{e}");
+    c.sql(
+        "DROP TABLE at_fp, at_fp_pre, at_fp_flat CASCADE; DROP FOREIGN TABLE at_fp_loose;
+         DROP SERVER at_fp_srv CASCADE; DROP FOREIGN DATA WRAPPER at_fp_fdw CASCADE;",
+    );
+}
+
 #[test]
 fn what_cannot_be_refused_is_reported_and_the_trigger_fails_closed() {
     let (_g, c) = setup();

@@ -127,7 +127,9 @@ pub(crate) fn lock_against_writers(t: &Table) {
 pub(crate) fn leaves(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
     let rows = spi::rows(
         "SELECT c.oid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
-                CASE WHEN c.relowner OPERATOR(pg_catalog.<>) o.relowner THEN \
+                CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'f' THEN \
+                          pg_catalog.format('partition %s is a foreign table: its rows are stored by another server, without the protection trigger', c.oid::pg_catalog.regclass) \
+                     WHEN c.relowner OPERATOR(pg_catalog.<>) o.relowner THEN \
                           pg_catalog.format('partition %s is owned by %s, not by %s (the owner of %s): maintenance would run that role''s triggers and policies with the owner''s rights', \
                                             c.oid::pg_catalog.regclass, c.relowner::pg_catalog.regrole, o.relowner::pg_catalog.regrole, o.oid::pg_catalog.regclass) \
                      WHEN c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ( \
@@ -165,7 +167,7 @@ pub(crate) fn leaves(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("pg_credcrypt cannot maintain this table: {problem}"),
             None,
-            "Give every partition the table's owner (ALTER TABLE … OWNER TO), or let the owner see every row while the maintenance runs (drop the restrictive policy, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY, or credcrypt.enable_owner_rls), then run it again.",
+            "Detach foreign partitions, give every partition the table's owner (ALTER TABLE … OWNER TO), or let the owner see every row while the maintenance runs (drop the restrictive policy, or ALTER TABLE … NO FORCE ROW LEVEL SECURITY, or credcrypt.enable_owner_rls), then run it again.",
         );
     }
     rows.into_iter().map(|(o, n, _)| (o, n)).collect()
