@@ -33,7 +33,7 @@ pub(crate) struct Shredded {
 fn transit_name(key_name: &str) -> String {
     match KeyRef::parse(key_name).or_raise() {
         KeyRef::Transit(n) | KeyRef::Envelope(n) => n,
-        KeyRef::Local => fail(
+        KeyRef::Local | KeyRef::Kv(_) => fail(
             ERRCODE_INVALID_PARAMETER_VALUE,
             "the local key cannot be shredded",
             None,

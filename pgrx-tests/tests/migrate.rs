@@ -496,3 +496,109 @@ fn columns_the_application_encrypts_itself_migrate_with_a_context_format() {
     assert_eq!(c.sql("SELECT count(*) FROM mg_app_noctx WHERE credcrypt.decrypt_credential(token) = 'tok-' || id AND token LIKE 'cc1:envelope:app:%'"), "50");
     c.sql("DROP TABLE mg_app_col, mg_app_noctx CASCADE");
 }
+
+/// Issue 17: bcrypt hashes that an application stored before adopting pg_credcrypt (made by
+/// real implementations: the fixtures of crates/core/tests/bcrypt.rs, Python bcrypt 5.0.0 and
+/// PHP's manual) keep verifying through `verify_credential`, are counted by `key_usage` as a
+/// source of their own, and are left untouched by `reencrypt_column`, which says so; a rotated
+/// credential is then encrypted like any other.
+#[test]
+fn bcrypt_hashes_keep_verifying_until_rotated() {
+    let e = setup();
+    let c = &e.c;
+    const HORSE: &str = "$2b$04$IA6/dZ3VUIVyue5lV2vNfe9TZhEx586dd0H2842SvJFFW2BH86ic6";
+    const RASMUS: &str = "$2y$10$.vGA1O9wmRjrwAVXD98HNOgsNpDczlqm3Jq7KnEd1rVAGv3Fykk1a";
+    c.sql("DROP TABLE IF EXISTS mg_bc CASCADE");
+    c.psql(
+        "mg_owner",
+        &format!(
+            "CREATE TABLE mg_bc (id bigint PRIMARY KEY, note text, secret text);
+             INSERT INTO mg_bc VALUES (1, 'a', '{HORSE}'), (2, 'b', '{RASMUS}'), (3, 'c', 'sk-3');
+             SELECT credcrypt.protect_column('mg_bc', 'secret', key_name => 'local', bind_columns => ARRAY['id'],
+                                             existing_values => 'migrate');
+             GRANT SELECT ON mg_bc TO mg_app;"
+        ),
+    )
+    .expect_ok();
+    let verify = |id: i64, presented: &str| {
+        c.psql(
+            "mg_app",
+            &format!(
+                "SELECT credcrypt.verify_credential(t.secret, '{presented}', credcrypt.column_context(p.binding_id, ARRAY[t.id::text]))
+                   FROM mg_bc t, credcrypt.protected_columns p WHERE p.relid = 'mg_bc'::regclass AND t.id = {id}"
+            ),
+        )
+        .expect_ok()
+        .to_owned()
+    };
+    assert_eq!(verify(1, "correct horse battery staple"), "t");
+    assert_eq!(verify(1, "correct horse battery stapler"), "f");
+    assert_eq!(verify(2, "rasmuslerdorf"), "t");
+    assert_eq!(verify(2, "rasmuslerdorF"), "f");
+    assert_eq!(usage(c, "mg_bc"), "bcrypt:-:cost 10:1 bcrypt:-:cost 4:1 plaintext:-:-:1");
+    // A row with a hash can still be updated in its other columns.
+    c.psql("mg_owner", "UPDATE mg_bc SET note = 'a2' WHERE id = 1").expect_ok();
+    // The migration encrypts the plaintext and leaves the hashes, saying so.
+    let o = c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_bc', 'secret')");
+    o.expect_ok();
+    assert!(o.err.contains("complete") && o.err.contains("2 bcrypt hash(es) left as they are"), "{}", o.err);
+    assert_eq!(
+        c.sql("SELECT string_agg(secret, ',' ORDER BY id) FROM mg_bc WHERE id < 3"),
+        format!("{HORSE},{RASMUS}")
+    );
+    assert!(c.sql("SELECT secret FROM mg_bc WHERE id = 3").starts_with("cc1:local:"));
+    assert_eq!(verify(3, "sk-3"), "t");
+    assert_eq!(verify(1, "correct horse battery staple"), "t");
+    // The application rotates credential 1: the new secret is encrypted, the hash is gone.
+    c.psql("mg_owner", "UPDATE mg_bc SET secret = 'rotated-1' WHERE id = 1").expect_ok();
+    assert!(c.sql("SELECT secret FROM mg_bc WHERE id = 1").starts_with("cc1:local:"));
+    assert_eq!(verify(1, "rotated-1"), "t");
+    assert_eq!(verify(1, "correct horse battery staple"), "f");
+    assert_eq!(usage(c, "mg_bc").split(' ').filter(|s| s.starts_with("bcrypt")).count(), 1);
+    // A planted hash of cost 31 is refused before any work (54000), not computed for days.
+    let slow = format!("$2b$31${}", &HORSE[7..]);
+    c.psql("mg_app", &format!("SELECT credcrypt.verify_credential('{slow}', 'x')")).expect_error("54000");
+    c.sql("DROP TABLE mg_bc CASCADE");
+}
+
+/// `kv:<mount>` references and `cc1:kv:` values are specified (docs/format.md) but this build
+/// does not serve the KV provider: every use fails closed with 0A000 — nothing is written,
+/// no column is designated with such a key, no migration targets it — and the usage report
+/// counts such values under their mount.
+#[test]
+fn kv_references_fail_closed_until_the_kv_provider_is_served() {
+    let e = setup();
+    let c = &e.c;
+    let kv_value = "cc1:kv:secret:3:n:pg_credcrypt/postgres/values/0123456789abcdef0123456789abcdef";
+    c.psql("mg_app", "SELECT credcrypt.encrypt_credential('sk-kv-SECRETMARKER', 'kv:secret')").expect_error("0A000");
+    c.psql("mg_app", &format!("SELECT credcrypt.decrypt_credential('{kv_value}')")).expect_error("0A000");
+    c.psql("mg_app", &format!("SELECT credcrypt.verify_credential('{kv_value}', 'x')")).expect_error("0A000");
+    assert_eq!(
+        c.sql(&format!(
+            "SELECT provider || '/' || key_name || '/' || key_version FROM credcrypt.ciphertext_info('{kv_value}')"
+        )),
+        "kv/secret/3"
+    );
+    c.sql("DROP TABLE IF EXISTS mg_kv CASCADE");
+    c.psql("mg_owner", "CREATE TABLE mg_kv (id bigint PRIMARY KEY, secret text)").expect_ok();
+    c.psql(
+        "mg_owner",
+        "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id'])",
+    )
+    .expect_error("0A000");
+    assert_eq!(c.sql("SELECT count(*) FROM credcrypt.protected_columns WHERE relid = 'mg_kv'::regclass"), "0");
+    c.psql(
+        "mg_owner",
+        "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'local', bind_columns => ARRAY['id']);
+         GRANT SELECT, INSERT ON mg_kv TO mg_app;",
+    )
+    .expect_ok();
+    // A kv reference written into a local column is not taken as encrypted.
+    c.psql("mg_app", &format!("INSERT INTO mg_kv VALUES (1, '{kv_value}')")).expect_error("22023");
+    c.psql("mg_app", "INSERT INTO mg_kv VALUES (2, 'sk-2')").expect_ok();
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_kv', 'secret', 'kv:secret')").expect_error("0A000");
+    assert!(c.sql("SELECT secret FROM mg_kv WHERE id = 2").starts_with("cc1:local:"));
+    c.sql(&format!("SET session_replication_role = replica; INSERT INTO mg_kv VALUES (3, '{kv_value}')"));
+    assert!(usage(c, "mg_kv").contains("kv:kv:secret:3:1"), "{}", usage(c, "mg_kv"));
+    c.sql("DROP TABLE mg_kv CASCADE");
+}

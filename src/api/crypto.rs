@@ -93,6 +93,10 @@ fn decrypt_credential_bytea(
 /// Checks a presented secret against a stored ciphertext without returning the plaintext.
 /// The comparison is constant-time. A value that cannot be decrypted raises an error rather
 /// than answering false, so tampering is never mistaken for a wrong secret.
+///
+/// A bcrypt hash (`$2a$`, `$2b$`, `$2y$`) that an application stored before adopting
+/// pg_credcrypt is checked as a bcrypt hash (the context does not apply to it): such rows keep
+/// verifying until the application rotates the credential. Costs above 16 are refused (54000).
 #[pg_extern(stable, parallel_safe)]
 fn verify_credential(
     ciphertext: Option<&str>,
@@ -100,6 +104,13 @@ fn verify_credential(
     context: default!(Option<&str>, "NULL"),
 ) -> Option<bool> {
     let (ciphertext, candidate) = (ciphertext?, candidate?);
+    if credcrypt_core::hashes::is_bcrypt(ciphertext) {
+        let ok = credcrypt_core::hashes::verify_bcrypt(ciphertext, candidate.as_bytes())
+            .map_err(|e| name_the_column(e, context))
+            .or_raise();
+        crate::audit::record(&[context]);
+        return Some(ok);
+    }
     let plain = decrypt_one(ciphertext, context, None);
     Some(verify::secret_eq(&plain, candidate.as_bytes()))
 }

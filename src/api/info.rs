@@ -35,7 +35,7 @@ fn ciphertext_info(
         c.format_version as i32,
         c.provider.as_str().to_owned(),
         c.key_name.to_owned(),
-        c.transit_version().map(|v| v as i32),
+        c.transit_version().or(c.kv_version()).map(|v| v as i32),
         c.has_context,
         c.local_key_id().or(c.data_key_id()).map(|id| id.to_hex()),
     ))

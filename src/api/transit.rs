@@ -12,7 +12,7 @@ use crate::providers::transit::{backend, queue};
 fn transit_name(key_name: &str) -> String {
     match KeyRef::parse(key_name).or_raise() {
         KeyRef::Transit(n) => n,
-        KeyRef::Local | KeyRef::Envelope(_) => crate::errors::raise(
+        KeyRef::Local | KeyRef::Envelope(_) | KeyRef::Kv(_) => crate::errors::raise(
             Error::new(ErrorKind::InvalidKeyRef, "a Transit key reference is required")
                 .with_detail("use 'transit:<key name>'"),
         ),

@@ -37,6 +37,17 @@ pub(crate) fn count_needed(
         .unwrap_or(0)
 }
 
+/// One-way hashes (bcrypt) among the values of designation `d` in `leaf`: a migration leaves
+/// them as they are (they cannot be decrypted) and says how many.
+fn count_hashes(t: &Table, leaf: &str, d: &Designation) -> i64 {
+    let v = value_expr(d);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {leaf} t WHERE {v} IS NOT NULL \
+            AND pg_catalog.starts_with(credcrypt._value_source(({v})::pg_catalog.text), 'bcrypt:')"
+    );
+    maintain(t.oid, || spi::one::<i64>(&sql, &[])).unwrap_or_else(|e| spi_fail(e)).unwrap_or(0)
+}
+
 /// Starts a run: checks, switches the column to the target key (unless a dry run), counts the
 /// work and records the run. Returns (run id, values to change).
 pub(crate) fn prepare(
@@ -349,11 +360,12 @@ pub(crate) fn close(run_id: i64) -> Closed {
     .next()
     .unwrap_or_default();
     // The verification: every value of the column, now, that is not on the target.
-    let mut remaining = 0i64;
+    let (mut remaining, mut hashes) = (0i64, 0i64);
     for binding in run_bindings(run_id) {
         let d = designation(&binding);
         for (_, leaf) in leaves(root.oid) {
             remaining += count_needed(&root, &leaf, &d, &run.target, &run.version, &[]);
+            hashes += count_hashes(&root, &leaf, &d);
         }
     }
     let unreadable = spi::one::<i64>(
@@ -386,6 +398,14 @@ pub(crate) fn close(run_id: i64) -> Closed {
              (see credcrypt.reencrypt_failures, run {run_id}), {others} were written during the run with another key or \
              not reached yet (CALL credcrypt.reencrypt_column again); {changed} re-encrypted by this run"
         )
+    };
+    let summary = if hashes > 0 {
+        format!(
+            "{summary}; {hashes} bcrypt hash(es) left as they are: one-way hashes cannot be decrypted \
+             (credcrypt.verify_credential checks them until the application rotates those credentials)"
+        )
+    } else {
+        summary
     };
     as_catalog_owner(|| {
         spi::run(

@@ -25,6 +25,7 @@ pub(crate) fn target_version(key: &ColumnKey) -> Result<String, Error> {
         KeyRef::Envelope(_) => Ok("any".into()),
         KeyRef::Local => crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())),
         KeyRef::Transit(name) => crate::providers::transit::latest_version(name).map(|v| v.to_string()),
+        KeyRef::Kv(_) => Err(crate::providers::kv_not_served()),
     }
 }
 
@@ -36,6 +37,9 @@ pub(crate) fn needed(value: &str, target: &str, version: &str) -> bool {
             !(target.strip_prefix("transit:") == Some(key.as_str()) && (version == "any" || v.to_string() == version))
         }
         Source::Envelope { key, .. } => target.strip_prefix("envelope:") != Some(key.as_str()),
+        // One-way hashes cannot be decrypted: they stay as they are (verify_credential checks
+        // them) until the application rotates the credential.
+        Source::Bcrypt { .. } => false,
         _ => true,
     }
 }
@@ -50,6 +54,8 @@ pub(crate) fn source_of(value: &str) -> String {
         Source::Transit { key, version } => format!("transit:{key}:{version}"),
         Source::Envelope { key, data_key } => format!("envelope:{key}:{}", data_key.to_hex()),
         Source::BareVault(v) => format!("vault:{v}"),
+        Source::Kv { mount, version } => format!("kv:{mount}:{version}"),
+        Source::Bcrypt { cost } => format!("bcrypt:{cost}"),
         Source::LegacyNode => "legacy".into(),
         Source::Malformed => "malformed".into(),
         Source::Plaintext => "plaintext".into(),

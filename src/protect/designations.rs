@@ -151,6 +151,9 @@ pub(crate) fn protect(
         Some(k) => ColumnKey::parse(k).or_raise(),
         None => ColumnKey::Fixed(crate::providers::key_ref(None).or_raise()),
     };
+    if matches!(key, ColumnKey::Fixed(KeyRef::Kv(_))) {
+        crate::errors::raise(crate::providers::kv_not_served());
+    }
     if key == ColumnKey::Fixed(KeyRef::Local) {
         // Fail now rather than on the first INSERT.
         crate::providers::local::with_keyring(|r| r.current_key().map(|_| ())).or_raise();

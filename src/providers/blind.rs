@@ -51,6 +51,7 @@ impl Root {
         match key {
             KeyRef::Local => local::with_keyring(|r| r.current_key().map(|k| Root::Local(k.id()))),
             KeyRef::Transit(name) | KeyRef::Envelope(name) => Ok(Root::Transit(name.clone())),
+            KeyRef::Kv(_) => Err(crate::providers::kv_not_served()),
         }
     }
 

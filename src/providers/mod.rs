@@ -179,6 +179,13 @@ pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
     }
 }
 
+/// The error for a `kv:<mount>` key reference or a `cc1:kv:` value: the KV v2 provider is
+/// specified (docs/format.md) but not served by this build; nothing is written or read.
+pub(crate) fn kv_not_served() -> Error {
+    Error::new(ErrorKind::UnsupportedProvider, "the OpenBao KV provider (kv:<mount>) is not available in this build")
+        .with_detail("kv: key references and cc1:kv: values are reserved for the KV v2 provider (docs/format.md); use 'local', 'transit:<name>' or 'envelope:<name>'")
+}
+
 /// Whether a Transit failure may fall back to the local key (OpenBao unreachable only).
 fn may_fall_back(e: &Error) -> bool {
     e.kind == ErrorKind::ProviderUnavailable && gucs::fallback() == Fallback::Local
@@ -228,6 +235,7 @@ pub(crate) fn encrypt_with(
         refuse_erased(name)?;
     }
     match key {
+        KeyRef::Kv(_) => Err(kv_not_served()),
         KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
             Err(e) if allow_fallback && may_fall_back(&e) => {
                 let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
@@ -394,6 +402,7 @@ fn classify_for_decrypt<'a>(ct: &'a str, ctx: Option<&str>, key_name: Option<&st
     match parsed.provider {
         Provider::Local => Ok(Route::Local(parsed)),
         Provider::Envelope => Ok(Route::Envelope(parsed)),
+        Provider::Kv => Err(kv_not_served()),
         Provider::Transit => match (parsed.has_context, ctx.is_some()) {
             (true, false) => {
                 Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))

@@ -70,6 +70,8 @@ fn usage_of_designation(
                     None => ("unreadable".into(), Some(format!("envelope:{k}")), None),
                 },
                 ["vault", ver] => ("vault".into(), None, Some((*ver).into())),
+                ["kv", mount, ver] => ("kv".into(), Some(format!("kv:{mount}")), Some((*ver).into())),
+                ["bcrypt", cost] => ("bcrypt".into(), None, Some(format!("cost {cost}"))),
                 ["legacy"] => ("legacy".into(), None, None),
                 ["plaintext"] => ("plaintext".into(), None, None),
                 _ => ("unreadable".into(), None, None),

@@ -16,6 +16,13 @@
 //! the local provider's payload and associated data; its key version field is the id (16
 //! lowercase hex digits, random) of the data key in `credcrypt.data_keys` that encrypted it.
 //!
+//! A KV reference (`cc1:kv:<mount>:<KV version>:<c|n>:<path>`) holds no ciphertext at all: the
+//! secret is stored in the OpenBao KV v2 engine mounted at `<mount>`, at `<path>`, version
+//! `<KV version>` (decimal, no leading zero). Its payload is the path: `/`-separated segments of
+//! 1 to [`MAX_KV_SEGMENT_LEN`] characters from `[A-Za-z0-9_.=,~-]`, none `.` or `..`, at most
+//! [`MAX_KV_PATH_LEN`] bytes in all ([`valid_kv_path`]). Nothing in it is secret; the context, if
+//! any, is checked against a binding stored with the secret ([`crate::kv::kv_binding`]).
+//!
 //! The header (everything up to and including the colon before the payload) is part of the
 //! associated data of the local provider, so no field can be changed without the value
 //! failing authentication. Parsing is strict: exactly one spelling is accepted for each value.
@@ -55,6 +62,8 @@ pub enum Provider {
     Transit,
     /// A data key wrapped by a Transit key (envelope encryption).
     Envelope,
+    /// A reference to a secret kept in an OpenBao KV v2 engine (the value holds no ciphertext).
+    Kv,
 }
 
 impl Provider {
@@ -64,11 +73,12 @@ impl Provider {
             Provider::Local => "local",
             Provider::Transit => "transit",
             Provider::Envelope => "envelope",
+            Provider::Kv => "kv",
         }
     }
 }
 
-/// The key version field: a key id for the local provider, a number for Transit.
+/// The key version field: a key id for the local provider, a number for Transit and KV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyVersion {
     /// Fingerprint of the local key that encrypted the value.
@@ -77,6 +87,10 @@ pub enum KeyVersion {
     Transit(u32),
     /// Id of the envelope data key.
     DataKey(KeyId),
+    /// Version (1 or more) of the KV v2 secret a `kv` reference names. A variant of its own, not
+    /// [`KeyVersion::Transit`]: it numbers versions of one secret, not of a key, and
+    /// [`Ciphertext::transit_version`] must never hand it to Transit code.
+    Kv(u32),
 }
 
 /// A parsed (not yet decrypted) ciphertext that borrows from its text.
@@ -86,7 +100,7 @@ pub struct Ciphertext<'a> {
     pub format_version: u32,
     /// Provider that encrypted the value.
     pub provider: Provider,
-    /// Key name (`local` for the local provider).
+    /// Key name (`local` for the local provider, the mount for KV).
     pub key_name: &'a str,
     /// Key id or version.
     pub key_version: KeyVersion,
@@ -94,9 +108,10 @@ pub struct Ciphertext<'a> {
     pub has_context: bool,
     /// The header, up to and including the colon before the payload.
     pub header: &'a str,
-    /// The payload text.
+    /// The payload text (the KV path for KV references).
     pub payload: &'a str,
-    /// Local and envelope providers: the decoded payload, nonce ‖ ciphertext ‖ tag. Empty for Transit.
+    /// Local and envelope providers: the decoded payload, nonce ‖ ciphertext ‖ tag. Empty for
+    /// Transit and KV.
     pub local_bytes: Vec<u8>,
 }
 
@@ -108,6 +123,28 @@ pub fn valid_key_name(name: &str) -> bool {
         && name != ".."
         && name.len() <= MAX_KEY_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Longest KV path a `kv` reference carries, in bytes.
+pub const MAX_KV_PATH_LEN: usize = 1024;
+
+/// Longest segment of a KV path, in bytes.
+pub const MAX_KV_SEGMENT_LEN: usize = 255;
+
+/// Returns true when `segment` is a valid KV path segment: 1 to [`MAX_KV_SEGMENT_LEN`]
+/// characters from `[A-Za-z0-9_.=,~-]`, other than `.` and `..`.
+pub fn valid_kv_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment.len() <= MAX_KV_SEGMENT_LEN
+        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'=' | b',' | b'~' | b'-'))
+}
+
+/// Returns true when `path` is a valid KV path: [`valid_kv_segment`]s separated by single `/`
+/// (no leading, trailing or doubled `/`), at most [`MAX_KV_PATH_LEN`] bytes.
+pub fn valid_kv_path(path: &str) -> bool {
+    !path.is_empty() && path.len() <= MAX_KV_PATH_LEN && path.split('/').all(valid_kv_segment)
 }
 
 /// Parses a decimal without sign or leading zero, 1..=i32::MAX (so it fits SQL `int`).
@@ -187,6 +224,16 @@ impl<'a> Ciphertext<'a> {
                 local_bytes = decode_local_payload(payload)?;
                 (Provider::Envelope, KeyVersion::DataKey(id))
             }
+            "kv" => {
+                if !valid_key_name(key_name) {
+                    return Err(Error::malformed("invalid KV mount name"));
+                }
+                let v = parse_version_number(version).ok_or_else(|| Error::malformed("invalid KV version"))?;
+                if !valid_kv_path(payload) {
+                    return Err(Error::malformed("invalid KV path"));
+                }
+                (Provider::Kv, KeyVersion::Kv(v))
+            }
             _ => return Err(Error::malformed("unknown provider")),
         };
         Ok(Self {
@@ -223,6 +270,24 @@ impl<'a> Ciphertext<'a> {
             KeyVersion::DataKey(id) => Some(id),
             _ => None,
         }
+    }
+
+    /// The KV mount a `kv` reference names (KV only).
+    pub fn kv_mount(&self) -> Option<&'a str> {
+        (self.provider == Provider::Kv).then_some(self.key_name)
+    }
+
+    /// The KV v2 version a `kv` reference names (KV only).
+    pub fn kv_version(&self) -> Option<u32> {
+        match self.key_version {
+            KeyVersion::Kv(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The KV path a `kv` reference names, relative to its mount (KV only).
+    pub fn kv_path(&self) -> Option<&'a str> {
+        (self.provider == Provider::Kv).then_some(self.payload)
     }
 }
 
@@ -281,6 +346,30 @@ pub fn wrap_transit(key_name: &str, vault_ciphertext: &str, has_context: bool) -
     Ok(format!("{PREFIX_V1}transit:{key_name}:{ver}:{}:{vault_ciphertext}", if has_context { 'c' } else { 'n' }))
 }
 
+/// Builds the reference `cc1:kv:<mount>:<version>:<c|n>:<path>` to version `version` of the KV v2
+/// secret at `path` in the engine mounted at `mount`. Errors, never echoing the input: an invalid
+/// mount ([`valid_key_name`]) is `InvalidKeyRef`; a version outside 1..=2147483647 or an invalid
+/// path ([`valid_kv_path`]) is `InvalidArgument`.
+pub fn kv_reference(mount: &str, version: u32, has_context: bool, path: &str) -> Result<String> {
+    if !valid_key_name(mount) {
+        return Err(Error::new(ErrorKind::InvalidKeyRef, "invalid KV mount name")
+            .with_detail("a KV mount name is 1 to 128 characters from [A-Za-z0-9_.-], other than . and .."));
+    }
+    if !(1..=i32::MAX as u32).contains(&version) {
+        return Err(Error::new(ErrorKind::InvalidArgument, "KV version out of range")
+            .with_detail("a KV version is 1 to 2147483647"));
+    }
+    if !valid_kv_path(path) {
+        return Err(Error::new(ErrorKind::InvalidArgument, "invalid KV path").with_detail(KV_PATH_RULES));
+    }
+    Ok(format!("{PREFIX_V1}kv:{mount}:{version}:{}:{path}", if has_context { 'c' } else { 'n' }))
+}
+
+/// The rules of [`valid_kv_path`], for error details.
+pub(crate) const KV_PATH_RULES: &str =
+    "a KV path is at most 1024 bytes of segments separated by single '/', each 1 to 255 \
+     characters from [A-Za-z0-9_.=,~-] and neither . nor ..";
+
 /// Builds the associated data for a value: its header, then the context bytes when bound.
 pub fn associated_data(header: &str, context: Option<&[u8]>) -> Vec<u8> {
     let ctx = context.unwrap_or_default();
@@ -327,6 +416,96 @@ mod tests {
         assert!(Ciphertext::parse(&s.replace("app-key:3:", "app-key:4:")).is_err());
         assert!(wrap_transit("app-key", "vault:v0:AAAA", false).is_err());
         assert!(wrap_transit("bad key", vault, false).is_err());
+    }
+
+    #[test]
+    fn kv_round_trip() {
+        let path = "pg_credcrypt/app/public.users/api_key/42/0011223344556677";
+        let s = kv_reference("secret", 3, true, path).unwrap();
+        assert_eq!(s, format!("cc1:kv:secret:3:c:{path}"));
+        let c = Ciphertext::parse(&s).unwrap();
+        assert_eq!(c.provider, Provider::Kv);
+        assert_eq!(c.provider.as_str(), "kv");
+        assert_eq!((c.kv_mount(), c.kv_version(), c.kv_path()), (Some("secret"), Some(3), Some(path)));
+        assert!(c.has_context);
+        assert_eq!(c.header, "cc1:kv:secret:3:c:");
+        assert!(c.local_bytes.is_empty());
+        // Never mistaken for another provider's fields, nor the others for KV.
+        assert_eq!((c.transit_version(), c.local_key_id(), c.data_key_id()), (None, None, None));
+        let t = Ciphertext::parse("cc1:transit:app-key:3:c:vault:v3:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        assert_eq!((t.kv_mount(), t.kv_version(), t.kv_path()), (None, None, None));
+        let n = kv_reference("kv-v2.prod", i32::MAX as u32, false, "a").unwrap();
+        assert_eq!(n, "cc1:kv:kv-v2.prod:2147483647:n:a");
+        assert_eq!(Ciphertext::parse(&n).unwrap().kv_version(), Some(i32::MAX as u32));
+        // Every allowed character, a 255-character segment and a 1024-byte path.
+        let all = "AZaz09_.=,~-";
+        assert!(Ciphertext::parse(&format!("cc1:kv:m:1:n:{all}/~/x")).is_ok());
+        let long = ["a".repeat(255), "b".repeat(255), "c".repeat(255), "d".repeat(254)].join("/");
+        assert_eq!(long.len(), 1022);
+        assert!(Ciphertext::parse(&format!("cc1:kv:m:1:n:{long}/e")).is_ok(), "1024 bytes");
+        assert!(Ciphertext::parse(&format!("cc1:kv:m:1:n:{long}/ef")).is_err(), "1025 bytes");
+    }
+
+    #[test]
+    fn kv_strict() {
+        assert!(Ciphertext::parse("cc1:kv:m:1:n:a/b").is_ok());
+        for bad in [
+            "cc1:kv:m:01:n:a/b",
+            "cc1:kv:m:0:n:a/b",
+            "cc1:kv:m:+1:n:a/b",
+            "cc1:kv:m:2147483648:n:a/b",
+            "cc1:kv:m::n:a/b",
+            "cc1:kv:m:1:C:a/b",
+            "cc1:kv:m:1:N:a/b",
+            "cc1:kv:m:1:x:a/b",
+            "cc1:kv:m:1::a/b",
+            "cc1:KV:m:1:n:a/b",
+            "cc1:Kv:m:1:n:a/b",
+            "cc1:kv::1:n:a/b",
+            "cc1:kv:.:1:n:a/b",
+            "cc1:kv:..:1:n:a/b",
+            "cc1:kv:m/x:1:n:a/b",
+            "cc1:kv:m:1:n:",
+            "cc1:kv:m:1:n:a//b",
+            "cc1:kv:m:1:n:/a/b",
+            "cc1:kv:m:1:n:a/b/",
+            "cc1:kv:m:1:n:a/../b",
+            "cc1:kv:m:1:n:a/./b",
+            "cc1:kv:m:1:n:..",
+            "cc1:kv:m:1:n:a:b",
+            "cc1:kv:m:1:n:a/b:",
+            "cc1:kv:m:1:n:a b",
+            "cc1:kv:m:1:n:a%2fb",
+            "cc1:kv:m:1:n:a\\b",
+            "cc1:kv:m:1:n:ü",
+            "cc1:kv:m:1:n:a/b\n",
+            "cc1:kv:m:1:n",
+            "cc1:kv:m:1",
+        ] {
+            let e = Ciphertext::parse(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Malformed, "{bad:?}");
+            assert!(!e.detail.unwrap_or_default().contains("a/b"), "{bad:?}");
+        }
+        let seg = "a".repeat(255);
+        assert!(Ciphertext::parse(&format!("cc1:kv:m:1:n:{seg}")).is_ok());
+        assert!(Ciphertext::parse(&format!("cc1:kv:m:1:n:{seg}a")).is_err());
+        assert!(Ciphertext::parse(&format!("cc1:kv:{}:1:n:a", "m".repeat(129))).is_err());
+    }
+
+    #[test]
+    fn kv_reference_refuses() {
+        let e = kv_reference("bad mount", 1, false, "a").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidKeyRef);
+        assert!(!e.detail.unwrap().contains("bad mount"));
+        for v in [0, i32::MAX as u32 + 1, u32::MAX] {
+            assert_eq!(kv_reference("m", v, false, "a").unwrap_err().kind, ErrorKind::InvalidArgument);
+        }
+        for p in ["", "/", "a/", "a//b", "..", "a/./b", "a:b", "sk-live-1234 secret", "a?b", "a#b", "a%2e"] {
+            let e = kv_reference("m", 1, true, p).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{p:?}");
+            assert!(p.len() < 4 || !e.message.contains(p) && !e.detail.unwrap_or_default().contains(p));
+        }
+        assert!(kv_reference("m", 1, true, &"a".repeat(1025)).is_err());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! - `local` — the local AES-256-GCM key (`credcrypt.local_key_file` / `credcrypt.local_key`);
 //! - `transit:<name>` — the OpenBao Transit key `<name>`, one Transit call per value;
-//! - `envelope:<name>` — local AES-256-GCM data keys wrapped by the Transit key `<name>`.
+//! - `envelope:<name>` — local AES-256-GCM data keys wrapped by the Transit key `<name>`;
+//! - `kv:<mount>` — each value stored as a secret in the OpenBao KV v2 engine mounted at
+//!   `<mount>`, the column holding only a reference ([`crate::kv`]). Not available per row
+//!   ([`KeyTemplate`]).
 //!
 //! Invalid references are never echoed back: a caller who swapped arguments could otherwise
 //! see a plaintext in an error message.
@@ -19,10 +22,13 @@ pub enum KeyRef {
     Transit(String),
     /// Data keys wrapped by the named Transit key.
     Envelope(String),
+    /// Secrets stored in the OpenBao KV v2 engine at this mount.
+    Kv(String),
 }
 
 impl KeyRef {
-    /// Parses `local`, `transit:<name>` or `envelope:<name>` (name: `[A-Za-z0-9_.-]{1,128}`).
+    /// Parses `local`, `transit:<name>`, `envelope:<name>` or `kv:<mount>` (name and mount:
+    /// `[A-Za-z0-9_.-]{1,128}`, not `.` or `..`).
     pub fn parse(s: &str) -> Result<Self> {
         if s == "local" {
             return Ok(KeyRef::Local);
@@ -37,15 +43,28 @@ impl KeyRef {
                 return Ok(KeyRef::Envelope(name.to_owned()));
             }
         }
+        if let Some(mount) = s.strip_prefix("kv:") {
+            if valid_key_name(mount) {
+                return Ok(KeyRef::Kv(mount.to_owned()));
+            }
+        }
         Err(Error::new(ErrorKind::InvalidKeyRef, "invalid key reference")
-            .with_detail("a key reference is 'local', 'transit:<key name>' or 'envelope:<key name>' with a key name of 1 to 128 characters from [A-Za-z0-9_.-]"))
+            .with_detail("a key reference is 'local', 'transit:<key name>', 'envelope:<key name>' or 'kv:<mount>' with a key name or mount of 1 to 128 characters from [A-Za-z0-9_.-]"))
     }
 
-    /// The Transit key behind a `transit:` or `envelope:` reference.
+    /// The Transit key behind a `transit:` or `envelope:` reference (`None` for `local` and `kv:`).
     pub fn transit_name(&self) -> Option<&str> {
         match self {
-            KeyRef::Local => None,
+            KeyRef::Local | KeyRef::Kv(_) => None,
             KeyRef::Transit(n) | KeyRef::Envelope(n) => Some(n),
+        }
+    }
+
+    /// The KV mount behind a `kv:` reference.
+    pub fn kv_mount(&self) -> Option<&str> {
+        match self {
+            KeyRef::Kv(m) => Some(m),
+            _ => None,
         }
     }
 }
@@ -156,6 +175,7 @@ impl std::fmt::Display for KeyRef {
             KeyRef::Local => f.write_str("local"),
             KeyRef::Transit(n) => write!(f, "transit:{n}"),
             KeyRef::Envelope(n) => write!(f, "envelope:{n}"),
+            KeyRef::Kv(m) => write!(f, "kv:{m}"),
         }
     }
 }
@@ -189,6 +209,8 @@ mod tests {
             "envelope:a/{b}",
             "transit:a{b}c d",
             "{x}",
+            "kv:{x}",
+            "kv:secret-{tenant}",
         ] {
             assert_eq!(KeyTemplate::parse(bad).unwrap_err().kind, ErrorKind::InvalidKeyRef, "{bad}");
         }
@@ -209,13 +231,34 @@ mod tests {
         assert_eq!(KeyRef::parse("transit:app").unwrap(), KeyRef::Transit("app".into()));
         assert_eq!(KeyRef::parse("envelope:app").unwrap(), KeyRef::Envelope("app".into()));
         assert_eq!(KeyRef::parse("envelope:app").unwrap().to_string(), "envelope:app");
-        for bad in
-            ["", "Local", "transit:", "transit:a b", "sk-live-secret", "transit:x:y", "envelope:", "envelope:a/b"]
-        {
+        let kv = KeyRef::parse("kv:secret").unwrap();
+        assert_eq!(kv, KeyRef::Kv("secret".into()));
+        assert_eq!((kv.to_string().as_str(), kv.transit_name(), kv.kv_mount()), ("kv:secret", None, Some("secret")));
+        assert_eq!(KeyRef::parse("kv:kv-v2.prod").unwrap(), KeyRef::Kv("kv-v2.prod".into()));
+        assert_eq!(KeyRef::parse("transit:app").unwrap().kv_mount(), None);
+        for bad in [
+            "",
+            "Local",
+            "transit:",
+            "transit:a b",
+            "sk-live-secret",
+            "transit:x:y",
+            "envelope:",
+            "envelope:a/b",
+            "kv:",
+            "kv",
+            "KV:secret",
+            "kv:a/b",
+            "kv:.",
+            "kv:..",
+            "kv:a:b",
+            "kv:sk-live-secret x",
+        ] {
             let e = KeyRef::parse(bad).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidKeyRef);
             assert!(!e.message.contains(bad) || bad.is_empty());
-            assert!(!e.detail.unwrap().contains("sk-live"));
+            let detail = e.detail.unwrap();
+            assert!(!detail.contains("sk-live") && detail.contains("'kv:<mount>'"));
         }
     }
 }

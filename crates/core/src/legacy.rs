@@ -1,5 +1,6 @@
 //! Values that applications encrypted themselves, before pg_credcrypt: classification of any
-//! stored value, and decryption of Node.js `crypto` AES-256-GCM values.
+//! stored value (including bcrypt hashes, which are one-way and stay as they are), and
+//! decryption of Node.js `crypto` AES-256-GCM values.
 //!
 //! Node applications commonly store `iv:authTag:ciphertext`, each part in hex (or each in
 //! standard base64), produced by `crypto.createCipheriv('aes-256-gcm', key, iv)` with a 12- or
@@ -36,10 +37,23 @@ pub enum Source {
         /// Data key id.
         data_key: KeyId,
     },
+    /// A pg_credcrypt reference to a secret kept in OpenBao KV v2: mount and KV version.
+    Kv {
+        /// KV engine mount.
+        mount: String,
+        /// KV version of the secret.
+        version: u32,
+    },
     /// A bare Transit value (`vault:vN:…`) written by an application calling Transit itself.
     BareVault(u32),
     /// A Node.js `crypto` AES-256-GCM value (`iv:authTag:ciphertext`, hex or base64).
     LegacyNode,
+    /// A bcrypt hash (`$2a$`, `$2b$`, `$2y$`; [`crate::hashes::parse_bcrypt`]) with this cost: a
+    /// one-way hash, not a secret to encrypt; migrations leave it untouched.
+    Bcrypt {
+        /// The hash's cost (4 to 31).
+        cost: u32,
+    },
     /// A `cc1:` value that does not parse.
     Malformed,
     /// Anything else: plaintext.
@@ -47,14 +61,17 @@ pub enum Source {
 }
 
 impl Source {
-    /// Short name used in reports: local, transit, vault, legacy, malformed, plaintext.
+    /// Short name used in reports: local, transit, envelope, kv, vault, legacy, bcrypt, malformed,
+    /// plaintext.
     pub fn kind(&self) -> &'static str {
         match self {
             Source::Local(_) => "local",
             Source::Transit { .. } => "transit",
             Source::Envelope { .. } => "envelope",
+            Source::Kv { .. } => "kv",
             Source::BareVault(_) => "vault",
             Source::LegacyNode => "legacy",
+            Source::Bcrypt { .. } => "bcrypt",
             Source::Malformed => "malformed",
             Source::Plaintext => "plaintext",
         }
@@ -74,12 +91,19 @@ pub fn classify(value: &str) -> Source {
                     Some(data_key) => Source::Envelope { key: ct.key_name.to_owned(), data_key },
                     None => Source::Malformed,
                 },
+                Provider::Kv => match ct.kv_version() {
+                    Some(version) => Source::Kv { mount: ct.key_name.to_owned(), version },
+                    None => Source::Malformed,
+                },
             },
             Err(_) => Source::Malformed,
         };
     }
     if let Some(v) = bare_vault_version(value) {
         return Source::BareVault(v);
+    }
+    if let Some(h) = crate::hashes::parse_bcrypt(value) {
+        return Source::Bcrypt { cost: h.cost };
     }
     if parse_node(value).is_some() {
         return Source::LegacyNode;
@@ -177,6 +201,20 @@ mod tests {
         assert_eq!(classify(&node_hex), Source::LegacyNode);
         assert_eq!(classify("a:b:c"), Source::Plaintext);
         assert_eq!(classify("user:pass:host"), Source::Plaintext);
+        let kv = classify("cc1:kv:secret:7:c:pg_credcrypt/app/public.users/api_key/42/0011223344556677");
+        assert_eq!(kv, Source::Kv { mount: "secret".into(), version: 7 });
+        assert_eq!(kv.kind(), "kv");
+        assert_eq!(classify("cc1:kv:secret:07:c:a"), Source::Malformed);
+        let h = "$2b$04$IA6/dZ3VUIVyue5lV2vNfe9TZhEx586dd0H2842SvJFFW2BH86ic6";
+        for p in ["$2a$", "$2b$", "$2y$"] {
+            assert_eq!(classify(&format!("{p}{}", &h[4..])), Source::Bcrypt { cost: 4 });
+        }
+        assert_eq!(classify(&h.replace("$04$", "$31$")), Source::Bcrypt { cost: 31 });
+        assert_eq!(classify(&h.replace("$04$", "$31$")).kind(), "bcrypt");
+        // Not bcrypt: $2x$, a wrong length, a cost out of range.
+        assert_eq!(classify(&h.replace("$2b$", "$2x$")), Source::Plaintext);
+        assert_eq!(classify(&h[..59]), Source::Plaintext);
+        assert_eq!(classify(&h.replace("$04$", "$03$")), Source::Plaintext);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Pure-Rust core of pg_credcrypt: the ciphertext format (v1), key references, the local
-//! AES-256-GCM provider with its key ring, key-file parsing, masking and constant-time verification.
+//! AES-256-GCM provider with its key ring, key-file parsing, KV paths and bindings, masking,
+//! legacy bcrypt hashes and constant-time verification.
 //!
 //! Nothing in this crate touches PostgreSQL, so everything here is unit-, property- and
 //! fuzz-testable on its own. The extension crate is a thin layer that reads GUCs, maps
@@ -14,8 +15,10 @@ pub mod blind;
 pub mod column;
 pub mod error;
 pub mod format;
+pub mod hashes;
 pub mod keyfile;
 pub mod keyref;
+pub mod kv;
 pub mod legacy;
 pub mod local;
 pub mod mask;

@@ -2,7 +2,8 @@
 //!
 //! `PROPTEST_CASES` raises the number of cases (scripts/fuzz.sh runs these for a long time).
 
-use credcrypt_core::format::Ciphertext;
+use credcrypt_core::format::{kv_reference, Ciphertext, Provider};
+use credcrypt_core::kv::kv_row_path;
 use credcrypt_core::{ErrorKind, Keyring, LocalKey};
 use proptest::prelude::*;
 
@@ -80,11 +81,65 @@ proptest! {
 
     /// Structured garbage after a valid header never panics.
     #[test]
-    fn parser_structured(provider in "(local|transit|x)", key in "[a-z.-]{0,10}", ver in "[0-9a-f]{0,20}", flag in "[cnx]", payload in "[A-Za-z0-9_:=+/-]{0,80}") {
+    fn parser_structured(provider in "(local|transit|envelope|kv|x)", key in "[a-z.-]{0,10}", ver in "[0-9a-f]{0,20}", flag in "[cnx]", payload in "[A-Za-z0-9_:=+/-]{0,80}") {
         let s = format!("cc1:{provider}:{key}:{ver}:{flag}:{payload}");
         let _ = Ciphertext::parse(&s);
         let e = ring(7).decrypt(&s, None).expect_err("structured garbage decrypted");
         prop_assert!(!e.detail.as_deref().unwrap_or("").contains(&payload) || payload.len() < 8);
+    }
+}
+
+/// A KV path: 1 to 6 segments from the allowed characters, none `.` or `..`.
+fn kv_path() -> impl Strategy<Value = String> {
+    proptest::collection::vec("[A-Za-z0-9_.=,~-]{1,24}".prop_filter("dot segments", |s| s != "." && s != ".."), 1..6)
+        .prop_map(|v| v.join("/"))
+}
+
+/// The fields of a parsed KV reference.
+fn kv_fields(s: &str) -> Option<(String, u32, bool, String)> {
+    let c = Ciphertext::parse(s).ok()?;
+    if c.provider != Provider::Kv {
+        return None;
+    }
+    Some((c.key_name.to_owned(), c.kv_version()?, c.has_context, c.kv_path()?.to_owned()))
+}
+
+proptest! {
+    #![proptest_config(small_cases())]
+
+    /// KV references round-trip, and every single-bit change of one either fails to parse or
+    /// names another mount, version, context flag or path (never the same secret under another
+    /// spelling: the reference rebuilt from its fields is the changed text itself).
+    #[test]
+    fn kv_reference_bit_flips(mount in "[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}", version in 1u32..=i32::MAX as u32, ctx in any::<bool>(), path in kv_path()) {
+        let r = kv_reference(&mount, version, ctx, &path).unwrap();
+        let original = (mount.clone(), version, ctx, path.clone());
+        prop_assert_eq!(kv_fields(&r), Some(original.clone()));
+        let bytes = r.as_bytes();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut m = bytes.to_vec();
+                m[i] ^= 1 << bit;
+                let Ok(s) = std::str::from_utf8(&m) else { continue };
+                if let Ok(c) = Ciphertext::parse(s) {
+                    // Nothing else than a kv reference: a flip cannot reach another provider's syntax.
+                    prop_assert_eq!(c.provider, Provider::Kv, "{}", s);
+                    let f = kv_fields(s).unwrap();
+                    prop_assert_ne!(&f, &original, "bit {} of byte {} flipped and still the same reference", bit, i);
+                    prop_assert_eq!(kv_reference(&f.0, f.1, f.2, &f.3).unwrap(), s);
+                }
+            }
+        }
+    }
+
+    /// Row paths built from arbitrary names and identities always make valid references.
+    #[test]
+    fn kv_row_paths_are_valid(names in proptest::collection::vec(".{0,80}", 4), identity in proptest::collection::vec(proptest::option::of(".{0,80}"), 0..8), random in any::<[u8; 8]>()) {
+        let id: Vec<Option<&str>> = identity.iter().map(|v| v.as_deref()).collect();
+        let p = kv_row_path("pg_credcrypt", &names[0], &names[1], &names[2], &names[3], &id, &random).unwrap();
+        prop_assert_eq!(p.split('/').count(), 6);
+        let r = kv_reference("secret", 1, true, &p).unwrap();
+        prop_assert_eq!(Ciphertext::parse(&r).unwrap().kv_path(), Some(p.as_str()));
     }
 }
 

@@ -28,6 +28,14 @@ pub enum ErrorKind {
     Protocol,
     /// The request is too large.
     TooLarge,
+    /// KV check-and-set: the secret is not at the version given (another writer was first);
+    /// re-read the metadata and retry.
+    CasMismatch,
+    /// A KV mount name, path or version outside what the client accepts (refused before
+    /// sending; the message does not repeat it).
+    InvalidArgument,
+    /// The KV mount does not exist or is not a KV version 2 mount.
+    MountNotFound,
 }
 
 /// A whole-call failure with a sanitized message.

@@ -1,7 +1,8 @@
 //! OpenBao / HashiCorp Vault Transit client used by pg_credcrypt's background worker.
 //!
-//! Blocking, single-threaded, no PostgreSQL: the worker calls it with batches it has
-//! coalesced from many backends.
+//! Blocking, single-threaded (except [`Client::kv_read_many`], which runs a few scoped
+//! threads for the duration of the call), no PostgreSQL: the worker calls it with batches it
+//! has coalesced from many backends.
 //!
 //! - **Failover.** `Config::addrs` is tried in order, starting with the last address that
 //!   worked. Connection errors, 5xx (sealed nodes answer 503) and 429 (honouring `Retry-After`,
@@ -16,17 +17,21 @@
 //! - **Batching.** Items are split so that a request stays under OpenBao's default
 //!   `max_request_json_strings` (1000: every key and string value counts) and a body of 16 MiB.
 //!   A partly failed batch (HTTP 400 with `data.batch_results`) fails only its bad items.
+//! - **KV version 2.** Versioned secrets on any KV v2 mount (a parameter of each call):
+//!   check-and-set writes, reads of a given version (data, soft-deleted, destroyed or missing),
+//!   many reads at once over concurrent keep-alive connections, metadata, destroy, list.
 //! - **Sanitized errors.** Messages carry addresses, key names, HTTP statuses and fixed texts;
 //!   never a token, secret id, plaintext, ciphertext, associated data or raw server body.
 
 //!
 //! Modules: [`config`] (what the worker configures), [`error`] (sanitized errors),
-//! [`transport`] (failover, redirects, bounded answers), [`auth`] (token lifecycle) and
-//! [`transit`] (the Transit operations).
+//! [`transport`] (failover, redirects, bounded answers), [`auth`] (token lifecycle),
+//! [`transit`] (the Transit operations) and [`kv`] (KV version 2).
 
 mod auth;
 mod config;
 mod error;
+mod kv;
 mod transit;
 mod transport;
 
@@ -37,6 +42,7 @@ use auth::Token;
 
 pub use config::{Auth, Config, Item};
 pub use error::{Decrypted, Error, ErrorKind, ItemError, ItemErrorKind};
+pub use kv::{KvData, KvMetadata, KvValue, KvVersionInfo, KV_MAX_IN_FLIGHT, KV_MAX_LIST_ENTRIES};
 pub use transit::KeyInfo;
 
 /// Client state for monitoring.
@@ -82,7 +88,9 @@ impl Client {
             .timeout_global(Some(cfg.request_timeout))
             .http_status_as_error(false)
             .max_redirects(0)
-            .max_idle_connections_per_host(4);
+            // Keep-alive connections for the concurrent KV reads (`kv_read_many`).
+            .max_idle_connections(2 * KV_MAX_IN_FLIGHT)
+            .max_idle_connections_per_host(KV_MAX_IN_FLIGHT);
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 Error::new(ErrorKind::InvalidConfig, format!("cannot read the CA file {}: {}", ca.display(), e.kind()))

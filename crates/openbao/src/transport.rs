@@ -236,16 +236,21 @@ impl Client {
     }
 
     /// The URL a `Location` header points to, if it is on one of the configured addresses.
-    /// A relative location must be an absolute path (`/v1/…`) on the current address.
     fn redirect_target(&self, base: &str, loc: &str) -> Option<String> {
-        if let Some(path) = loc.strip_prefix('/') {
-            return (!path.starts_with('/')).then(|| format!("{base}/{path}"));
-        }
-        self.cfg.addrs.iter().find_map(|a| {
-            let rest = loc.strip_prefix(a.as_str())?;
-            rest.starts_with('/').then(|| loc.to_owned())
-        })
+        redirect_target(&self.cfg.addrs, base, loc)
     }
+}
+
+/// The URL a `Location` header points to, if it is on one of `addrs`. A relative location
+/// must be an absolute path (`/v1/…`) on the current address `base`.
+pub(crate) fn redirect_target(addrs: &[String], base: &str, loc: &str) -> Option<String> {
+    if let Some(path) = loc.strip_prefix('/') {
+        return (!path.starts_with('/')).then(|| format!("{base}/{path}"));
+    }
+    addrs.iter().find_map(|a| {
+        let rest = loc.strip_prefix(a.as_str())?;
+        rest.starts_with('/').then(|| loc.to_owned())
+    })
 }
 
 #[cfg(test)]

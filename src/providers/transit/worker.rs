@@ -102,7 +102,8 @@ fn fail_of(e: &openbao::Error) -> Fail {
         K::KeyNotFound => FailKind::KeyNotFound,
         K::InvalidConfig => FailKind::Config,
         K::TooLarge => FailKind::TooLarge,
-        K::BadRequest => FailKind::Rejected,
+        K::BadRequest | K::CasMismatch | K::InvalidArgument => FailKind::Rejected,
+        K::MountNotFound => FailKind::Config,
         K::Protocol => FailKind::Protocol,
     };
     Fail { kind, message: e.to_string() }
