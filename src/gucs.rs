@@ -104,6 +104,10 @@ static TRANSIT_BULK_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// in OpenBao yet is created on its first use instead of failing with 42704.
 static AUTO_CREATE_KEYS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `credcrypt.kv_path_prefix`: the KV path every `kv:` secret of this server is written under
+/// (then the database's name): what an OpenBao policy grants.
+static KV_PATH_PREFIX: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"pg_credcrypt"));
+
 /// `credcrypt.envelope_cache_size`: unwrapped data keys a backend keeps at most (and Transit keys
 /// it keeps a current data key for): above the number of tenants a backend serves.
 static ENVELOPE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
@@ -286,6 +290,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"credcrypt.kv_path_prefix",
+        c"KV path under which the kv:<mount> provider writes and reads secrets (then the database's name).",
+        c"One or more segments of [A-Za-z0-9_.=,~-] separated by '/'. Grant the worker's OpenBao token exactly <mount>/data/<prefix>/*. Superuser only.",
+        &KV_PATH_PREFIX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"credcrypt.auto_create_keys",
         c"Create a per-row Transit key (key_name 'envelope:tenant-{col}' or 'transit:tenant-{col}') in OpenBao on its first use.",
@@ -417,6 +429,11 @@ pub fn queue_slots() -> usize {
 /// `credcrypt.request_timeout_ms`: how long a backend waits for the worker.
 pub fn request_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(positive(&REQUEST_TIMEOUT_MS))
+}
+
+/// `credcrypt.kv_path_prefix`.
+pub fn kv_path_prefix() -> String {
+    String::from_utf8_lossy(raw(&KV_PATH_PREFIX)).into_owned()
 }
 
 /// `credcrypt.auto_create_keys`.

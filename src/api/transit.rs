@@ -94,6 +94,7 @@ const KIND_NAMES: [&str; queue::ERROR_KINDS] = [
     "rejected",
     "protocol",
     "version_retired",
+    "destroyed",
 ];
 
 fn snapshot() -> Snapshot {

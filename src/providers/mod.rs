@@ -2,7 +2,9 @@
 //!
 //! - [`local`]: the local AES-256-GCM key ring (`local`);
 //! - [`transit`]: OpenBao Transit through the background worker (`transit:<key>`);
-//! - [`envelope`]: local data keys wrapped by a Transit key (`envelope:<key>`).
+//! - [`envelope`]: local data keys wrapped by a Transit key (`envelope:<key>`);
+//! - [`kv`]: secrets stored in OpenBao KV v2 through the worker (`kv:<mount>`), with
+//!   [`kv_journal`], the worker's record of writes whose transaction has not ended.
 //!
 //! Everything above (the SQL functions, the protection trigger, migrations) calls
 //! [`encrypt_many`]/[`encrypt_with`] and [`decrypt_many`]/[`decrypt_each`] and never a provider
@@ -11,6 +13,8 @@
 
 pub mod blind;
 pub mod envelope;
+pub mod kv;
+pub mod kv_journal;
 pub mod local;
 pub mod transit;
 
@@ -179,11 +183,11 @@ pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
     }
 }
 
-/// The error for a `kv:<mount>` key reference or a `cc1:kv:` value: the KV v2 provider is
-/// specified (docs/format.md) but not served by this build; nothing is written or read.
+/// The error for a `kv:<mount>` key reference where this build does not serve it yet: as the
+/// key of a protected column, a blind index's root, a migration target (docs/format.md).
 pub(crate) fn kv_not_served() -> Error {
-    Error::new(ErrorKind::UnsupportedProvider, "the OpenBao KV provider (kv:<mount>) is not available in this build")
-        .with_detail("kv: key references and cc1:kv: values are reserved for the KV v2 provider (docs/format.md); use 'local', 'transit:<name>' or 'envelope:<name>'")
+    Error::new(ErrorKind::UnsupportedProvider, "the OpenBao KV provider (kv:<mount>) cannot be used here yet")
+        .with_detail("kv:<mount> works with encrypt_credential(s), decrypt_credential(s) and verify_credential; protected columns, blind indexes and migrations take 'local', 'transit:<name>' or 'envelope:<name>'")
 }
 
 /// Whether a Transit failure may fall back to the local key (OpenBao unreachable only).
@@ -235,7 +239,8 @@ pub(crate) fn encrypt_with(
         refuse_erased(name)?;
     }
     match key {
-        KeyRef::Kv(_) => Err(kv_not_served()),
+        // Never the local fallback: a kv secret lives only in OpenBao.
+        KeyRef::Kv(mount) => kv::encrypt(mount, plaintexts, contexts),
         KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
             Err(e) if allow_fallback && may_fall_back(&e) => {
                 let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
@@ -299,6 +304,7 @@ pub(crate) fn decrypt_each(
     // Transit values grouped by key: (index, payload, context).
     let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
     let mut envelope = Vec::new();
+    let mut kv_values = Vec::new();
     for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
         let ctx = ctx.filter(|c| !c.is_empty());
         match classify_for_decrypt(ct, ctx, key_name) {
@@ -306,12 +312,18 @@ pub(crate) fn decrypt_each(
                 out[i] = local::with_keyring(|ring| ring.decrypt_parsed(&parsed, ctx.map(str::as_bytes)));
             }
             Ok(Route::Envelope(parsed)) => envelope.push((i, parsed, ctx)),
+            Ok(Route::Kv(parsed)) => kv_values.push((i, parsed, ctx)),
             Ok(Route::Transit(name, payload)) => transit.entry(name).or_default().push((i, payload, ctx)),
             Err(e) => out[i] = Err(e),
         }
     }
     if !envelope.is_empty() {
         for (i, r) in envelope::decrypt(&envelope)? {
+            out[i] = r;
+        }
+    }
+    if !kv_values.is_empty() {
+        for (i, r) in kv::decrypt(&kv_values)? {
             out[i] = r;
         }
     }
@@ -385,6 +397,7 @@ fn reserved_error() -> Error {
 enum Route<'a> {
     Local(Ciphertext<'a>),
     Envelope(Ciphertext<'a>),
+    Kv(Ciphertext<'a>),
     /// Transit key name and `vault:vN:` payload.
     Transit(String, &'a str),
 }
@@ -402,7 +415,7 @@ fn classify_for_decrypt<'a>(ct: &'a str, ctx: Option<&str>, key_name: Option<&st
     match parsed.provider {
         Provider::Local => Ok(Route::Local(parsed)),
         Provider::Envelope => Ok(Route::Envelope(parsed)),
-        Provider::Kv => Err(kv_not_served()),
+        Provider::Kv => Ok(Route::Kv(parsed)),
         Provider::Transit => match (parsed.has_context, ctx.is_some()) {
             (true, false) => {
                 Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))

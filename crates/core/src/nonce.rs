@@ -42,6 +42,14 @@ struct Pool {
 
 static POOL: Mutex<Pool> = Mutex::new(Pool { generation: 0, pos: POOL_LEN, buf: [0; POOL_LEN] });
 
+/// Returns `N` fresh random bytes from the OS CSPRNG (getrandom(2)), unpooled (for ids).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b)
+        .map_err(|_| Error::new(ErrorKind::RandomFailure, "the operating system's random source failed"))?;
+    Ok(b)
+}
+
 /// Returns 12 fresh random bytes from the OS CSPRNG (getrandom(2)).
 pub fn random_nonce() -> Result<[u8; NONCE_LEN]> {
     let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

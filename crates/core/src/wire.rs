@@ -34,6 +34,13 @@ pub enum Op {
     CreateKey = 7,
     /// Destroy the key and all its versions (crypto-shredding); no items; answers no item.
     DeleteKey = 8,
+    /// Write each item's data (a secret) as a new version of a KV v2 secret; the key is the
+    /// mount, each item's context is [`KvWriteMeta`]'s text form. The worker journals the
+    /// write under the writer's transaction before it sends it; answers the version in decimal.
+    KvWrite = 9,
+    /// Read each item (data: `<version>:<path>`, context: the expected binding, 64 hex digits)
+    /// from the KV v2 mount named by the key; answers the secret, if the binding matches.
+    KvRead = 10,
 }
 
 impl Op {
@@ -47,6 +54,8 @@ impl Op {
             6 => Op::Rewrap,
             7 => Op::CreateKey,
             8 => Op::DeleteKey,
+            9 => Op::KvWrite,
+            10 => Op::KvRead,
             _ => return None,
         })
     }
@@ -82,6 +91,8 @@ pub enum FailKind {
     Protocol = 12,
     /// The value's key version is below the key's `min_decryption_version`.
     VersionRetired = 13,
+    /// The KV secret version was destroyed or deleted, or never existed.
+    Destroyed = 14,
 }
 
 impl FailKind {
@@ -99,8 +110,43 @@ impl FailKind {
             11 => FailKind::Rejected,
             12 => FailKind::Protocol,
             13 => FailKind::VersionRetired,
+            14 => FailKind::Destroyed,
             _ => FailKind::Other,
         }
+    }
+}
+
+/// What a backend tells the worker about one KV write (carried as an item's context, as text
+/// `<full xid> <cas> <binding> <path>`): the transaction whose abort must destroy it, the
+/// version the path is expected to be at, the binding stored with the secret, the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWriteMeta {
+    /// The writing (sub)transaction's full transaction id.
+    pub xid: u64,
+    /// The version the path is at (0: new path).
+    pub cas: u64,
+    /// The binding (64 lowercase hex digits).
+    pub binding: String,
+    /// The KV path.
+    pub path: String,
+}
+
+impl KvWriteMeta {
+    /// The text form.
+    pub fn encode(&self) -> String {
+        format!("{} {} {} {}", self.xid, self.cas, self.binding, self.path)
+    }
+
+    /// Parses the text form.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || Error::malformed("a KV write request is malformed");
+        let s = std::str::from_utf8(b).map_err(|_| bad())?;
+        let mut it = s.splitn(4, ' ');
+        let xid = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+        let cas = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+        let binding = it.next().filter(|b| b.len() == 64).ok_or_else(bad)?.to_owned();
+        let path = it.next().filter(|p| crate::format::valid_kv_path(p)).ok_or_else(bad)?.to_owned();
+        Ok(KvWriteMeta { xid, cas, binding, path })
     }
 }
 

@@ -25,6 +25,9 @@ path "transit/keys/missing"   { capabilities = ["read"] }
 path "transit/encrypt/later"  { capabilities = ["update"] }
 path "transit/decrypt/later"  { capabilities = ["update"] }
 path "transit/keys/later"     { capabilities = ["read"] }
+path "secret/data/pg_credcrypt/*"     { capabilities = ["create", "update", "read"] }
+path "secret/metadata/pg_credcrypt/*" { capabilities = ["read", "list", "delete"] }
+path "secret/destroy/pg_credcrypt/*"  { capabilities = ["update"] }
 "#;
 
 /// The policy for per-row (tenant) keys `tenant-*`, as docs/openbao.md gives it: use, create

@@ -33,11 +33,13 @@ pub fn fail_to_error(f: &Fail) -> Error {
         FailKind::InvalidInput => ErrorKind::Malformed,
         FailKind::Config => ErrorKind::ProviderNotConfigured,
         FailKind::TooLarge => ErrorKind::TooLarge,
+        FailKind::Destroyed => ErrorKind::KeyDestroyed,
     };
     let message = match kind {
         ErrorKind::AuthenticationFailed => {
             "ciphertext authentication failed: the value was tampered with, or the key or context is wrong".to_owned()
         }
+        ErrorKind::KeyDestroyed => format!("OpenBao KV: {}", f.message),
         _ => format!("OpenBao Transit: {}", f.message),
     };
     Error::new(kind, message)

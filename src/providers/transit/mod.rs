@@ -9,6 +9,8 @@ pub mod worker;
 use credcrypt_core::wire::Op;
 use credcrypt_core::Error;
 
+pub(crate) use worker::fail_of as worker_fail_of;
+
 /// The latest version of Transit key `name`, asked of OpenBao through the worker.
 pub(crate) fn latest_version(name: &str) -> Result<u32, Error> {
     let answer = backend::call(Op::KeyInfo, name, &[])?;

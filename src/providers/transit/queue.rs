@@ -44,7 +44,7 @@ pub mod state {
 }
 
 /// Number of counters in [`Stats::errors`] (indexed by `FailKind as usize`).
-pub const ERROR_KINDS: usize = 14;
+pub const ERROR_KINDS: usize = 15;
 
 /// Text fields written by the worker and read by `credcrypt.status()`, guarded by a seqlock.
 #[repr(C)]

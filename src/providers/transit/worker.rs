@@ -93,7 +93,7 @@ impl ClientFromSettings for Settings {
 }
 
 /// Maps a client error to a queue failure (messages are sanitized by the client).
-fn fail_of(e: &openbao::Error) -> Fail {
+pub(crate) fn fail_of(e: &openbao::Error) -> Fail {
     use openbao::ErrorKind as K;
     let kind = match e.kind {
         K::Unavailable => FailKind::Unavailable,
@@ -121,6 +121,24 @@ fn item_fail_of(e: &openbao::ItemError) -> Fail {
     Fail { kind, message: e.to_string() }
 }
 
+/// Keeps the items of a KV read answer that fit one queue slot, and answers the others with
+/// `TooLarge`: the backend then asks for each of them alone (one secret always fits).
+fn fit_slot(items: Vec<ItemResult>) -> Vec<ItemResult> {
+    let mut used = 64usize;
+    items
+        .into_iter()
+        .map(|r| {
+            let need = 5 + r.as_ref().map_or(300, |v| v.len());
+            if used + need > queue::SLOT_BYTES {
+                Err(Fail { kind: FailKind::TooLarge, message: "read alone".into() })
+            } else {
+                used += need;
+                r
+            }
+        })
+        .collect()
+}
+
 /// How many checked keys the worker remembers before it starts over.
 const CHECKED_KEYS_MAX: usize = 4096;
 
@@ -133,6 +151,8 @@ struct Worker {
     /// may be created a moment later, and names that callers probe must not grow the map.
     checked_keys: HashMap<String, ()>,
     last_error: String,
+    /// The kv provider's journal of writes whose transaction has not ended.
+    kv: crate::providers::kv_journal::Journal,
 }
 
 impl Worker {
@@ -191,8 +211,16 @@ impl Worker {
         }
     }
 
+    /// Destroys what aborted transactions wrote to KV (see `providers::kv_journal`).
+    fn resolve_kv(&mut self) {
+        if let Ok(client) = self.client.as_mut() {
+            self.kv.resolve(client);
+        }
+    }
+
     fn sleep_for(&self) -> Duration {
-        let cap = Duration::from_secs(1);
+        // Pending KV writes are resolved at least four times a second.
+        let cap = if self.kv.is_empty() { Duration::from_secs(1) } else { Duration::from_millis(250) };
         match &self.client {
             Ok(c) => c.next_maintenance().map_or(cap, |t| t.saturating_duration_since(Instant::now()).min(cap)),
             Err(_) => cap,
@@ -257,6 +285,18 @@ impl Worker {
             match d {
                 Ok(r) if matches!(r.op, Op::Encrypt | Op::Decrypt) => {
                     groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
+                }
+                Ok(r) if matches!(r.op, Op::KvWrite | Op::KvRead) => {
+                    answers[k] = match self.client.as_mut() {
+                        Err(f) => Err(f.clone()),
+                        Ok(client) if r.op == Op::KvWrite => self.kv.write(client, r.key, &r.items),
+                        Ok(client) => self.kv.read(client, r.key, &r.items).map(fit_slot),
+                    };
+                    q.stats.items.fetch_add(r.items.len() as u64, SeqCst);
+                    if let Err(f) = &answers[k] {
+                        let f = f.clone();
+                        self.note_error(&f);
+                    }
                 }
                 Ok(r) if r.op == Op::Rewrap => {
                     let items: Vec<openbao::Item> = r
@@ -486,8 +526,14 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
     q.stats.worker_starts.fetch_add(1, SeqCst);
     q.stats.worker_started_ms.store(now_ms(), SeqCst);
     let settings = gucs::bao_settings();
-    let mut w =
-        Worker { q, client: settings.client(), settings, checked_keys: HashMap::new(), last_error: String::new() };
+    let mut w = Worker {
+        q,
+        client: settings.client(),
+        settings,
+        checked_keys: HashMap::new(),
+        last_error: String::new(),
+        kv: crate::providers::kv_journal::Journal::load(),
+    };
     if let Err(f) = w.client.as_ref().map(|_| ()).map_err(Fail::clone) {
         w.note_error(&f);
     }
@@ -497,6 +543,7 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
         {
             let _held = SignalsHeld::new();
             w.serve();
+            w.resolve_kv();
         }
         if !BackgroundWorker::wait_latch(Some(w.sleep_for())) {
             break;
