@@ -17,7 +17,7 @@ BEGIN
         ('import_transit_ciphertext', 'PUBLIC'), ('column_context', 'PUBLIC'), ('set_owner', 'PUBLIC'),
         -- Called by PostgreSQL as whichever user writes or reads: the trigger, the policies'
         -- and maintenance helpers, the catalog view's and upkeep helpers.
-        ('protect_trigger', 'PUBLIC'), ('_maintenance_active', 'PUBLIC'), ('_owner_setting', 'PUBLIC'),
+        ('protect_trigger', 'PUBLIC'), ('kv_trigger', 'PUBLIC'), ('_maintenance_active', 'PUBLIC'), ('_owner_setting', 'PUBLIC'),
         ('_reencrypt_needed', 'PUBLIC'), ('_value_source', 'PUBLIC'), ('_type_class', 'PUBLIC'),
         ('_xact_is_current', 'PUBLIC'), ('_protection_trigger_ok', 'PUBLIC'), ('_protection_problems', 'PUBLIC'),
         ('_protected_columns_resolve', 'PUBLIC'), ('_protected_columns_changed', 'PUBLIC'),

@@ -270,6 +270,11 @@ DECLARE
     r regclass;
 BEGIN
     FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
+        -- The OpenBao KV secrets of a kv: designation go with it, once the transaction commits.
+        PERFORM credcrypt._kv_forget_binding(kv.binding_id, kv.key_name)
+           FROM credcrypt.protected_columns kv
+          WHERE kv.relid::oid = o.objid AND starts_with(kv.key_name, 'kv:')
+            AND (o.object_type = 'table' OR kv.column_attnum = o.objsubid);
         IF o.object_type = 'table' THEN
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid;
             DELETE FROM credcrypt.owner_rls WHERE relid::oid = o.objid;

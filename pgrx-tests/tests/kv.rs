@@ -20,6 +20,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// (docs/openbao.md states about a second; the test allows for a loaded machine).
 const BOUND: Duration = Duration::from_secs(10);
 
+#[allow(clippy::print_stdout)] // the figures are the suite's output
+fn report(line: &str) {
+    println!("[kv] {line}");
+}
+
 fn setup() -> BaoEnv {
     let e = BaoEnv::start(&SERIAL, "kv", true);
     e.c.sql("CREATE TABLE IF NOT EXISTS kv_refs (id bigint PRIMARY KEY, ref text); GRANT ALL ON kv_refs TO kv_app; TRUNCATE kv_refs");
@@ -88,9 +93,18 @@ fn round_trip_keeps_only_a_reference_bound_to_its_context() {
     let r = c.value("kv_app", "SELECT credcrypt.encrypt_credential('sk-KV-SECRETMARKER-1', 'kv:secret', 'client:1')");
     assert!(r.starts_with("cc1:kv:secret:1:c:pg_credcrypt/postgres/values/"), "{r}");
     assert!(!r.contains("SECRETMARKER"));
-    assert_eq!(c.value("kv_app", &format!("SELECT credcrypt.decrypt_credential('{r}', 'client:1')")), "sk-KV-SECRETMARKER-1");
-    assert_eq!(c.value("kv_app", &format!("SELECT credcrypt.verify_credential('{r}', 'sk-KV-SECRETMARKER-1', 'client:1')")), "t");
-    assert_eq!(c.value("kv_app", &format!("SELECT credcrypt.verify_credential('{r}', 'sk-KV-SECRETMARKER-2', 'client:1')")), "f");
+    assert_eq!(
+        c.value("kv_app", &format!("SELECT credcrypt.decrypt_credential('{r}', 'client:1')")),
+        "sk-KV-SECRETMARKER-1"
+    );
+    assert_eq!(
+        c.value("kv_app", &format!("SELECT credcrypt.verify_credential('{r}', 'sk-KV-SECRETMARKER-1', 'client:1')")),
+        "t"
+    );
+    assert_eq!(
+        c.value("kv_app", &format!("SELECT credcrypt.verify_credential('{r}', 'sk-KV-SECRETMARKER-2', 'client:1')")),
+        "f"
+    );
     // Another context, or none, fails authentication without the secret in the error.
     c.psql("kv_app", &format!("SELECT credcrypt.decrypt_credential('{r}', 'client:2')"))
         .expect_error("39000")
@@ -148,7 +162,11 @@ fn mounts_are_checked_and_there_is_no_local_fallback() {
     let token = e.bao.must(&["token", "create", "-policy=credcrypt", "-policy=kv1", "-ttl=1h", "-field=token"]);
     let token_file = c.keys.join("bao-kv1.token");
     credcrypt_blackbox::bao::write_secret_file(&token_file, token.trim());
-    credcrypt_blackbox::bao::point_at(c, &e.bao.addr, &format!("credcrypt.bao_token_file = '{}'\n", token_file.display()));
+    credcrypt_blackbox::bao::point_at(
+        c,
+        &e.bao.addr,
+        &format!("credcrypt.bao_token_file = '{}'\n", token_file.display()),
+    );
     c.psql("kv_app", "SELECT credcrypt.encrypt_credential('x', 'kv:transit')").expect_error("55000");
     c.psql("kv_app", "SELECT credcrypt.encrypt_credential('x', 'kv:nosuch')").expect_error("55000");
     let o = c.psql("kv_app", "SELECT credcrypt.encrypt_credential('x', 'kv:kv1')");
@@ -166,7 +184,11 @@ fn mounts_are_checked_and_there_is_no_local_fallback() {
     o.expect_error("58030");
     assert!(!o.out.contains("cc1:"));
     c.sql("ALTER SYSTEM RESET credcrypt.fallback; SELECT pg_reload_conf()");
-    credcrypt_blackbox::bao::point_at(c, &addr, &format!("credcrypt.bao_token_file = '{}'\n", c.keys.join("bao.token").display()));
+    credcrypt_blackbox::bao::point_at(
+        c,
+        &addr,
+        &format!("credcrypt.bao_token_file = '{}'\n", c.keys.join("bao.token").display()),
+    );
 }
 
 #[test]
@@ -177,18 +199,20 @@ fn versions_of_transactions_that_did_not_commit_are_destroyed() {
     let mut s = Session::open(c, "kv_app");
     // Rolled back: readable while the transaction runs, destroyed after the rollback.
     s.run("BEGIN").expect_ok();
-    let rolled = s.run("SELECT credcrypt.encrypt_credential('sk-ROLLBACK-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
+    let rolled =
+        s.run("SELECT credcrypt.encrypt_credential('sk-ROLLBACK-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
     let (p1, v1) = parts(&rolled);
     assert!(readable(&mut root, &p1, v1));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(readable(&mut root, &p1, v1), "destroyed while its transaction was still running");
     s.run("ROLLBACK").expect_ok();
     let took = within_bound("rolled-back write destroyed", || !readable(&mut root, &p1, v1));
-    eprintln!("rolled-back KV version destroyed {} ms after ROLLBACK", took.as_millis());
+    report(&format!("rolled-back KV version destroyed {} ms after ROLLBACK", took.as_millis()));
     // A savepoint rolled back: its write is destroyed, the transaction's other write is kept.
     s.run("BEGIN").expect_ok();
     s.run("SAVEPOINT a").expect_ok();
-    let sub = s.run("SELECT credcrypt.encrypt_credential('sk-SAVEPOINT-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
+    let sub =
+        s.run("SELECT credcrypt.encrypt_credential('sk-SAVEPOINT-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
     s.run("ROLLBACK TO SAVEPOINT a").expect_ok();
     s.run("INSERT INTO kv_refs VALUES (1, credcrypt.encrypt_credential('sk-kept', 'kv:secret'))").expect_ok();
     s.run("COMMIT").expect_ok();
@@ -210,7 +234,8 @@ fn versions_of_transactions_that_did_not_commit_are_destroyed() {
     let mut k = Session::open(c, "kv_app");
     let pid = k.pid();
     k.run("BEGIN").expect_ok();
-    let crashed = k.run("SELECT credcrypt.encrypt_credential('sk-KILLED-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
+    let crashed =
+        k.run("SELECT credcrypt.encrypt_credential('sk-KILLED-SECRETMARKER', 'kv:secret')").expect_ok().to_owned();
     let (p4, v4) = parts(&crashed);
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill").success());
     drop(k);
@@ -293,13 +318,18 @@ fn server_killed_during_a_write_storm_loses_nothing_and_leaves_no_orphan() {
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert!(orphans.is_empty(), "{} readable orphan(s) after {BOUND:?}: {:?}", orphans.len(), &orphans[..orphans.len().min(5)]);
-    eprintln!(
+    assert!(
+        orphans.is_empty(),
+        "{} readable orphan(s) after {BOUND:?}: {:?}",
+        orphans.len(),
+        &orphans[..orphans.len().min(5)]
+    );
+    report(&format!(
         "server killed during a kv write storm: {} committed rows all decrypt, {} rows in the table, 0 orphans readable after {} ms",
         ids.len(),
         rows.len(),
         started.elapsed().as_millis()
-    );
+    ));
 }
 
 fn restart_after_crash(c: &Cluster) {
@@ -347,5 +377,181 @@ fn sixteen_sessions_write_and_read() {
     for t in threads {
         t.join().expect("session");
     }
-    assert_eq!(c.sql("SELECT count(*) FROM kv_refs WHERE credcrypt.decrypt_credential(ref, 'r:' || id) = 'sk-' || id"), "400");
+    assert_eq!(
+        c.sql("SELECT count(*) FROM kv_refs WHERE credcrypt.decrypt_credential(ref, 'r:' || id) = 'sk-' || id"),
+        "400"
+    );
+}
+
+/// Every readable version under this database's secrets of designation `binding`.
+fn readable_of_binding(client: &mut openbao::Client, binding: &str) -> Vec<(String, u64)> {
+    readable_versions(client).into_iter().filter(|(p, _)| p.contains(&format!("/{binding}/"))).collect()
+}
+
+/// A protected column under `kv:secret` (the identity provider's case): references in the
+/// table, secrets in KV at `<prefix>/<db>/<schema>.<table>/<binding>/<id>/<random>`; an UPDATE
+/// writes a new version and keeps the old readable; a natural-key upsert, DELETE … COMMIT and
+/// DROP TABLE destroy what no row references any more once they commit; DELETE … ROLLBACK and
+/// a rolled-back INSERT keep exactly the committed state; TRUNCATE is refused.
+#[test]
+fn a_protected_column_keeps_its_secrets_in_kv_with_their_history() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.sql("DROP TABLE IF EXISTS kv_creds CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_creds (id bigint PRIMARY KEY, client_secret text);
+         SELECT credcrypt.protect_column('kv_creds', 'client_secret', key_name => 'kv:secret', bind_columns => ARRAY['id'],
+                                         mask_column => 'client_secret_mask');
+         SELECT credcrypt.create_decrypted_view('kv_creds', 'kv_creds_plain');
+         GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON kv_creds TO kv_app; GRANT SELECT ON kv_creds_plain TO kv_app;",
+    )
+    .expect_ok();
+    let binding = c.sql("SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'kv_creds'::regclass");
+    c.psql("kv_app", "INSERT INTO kv_creds (id, client_secret) VALUES (1, 'cs-1-SECRETMARKER'), (2, 'cs-2')")
+        .expect_ok();
+    let r1 = c.sql("SELECT client_secret FROM kv_creds WHERE id = 1");
+    assert!(r1.starts_with(&format!("cc1:kv:secret:1:c:pg_credcrypt/postgres/public.kv_creds/{binding}/1/")), "{r1}");
+    assert_eq!(
+        c.sql("SELECT client_secret_mask = credcrypt.mask('cs-1-SECRETMARKER') FROM kv_creds WHERE id = 1"),
+        "t"
+    );
+    assert_eq!(c.value("kv_app", "SELECT client_secret FROM kv_creds_plain WHERE id = 1"), "cs-1-SECRETMARKER");
+    // Rotation: a new version at the same path; the old one stays readable (history).
+    c.psql("kv_app", "UPDATE kv_creds SET client_secret = 'cs-1-rotated' WHERE id = 1").expect_ok();
+    let r1b = c.sql("SELECT client_secret FROM kv_creds WHERE id = 1");
+    let ((p1, v1), (p1b, v1b)) = (parts(&r1), parts(&r1b));
+    assert_eq!((p1b.as_str(), v1b), (p1.as_str(), 2));
+    assert_eq!(c.value("kv_app", "SELECT client_secret FROM kv_creds_plain WHERE id = 1"), "cs-1-rotated");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(readable(&mut root, &p1, v1), "rotation destroyed the previous version");
+    // A rolled-back UPDATE: its version goes, the row's stays.
+    c.psql("kv_app", "BEGIN; UPDATE kv_creds SET client_secret = 'cs-1-ROLLEDBACK' WHERE id = 1; ROLLBACK;")
+        .expect_ok();
+    within_bound("rolled-back version 3 destroyed", || !readable(&mut root, &p1, 3));
+    // Another UPDATE finds the path past version 3 and writes version 4.
+    c.psql("kv_app", "UPDATE kv_creds SET client_secret = 'cs-1-v4' WHERE id = 1").expect_ok();
+    assert_eq!(parts(&c.sql("SELECT client_secret FROM kv_creds WHERE id = 1")), (p1.clone(), 4));
+    assert_eq!(c.value("kv_app", "SELECT client_secret FROM kv_creds_plain WHERE id = 1"), "cs-1-v4");
+    // Prisma's upsert: a new path; the row's old one is destroyed after COMMIT.
+    c.psql(
+        "kv_app",
+        "INSERT INTO kv_creds (id, client_secret) VALUES (2, 'cs-2-upserted')
+         ON CONFLICT (id) DO UPDATE SET client_secret = EXCLUDED.client_secret",
+    )
+    .expect_ok();
+    assert_eq!(c.value("kv_app", "SELECT client_secret FROM kv_creds_plain WHERE id = 2"), "cs-2-upserted");
+    let (p2, _) = parts(&c.sql("SELECT client_secret FROM kv_creds WHERE id = 2"));
+    let live: Vec<String> = readable_of_binding(&mut root, &binding).into_iter().map(|(p, _)| p).collect();
+    assert!(live.contains(&p2));
+    within_bound("the upserted row's old path destroyed", || {
+        readable_of_binding(&mut root, &binding).iter().filter(|(p, _)| p.contains(&format!("/{binding}/2/"))).count()
+            == 1
+    });
+    // DELETE … ROLLBACK keeps every version; DELETE … COMMIT destroys them all.
+    c.psql("kv_app", "BEGIN; DELETE FROM kv_creds WHERE id = 1; ROLLBACK;").expect_ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(readable(&mut root, &p1, 1) && readable(&mut root, &p1, 4));
+    c.psql("kv_app", "DELETE FROM kv_creds WHERE id = 1").expect_ok();
+    within_bound("deleted row's versions destroyed", || root.kv_metadata("secret", &p1).expect("metadata").is_none());
+    // TRUNCATE would leave the secrets: refused.
+    c.psql("kv_app", "TRUNCATE kv_creds").expect_error("55000");
+    // A ciphertext of another row cannot be copied in.
+    let r2 = c.sql("SELECT client_secret FROM kv_creds WHERE id = 2");
+    c.psql("kv_app", &format!("INSERT INTO kv_creds (id, client_secret) VALUES (3, '{r2}')")).expect_error("39000");
+    // DROP TABLE destroys the column's secrets after COMMIT.
+    c.sql("DROP TABLE kv_creds CASCADE");
+    within_bound("dropped table's secrets destroyed", || readable_of_binding(&mut root, &binding).is_empty());
+}
+
+/// A column migrated local → kv → envelope, every value intact at each step; the kv secrets
+/// are destroyed as the values move out.
+#[test]
+fn a_column_migrates_local_to_kv_to_envelope() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.sql("DROP TABLE IF EXISTS kv_mig CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_mig (id bigint PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('kv_mig', 'secret', key_name => 'local', bind_columns => ARRAY['id']);
+         SELECT credcrypt.create_decrypted_view('kv_mig', 'kv_mig_plain');
+         GRANT SELECT, INSERT ON kv_mig TO kv_app;
+         INSERT INTO kv_mig SELECT g, 'sk-mig-' || g FROM generate_series(1, 300) g;",
+    )
+    .expect_ok();
+    let binding = c.sql("SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'kv_mig'::regclass");
+    let correct = || c.sql("SELECT count(*) FROM kv_mig_plain WHERE secret = 'sk-mig-' || id");
+    c.psql("kv_owner", "CALL credcrypt.reencrypt_column('kv_mig', 'secret', 'kv:secret', batch_size => 100)")
+        .expect_ok();
+    assert_eq!(
+        c.sql(
+            "SELECT count(*) FROM kv_mig WHERE secret LIKE 'cc1:kv:secret:1:c:pg_credcrypt/postgres/public.kv_mig/%'"
+        ),
+        "300"
+    );
+    assert_eq!(correct(), "300");
+    assert_eq!(readable_of_binding(&mut root, &binding).len(), 300);
+    // New rows go to KV too.
+    c.psql("kv_app", "INSERT INTO kv_mig VALUES (301, 'sk-mig-301')").expect_ok();
+    c.psql("kv_owner", "CALL credcrypt.reencrypt_column('kv_mig', 'secret', 'envelope:app', batch_size => 100)")
+        .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM kv_mig WHERE secret LIKE 'cc1:envelope:app:%'"), "301");
+    assert_eq!(correct(), "301");
+    within_bound("the moved values' KV secrets destroyed", || readable_of_binding(&mut root, &binding).is_empty());
+    c.sql("DROP TABLE kv_mig CASCADE");
+}
+
+/// Against the persistent raft server (AppRole, auto-unsealed): values survive an OpenBao
+/// restart, and a rollback made while OpenBao is down is destroyed once it is back (the
+/// journal keeps the work); a write while it is down fails (no fallback).
+#[test]
+fn persistent_openbao_outage_keeps_the_journal_and_the_values() {
+    let e = setup();
+    let c = &e.c;
+    let dir = c.keys.join("bao-raft-kv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut bao = credcrypt_blackbox::bao::PersistentBao::start(&dir);
+    let sid = c.keys.join("raft-kv-secret.id");
+    credcrypt_blackbox::bao::write_secret_file(&sid, "credcrypt-secret-0001");
+    credcrypt_blackbox::bao::point_at(
+        c,
+        &bao.addr,
+        &format!("credcrypt.bao_role_id = 'credcrypt-role'\ncredcrypt.bao_secret_id_file = '{}'\n", sid.display()),
+    );
+    let kept = c.value("kv_app", "SELECT credcrypt.encrypt_credential('sk-raft-kept', 'kv:secret', 'k')");
+    let mut s = Session::open(c, "kv_app");
+    s.run("BEGIN").expect_ok();
+    let doomed = s
+        .run("SELECT credcrypt.encrypt_credential('sk-RAFT-ROLLBACK-SECRETMARKER', 'kv:secret')")
+        .expect_ok()
+        .to_owned();
+    bao.kill();
+    s.run("ROLLBACK").expect_ok();
+    c.psql("kv_app", "SELECT credcrypt.encrypt_credential('x', 'kv:secret')").expect_error("58030");
+    std::thread::sleep(Duration::from_secs(2));
+    bao.restart();
+    // The value written before the outage reads again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = c.psql("kv_app", &format!("SELECT credcrypt.decrypt_credential('{kept}', 'k')"));
+        if o.ok {
+            assert_eq!(o.out, "sk-raft-kept");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after restart: {}", o.err);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The rolled-back one is destroyed once OpenBao is back.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let o = c.psql("kv_app", &format!("SELECT credcrypt.decrypt_credential('{doomed}')"));
+        if o.sqlstate() == Some("38000") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rolled-back secret is still readable: {:?}", o.sqlstate());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -561,29 +561,31 @@ fn bcrypt_hashes_keep_verifying_until_rotated() {
     c.sql("DROP TABLE mg_bc CASCADE");
 }
 
-/// `kv:<mount>` references and `cc1:kv:` values are specified (docs/format.md) but this build
-/// does not serve the KV provider: every use fails closed with 0A000 — nothing is written,
-/// no column is designated with such a key, no migration targets it — and the usage report
-/// counts such values under their mount.
+/// What the kv provider does not serve yet fails closed with 0A000 — a key inside a jsonb
+/// column, a blind index on a kv column — or 22023 (a per-row kv key); a kv reference written
+/// into a local column is not taken as encrypted; the usage report counts kv values under their
+/// mount.
 #[test]
-fn kv_references_fail_closed_until_the_kv_provider_is_served() {
+fn kv_references_fail_closed_where_the_kv_provider_is_not_served() {
     let e = setup();
     let c = &e.c;
     let kv_value = "cc1:kv:secret:3:n:pg_credcrypt/postgres/values/0123456789abcdef0123456789abcdef";
-    c.psql("mg_app", "SELECT credcrypt.encrypt_credential('sk-kv-SECRETMARKER', 'kv:secret')").expect_error("0A000");
-    c.psql("mg_app", &format!("SELECT credcrypt.decrypt_credential('{kv_value}')")).expect_error("0A000");
-    c.psql("mg_app", &format!("SELECT credcrypt.verify_credential('{kv_value}', 'x')")).expect_error("0A000");
-    assert_eq!(
-        c.sql(&format!(
-            "SELECT provider || '/' || key_name || '/' || key_version FROM credcrypt.ciphertext_info('{kv_value}')"
-        )),
-        "kv/secret/3"
-    );
     c.sql("DROP TABLE IF EXISTS mg_kv CASCADE");
-    c.psql("mg_owner", "CREATE TABLE mg_kv (id bigint PRIMARY KEY, secret text)").expect_ok();
+    c.psql("mg_owner", "CREATE TABLE mg_kv (id bigint PRIMARY KEY, secret text, doc jsonb, secret_bidx bytea)")
+        .expect_ok();
     c.psql(
         "mg_owner",
-        "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id'])",
+        "SELECT credcrypt.protect_column('mg_kv', 'doc', key_name => 'kv:secret', json_path => ARRAY['token'], bind_columns => ARRAY['id'])",
+    )
+    .expect_error("0A000");
+    c.psql(
+        "mg_owner",
+        "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'kv:tenant-{id}', bind_columns => ARRAY['id'])",
+    )
+    .expect_error("22023");
+    c.psql(
+        "mg_owner",
+        "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id'], blind_index_column => 'secret_bidx')",
     )
     .expect_error("0A000");
     assert_eq!(c.sql("SELECT count(*) FROM credcrypt.protected_columns WHERE relid = 'mg_kv'::regclass"), "0");
@@ -594,11 +596,10 @@ fn kv_references_fail_closed_until_the_kv_provider_is_served() {
     )
     .expect_ok();
     // A kv reference written into a local column is not taken as encrypted.
-    c.psql("mg_app", &format!("INSERT INTO mg_kv VALUES (1, '{kv_value}')")).expect_error("22023");
-    c.psql("mg_app", "INSERT INTO mg_kv VALUES (2, 'sk-2')").expect_ok();
-    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_kv', 'secret', 'kv:secret')").expect_error("0A000");
+    c.psql("mg_app", &format!("INSERT INTO mg_kv (id, secret) VALUES (1, '{kv_value}')")).expect_error("22023");
+    c.psql("mg_app", "INSERT INTO mg_kv (id, secret) VALUES (2, 'sk-2')").expect_ok();
     assert!(c.sql("SELECT secret FROM mg_kv WHERE id = 2").starts_with("cc1:local:"));
-    c.sql(&format!("SET session_replication_role = replica; INSERT INTO mg_kv VALUES (3, '{kv_value}')"));
+    c.sql(&format!("SET session_replication_role = replica; INSERT INTO mg_kv (id, secret) VALUES (3, '{kv_value}')"));
     assert!(usage(c, "mg_kv").contains("kv:kv:secret:3:1"), "{}", usage(c, "mg_kv"));
     c.sql("DROP TABLE mg_kv CASCADE");
 }

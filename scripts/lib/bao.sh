@@ -24,6 +24,8 @@ bao_dev_start() {
     printf 'path "transit/encrypt/app" { capabilities = ["update"] }\npath "transit/decrypt/app" { capabilities = ["update"] }\npath "transit/keys/app" { capabilities = ["read"] }\npath "transit/datakey/plaintext/app" { capabilities = ["update"] }\npath "transit/rewrap/app" { capabilities = ["update"] }\n' >"$dir/policy.hcl"
     # Per-row (tenant) keys tenant-*, as docs/openbao.md gives them (bench/tenants.sh).
     printf 'path "transit/encrypt/tenant-*" { capabilities = ["update"] }\npath "transit/decrypt/tenant-*" { capabilities = ["update"] }\npath "transit/datakey/plaintext/tenant-*" { capabilities = ["update"] }\npath "transit/keys/tenant-*" { capabilities = ["read", "create", "update"] }\n' >>"$dir/policy.hcl"
+    # The kv:<mount> provider (docs/openbao.md): KV v2 at secret/ (dev mode), under the prefix.
+    printf 'path "secret/data/pg_credcrypt/*" { capabilities = ["create", "update", "read"] }\npath "secret/metadata/pg_credcrypt/*" { capabilities = ["read", "list", "delete"] }\npath "secret/destroy/pg_credcrypt/*" { capabilities = ["update"] }\n' >>"$dir/policy.hcl"
     "$BAO" policy write credcrypt "$dir/policy.hcl" >/dev/null
     "$BAO" token create -policy=credcrypt -ttl=2h -field=token >"$dir/keys/bao.token"
     chown postgres:postgres "$dir/keys/bao.token"

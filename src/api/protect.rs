@@ -259,6 +259,27 @@ fn protect_trigger<'a>(
     Ok(crate::protect::trigger::fire(t).unwrap_or_else(|e| e.raise()))
 }
 
+/// The trigger function of tables with a `kv:` designation (see
+/// [`crate::protect::trigger::fire_kv`]).
+#[pg_trigger]
+fn kv_trigger<'a>(
+    t: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    Ok(crate::protect::trigger::fire_kv(t).unwrap_or_else(|e| e.raise()))
+}
+
+/// Destroys, once the transaction commits, every KV secret of designation `binding_id` under
+/// `key_name` (a `kv:` key; anything else is ignored) — for `credcrypt_on_sql_drop`.
+#[pg_extern(volatile, name = "_kv_forget_binding")]
+#[search_path(pg_catalog, pg_temp)]
+fn kv_forget_binding(binding_id: &str, key_name: &str) {
+    if let Ok(credcrypt_core::KeyRef::Kv(mount)) = credcrypt_core::KeyRef::parse(key_name) {
+        crate::providers::kv::binding_target(binding_id)
+            .and_then(|t| crate::providers::kv::forget(&mount, &[t]))
+            .or_raise();
+    }
+}
+
 /// SQL form of [`crate::protect::catalog::type_class`], for the catalog's upkeep triggers and
 /// checks.
 #[pg_extern(immutable, strict, parallel_safe, name = "_type_class")]

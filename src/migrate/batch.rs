@@ -163,9 +163,22 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
         let key = &keys[members[0]];
         let b: Vec<&[u8]> = members.iter().map(|&k| bytes[k]).collect();
         let c: Vec<Option<&str>> = members.iter().map(|&k| ctxs[k]).collect();
-        let out = match target {
-            ColumnKey::Fixed(_) => encrypt_with(&b, key, &c, false),
-            ColumnKey::PerRow(_) => encrypt_per_row(&b, key, &c),
+        let out = match (&target, key) {
+            // KV: each row's secret at the row's place (as the protection trigger writes it).
+            (_, KeyRef::Kv(mount)) => {
+                let (schema, table) = crate::providers::kv::relation_names(leaf);
+                members
+                    .iter()
+                    .map(|&k| {
+                        let p = &picked[ok[k]];
+                        let identity: Vec<Option<&str>> = p.binds.iter().map(Option::as_deref).collect();
+                        crate::providers::kv::row_place(mount, &schema, &table, binding_id, &identity, Some(&p.value))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|places| crate::providers::kv::write(mount, &b, &c, &places))
+            }
+            (ColumnKey::Fixed(_), _) => encrypt_with(&b, key, &c, false),
+            (ColumnKey::PerRow(_), _) => encrypt_per_row(&b, key, &c),
         }
         .unwrap_or_else(|e| raise(e));
         for (&k, ct) in members.iter().zip(out) {

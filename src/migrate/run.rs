@@ -118,6 +118,10 @@ pub(crate) fn prepare(
             )
         })
         .unwrap_or_else(|e| spi_fail(e));
+        // A kv: target: the rows' secrets are destroyed with the rows from now on.
+        if matches!(target, ColumnKey::Fixed(credcrypt_core::KeyRef::Kv(_))) {
+            crate::protect::designations::ensure_kv_triggers(&t);
+        }
         // A blind index follows the column to the new key's root (the local key, or the Transit
         // key): a new index key version, which this run computes for every row.
         if let ColumnKey::Fixed(target) = &target {

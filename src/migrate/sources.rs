@@ -25,7 +25,8 @@ pub(crate) fn target_version(key: &ColumnKey) -> Result<String, Error> {
         KeyRef::Envelope(_) => Ok("any".into()),
         KeyRef::Local => crate::providers::local::with_keyring(|r| r.current_key().map(|k| k.id().to_hex())),
         KeyRef::Transit(name) => crate::providers::transit::latest_version(name).map(|v| v.to_string()),
-        KeyRef::Kv(_) => Err(crate::providers::kv_not_served()),
+        // A kv value keeps its KV version history where it is: any version is on target.
+        KeyRef::Kv(_) => Ok("any".into()),
     }
 }
 
@@ -37,6 +38,7 @@ pub(crate) fn needed(value: &str, target: &str, version: &str) -> bool {
             !(target.strip_prefix("transit:") == Some(key.as_str()) && (version == "any" || v.to_string() == version))
         }
         Source::Envelope { key, .. } => target.strip_prefix("envelope:") != Some(key.as_str()),
+        Source::Kv { mount, .. } => target.strip_prefix("kv:") != Some(mount.as_str()),
         // One-way hashes cannot be decrypted: they stay as they are (verify_credential checks
         // them) until the application rotates the credential.
         Source::Bcrypt { .. } => false,
@@ -307,7 +309,12 @@ pub(crate) fn plaintexts(
     let mut out: Vec<Decrypted> = picked.iter().map(|_| Err(Error::malformed("not processed"))).collect();
     // pg_credcrypt values: decrypted with the row's context, Transit ones in one batch per key.
     let cc1: Vec<usize> = (0..picked.len())
-        .filter(|&i| matches!(sources[i], Source::Local(_) | Source::Transit { .. } | Source::Envelope { .. }))
+        .filter(|&i| {
+            matches!(
+                sources[i],
+                Source::Local(_) | Source::Transit { .. } | Source::Envelope { .. } | Source::Kv { .. }
+            )
+        })
         .collect();
     if !cc1.is_empty() {
         let values: Vec<&str> = cc1.iter().map(|&i| picked[i].value.as_str()).collect();

@@ -151,8 +151,16 @@ pub(crate) fn protect(
         Some(k) => ColumnKey::parse(k).or_raise(),
         None => ColumnKey::Fixed(crate::providers::key_ref(None).or_raise()),
     };
-    if matches!(key, ColumnKey::Fixed(KeyRef::Kv(_))) {
-        crate::errors::raise(crate::providers::kv_not_served());
+    if matches!(key, ColumnKey::Fixed(KeyRef::Kv(_))) && !path.is_empty() {
+        crate::errors::raise(crate::providers::kv_not_served().with_detail(
+            "a key inside a jsonb column cannot be kept in OpenBao KV yet: protect a text column with kv:<mount>",
+        ));
+    }
+    if matches!(key, ColumnKey::Fixed(KeyRef::Kv(_))) && blind_index_column.is_some() {
+        crate::errors::raise(
+            crate::providers::kv_not_served()
+                .with_detail("a column whose secrets live in OpenBao KV has no blind index yet"),
+        );
     }
     if key == ColumnKey::Fixed(KeyRef::Local) {
         // Fail now rather than on the first INSERT.
@@ -345,8 +353,34 @@ pub(crate) fn protect(
             );
         });
     }
+    if matches!(key, ColumnKey::Fixed(KeyRef::Kv(_))) {
+        ensure_kv_triggers(&t);
+    }
     refuse_problems(&t);
     Protected { binding_id, key: key_text, trigger_created: has_trigger.is_none() }
+}
+
+/// The triggers of a table with a `kv:` designation (see `protect::trigger::fire_kv`): the
+/// KV secrets of deleted rows, and old paths of updated ones, are destroyed after COMMIT;
+/// TRUNCATE is refused. Kept while the table has protected columns (a migration away from
+/// `kv:` needs them until its last value has moved).
+pub(crate) fn ensure_kv_triggers(t: &Table) {
+    for (name, def) in [
+        ("zz_credcrypt_kv", "AFTER UPDATE OR DELETE ON {t} FOR EACH ROW"),
+        ("zz_credcrypt_kv_truncate", "BEFORE TRUNCATE ON {t} FOR EACH STATEMENT"),
+    ] {
+        let exists = get::<bool>(
+            "SELECT true FROM pg_catalog.pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) $1 \
+                AND tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name AND NOT tgisinternal",
+            &[t.oid.into(), name.into()],
+        );
+        if exists.is_none() {
+            let def = def.replace("{t}", &t.sql_name);
+            crate::postgres::scope::protecting(t.oid, || {
+                run(&format!("CREATE TRIGGER {name} {def} EXECUTE FUNCTION credcrypt.kv_trigger()"), &[]);
+            });
+        }
+    }
 }
 
 pub(crate) fn designations(t: &Table, only_column: Option<&str>) -> Vec<Desig> {
@@ -409,6 +443,8 @@ pub(crate) fn unprotect(tbl: pg_sys::Oid, col: &str, decrypt_existing: bool) -> 
     );
     if remaining.is_none() {
         run(&format!("DROP TRIGGER IF EXISTS {TRIGGER_NAME} ON {}", t.sql_name), &[]);
+        run(&format!("DROP TRIGGER IF EXISTS zz_credcrypt_kv ON {}", t.sql_name), &[]);
+        run(&format!("DROP TRIGGER IF EXISTS zz_credcrypt_kv_truncate ON {}", t.sql_name), &[]);
     }
     (i32::try_from(ds.len()).unwrap_or(i32::MAX), decrypted, remaining.is_none())
 }

@@ -41,7 +41,7 @@ use zeroize::Zeroizing;
 
 use super::catalog::{self, Designation};
 use super::designations::TRIGGER_NAME;
-use crate::providers::{decrypt_many, encrypt_many, encrypt_per_row, ColumnKey};
+use crate::providers::{decrypt_many, encrypt_many, encrypt_per_row, kv, ColumnKey};
 
 /// How many recently produced ciphertexts a backend remembers (for `ON CONFLICT DO UPDATE`).
 const RECENT: usize = 32;
@@ -267,9 +267,19 @@ enum Origin {
 fn produce(d: &Designation, key: &KeyRef, plain: &[u8], context: &str, origin: Origin) -> Result<Outcome, Error> {
     let (ct, statement) = encrypting(|statement| {
         let key = key_for(key, statement);
-        let mut v = match d.key {
-            ColumnKey::Fixed(_) => encrypt_many(&[plain], &key, &[Some(context)])?,
-            ColumnKey::PerRow(_) => encrypt_per_row(&[plain], &key, &[Some(context)])?,
+        let mut v = match (&d.key, key.as_ref()) {
+            (_, KeyRef::Kv(mount)) => {
+                let place = KV_ROW.with(|r| {
+                    r.borrow().as_ref().map(|r| {
+                        let identity: Vec<Option<&str>> = r.identity.iter().map(Option::as_deref).collect();
+                        kv::row_place(mount, &r.schema, &r.table, &d.binding_id, &identity, r.old.as_deref())
+                    })
+                });
+                let place = place.ok_or_else(|| Error::internal("a kv value without its row"))??;
+                kv::write(mount, &[plain], &[Some(context)], &[place])?
+            }
+            (ColumnKey::Fixed(_), _) => encrypt_many(&[plain], &key, &[Some(context)])?,
+            (ColumnKey::PerRow(_), _) => encrypt_per_row(&[plain], &key, &[Some(context)])?,
         };
         v.pop().ok_or_else(|| Error::malformed("empty answer")).map(|ct| (ct, statement))
     })?;
@@ -278,6 +288,20 @@ fn produce(d: &Designation, key: &KeyRef, plain: &[u8], context: &str, origin: O
         remember(statement, &ct, context, &derived);
     }
     Ok(Outcome::Store { value: Some(ct), derived })
+}
+
+/// For a `kv:` designation, where the row being written keeps its secret (set by [`fire`]
+/// around each such designation): the firing table's schema and name, the bind values (the
+/// row's identity) and the old row's value.
+struct KvRow {
+    schema: String,
+    table: String,
+    identity: Vec<Option<String>>,
+    old: Option<String>,
+}
+
+thread_local! {
+    static KV_ROW: std::cell::RefCell<Option<KvRow>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The mask and blind index of a plaintext of `d`.
@@ -318,6 +342,7 @@ enum Outcome {
 fn under_designated_key(key: &KeyRef, parsed: &Ciphertext<'_>) -> bool {
     match (key, parsed.provider) {
         (KeyRef::Local, Provider::Local) => true,
+        (KeyRef::Kv(m), Provider::Kv) => parsed.key_name == m,
         (KeyRef::Transit(n), Provider::Transit | Provider::Envelope) | (KeyRef::Envelope(n), Provider::Envelope) => {
             parsed.key_name == n
         }
@@ -693,8 +718,18 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         }
         if d.json_path.is_empty() {
             let old_arg = old.as_ref().map(|o| (o.text(d.attnum), &old_context as &dyn Fn() -> String));
-            let outcome =
-                protect_value(d, &key, new.text(d.attnum), old_arg, &context).map_err(|e| located(e, d, &table))?;
+            if matches!(key.as_ref(), KeyRef::Kv(_)) {
+                let row = KvRow {
+                    schema: t.table_schema().unwrap_or_default(),
+                    table: table(),
+                    identity: d.binds.iter().map(|&(n, f)| new.bind_text(n, f).map(str::to_owned)).collect(),
+                    old: old.as_ref().and_then(|o| o.text(d.attnum)).map(str::to_owned),
+                };
+                KV_ROW.with(|r| *r.borrow_mut() = Some(row));
+            }
+            let outcome = protect_value(d, &key, new.text(d.attnum), old_arg, &context);
+            KV_ROW.with(|r| *r.borrow_mut() = None);
+            let outcome = outcome.map_err(|e| located(e, d, &table))?;
             apply_derived(&mut repl, d, old, &outcome);
             if let Outcome::Store { value, .. } = outcome {
                 set(&mut repl, d.attnum, text_datum(value));
@@ -742,4 +777,51 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
         )
     };
     result(modified)
+}
+
+/// One firing of `credcrypt.kv_trigger()`, which `protect_column` installs beside the protection
+/// trigger on a table with a `kv:` designation: `zz_credcrypt_kv` AFTER UPDATE OR DELETE FOR
+/// EACH ROW asks the worker to destroy, once the transaction commits, every version of the KV
+/// secrets a row no longer references (a deleted row's; an updated row's old path when its value
+/// moved to another one: a migration to another key, a re-bound value, an upsert's new value);
+/// `zz_credcrypt_kv_truncate` BEFORE TRUNCATE refuses TRUNCATE, which fires no row trigger and
+/// would leave the secrets in OpenBao.
+pub(crate) fn fire_kv<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    let td = t.trigger_data();
+    let ev = td.tg_event;
+    if pgrx::trigger_fired_by_truncate(ev) {
+        return Err(refused(
+            format!("TRUNCATE of {} would leave its OpenBao KV secrets readable", t.table_name().unwrap_or_default()),
+            "DELETE FROM the table instead: the secrets of deleted rows are destroyed when the transaction commits.",
+        ));
+    }
+    let is_update = pgrx::trigger_fired_by_update(ev);
+    if pgrx::trigger_fired_before(ev)
+        || !pgrx::trigger_fired_for_row(ev)
+        || !(is_update || pgrx::trigger_fired_by_delete(ev))
+    {
+        return Err(TriggerError::Misattached);
+    }
+    // SAFETY: a firing row trigger has a valid relation and tuples.
+    let (rel, desc) = unsafe { (td.tg_relation, (*td.tg_relation).rd_att) };
+    // SAFETY: valid relation (above); the descriptor is the relation's own.
+    let cfg = unsafe { catalog::lookup((*rel).rd_id, desc) }?;
+    let old = Row { tuple: td.tg_trigtuple, desc };
+    let new = is_update.then_some(Row { tuple: td.tg_newtuple, desc });
+    let kv_of = |v: Option<&str>| {
+        let c = Ciphertext::parse(v?).ok()?;
+        Some((c.kv_mount()?.to_owned(), c.kv_path()?.to_owned()))
+    };
+    let mut targets: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for d in cfg.designations.iter().filter(|d| d.json_path.is_empty()) {
+        let Some((mount, path)) = kv_of(old.text(d.attnum)) else { continue };
+        let still = new.as_ref().and_then(|n| kv_of(n.text(d.attnum))).is_some_and(|(_, p)| p == path);
+        if !still {
+            targets.entry(mount).or_default().push(path);
+        }
+    }
+    for (mount, paths) in targets {
+        kv::forget(&mount, &paths)?;
+    }
+    Ok(None)
 }

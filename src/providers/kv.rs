@@ -72,27 +72,115 @@ fn database_name() -> String {
     }
 }
 
+/// Where a value is written: a path, and the version it is at (0 for a new path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KvPlace {
+    /// The KV path.
+    pub path: String,
+    /// Its current version, which the write must find (`cas`).
+    pub cas: u64,
+}
+
 /// Stores each plaintext as version 1 of a new KV secret under `mount`; returns the references.
 pub(crate) fn encrypt(mount: &str, plaintexts: &[&[u8]], contexts: &[Option<&str>]) -> Result<Vec<String>, Error> {
+    let prefix = gucs::kv_path_prefix();
+    let db = database_name();
+    let places = contexts
+        .iter()
+        .map(|_| {
+            let random = credcrypt_core::nonce::random_bytes::<16>()?;
+            Ok(KvPlace { path: kv_value_path(&prefix, &db, &random)?, cas: 0 })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    write(mount, plaintexts, contexts, &places)
+}
+
+/// Where the value of a protected column goes for a row: `<prefix>/<database>/<schema>.<table>/
+/// <binding id>/<identity>/<random>`; the old value's path when it is this designation's and
+/// this row's (a new version of it: the history is kept), a new one otherwise.
+pub(crate) fn row_place(
+    mount: &str,
+    schema: &str,
+    table: &str,
+    binding_id: &str,
+    identity: &[Option<&str>],
+    old: Option<&str>,
+) -> Result<KvPlace, Error> {
+    let random = credcrypt_core::nonce::random_bytes::<8>()?;
+    let fresh = credcrypt_core::kv::kv_row_path(
+        &gucs::kv_path_prefix(),
+        &database_name(),
+        schema,
+        table,
+        binding_id,
+        identity,
+        &random,
+    )?;
+    let stem = fresh.rsplit_once('/').map_or("", |(s, _)| s);
+    if let Some(old) = old.and_then(|o| Ciphertext::parse(o).ok()) {
+        if let (Some(m), Some(p), Some(v)) = (old.kv_mount(), old.kv_path(), old.kv_version()) {
+            if m == mount && p.rsplit_once('/').is_some_and(|(s, _)| s == stem) {
+                return Ok(KvPlace { path: p.to_owned(), cas: u64::from(v) });
+            }
+        }
+    }
+    Ok(KvPlace { path: fresh, cas: 0 })
+}
+
+/// The schema and name of relation `oid` (for a KV path; empty if it is gone).
+pub(crate) fn relation_names(oid: pg_sys::Oid) -> (String, String) {
+    // SAFETY: syscache lookups by OID; both return palloc'd copies or NULL.
+    unsafe {
+        let name = pg_sys::get_rel_name(oid);
+        let ns = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid));
+        let text = |p: *mut std::ffi::c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        (text(ns), text(name))
+    }
+}
+
+/// Asks the worker to destroy every version of each target once this (sub)transaction
+/// commits: a path, or [`binding_target`].
+pub(crate) fn forget(mount: &str, targets: &[String]) -> Result<(), Error> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let xid = durable_xid()?.to_string();
+    let items: Vec<ReqItem<'_>> =
+        targets.iter().map(|t| ReqItem { data: t.as_bytes(), context: Some(xid.as_bytes()) }).collect();
+    backend::call(Op::KvForget, mount, &items).map(|_| ())
+}
+
+/// The forget target of every secret of a protected column (its binding id) in this database.
+pub(crate) fn binding_target(binding_id: &str) -> Result<String, Error> {
+    Ok(format!("binding:{}:{binding_id}", database_dir()?))
+}
+
+/// Writes each plaintext at its place under `mount`; returns the references.
+pub(crate) fn write(
+    mount: &str,
+    plaintexts: &[&[u8]],
+    contexts: &[Option<&str>],
+    places: &[KvPlace],
+) -> Result<Vec<String>, Error> {
     if plaintexts.is_empty() {
         return Ok(Vec::new());
     }
     let xid = durable_xid()?;
-    let prefix = gucs::kv_path_prefix();
-    let db = database_name();
     let mut metas = Vec::with_capacity(plaintexts.len());
-    for c in contexts {
-        let random = credcrypt_core::nonce::random_bytes::<16>()?;
-        let path = kv_value_path(&prefix, &db, &random)?;
+    for (c, place) in contexts.iter().zip(places) {
+        let path = place.path.clone();
         let ctx = c.filter(|c| !c.is_empty());
         let binding = kv_binding(mount, &path, ctx.map(str::as_bytes));
-        metas.push((KvWriteMeta { xid, cas: 0, binding, path }.encode(), ctx.is_some()));
+        metas.push((KvWriteMeta { xid, cas: place.cas, binding, path }.encode(), ctx.is_some()));
     }
-    let items: Vec<ReqItem<'_>> = plaintexts
-        .iter()
-        .zip(&metas)
-        .map(|(p, (m, _))| ReqItem { data: p, context: Some(m.as_bytes()) })
-        .collect();
+    let items: Vec<ReqItem<'_>> =
+        plaintexts.iter().zip(&metas).map(|(p, (m, _))| ReqItem { data: p, context: Some(m.as_bytes()) }).collect();
     let answers = backend::call(Op::KvWrite, mount, &items)?;
     answers
         .into_iter()
@@ -127,19 +215,26 @@ pub(crate) fn decrypt(entries: &[KvEntry<'_>]) -> Result<Vec<(usize, Decrypted)>
         if !path.strip_prefix(dir.as_str()).is_some_and(|r| r.starts_with('/')) {
             out.push((
                 *i,
-                Err(Error::new(ErrorKind::InvalidArgument, "the kv reference is outside this database's KV path").with_detail(
-                    "pg_credcrypt reads only paths under credcrypt.kv_path_prefix and this database's name",
-                )),
+                Err(Error::new(ErrorKind::InvalidArgument, "the kv reference is outside this database's KV path")
+                    .with_detail(
+                        "pg_credcrypt reads only paths under credcrypt.kv_path_prefix and this database's name",
+                    )),
             ));
             continue;
         }
         match (parsed.has_context, ctx.is_some()) {
             (true, false) => {
-                out.push((*i, Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given"))));
+                out.push((
+                    *i,
+                    Err(Error::auth_failed().with_detail("the value is bound to a context, and none was given")),
+                ));
                 continue;
             }
             (false, true) => {
-                out.push((*i, Err(Error::auth_failed().with_detail("the value is bound to no context, and one was given"))));
+                out.push((
+                    *i,
+                    Err(Error::auth_failed().with_detail("the value is bound to no context, and one was given")),
+                ));
                 continue;
             }
             _ => {}
@@ -154,9 +249,11 @@ pub(crate) fn decrypt(entries: &[KvEntry<'_>]) -> Result<Vec<(usize, Decrypted)>
         for (k, ((i, _, _), a)) in reads.iter().zip(answers).enumerate() {
             let r = match a {
                 // The answers of a request did not fit one slot: read this one alone.
-                Err(f) if f.kind == FailKind::TooLarge => backend::call(Op::KvRead, mount, &items[k..=k])?
-                    .pop()
-                    .unwrap_or_else(|| Err(credcrypt_core::wire::Fail { kind: FailKind::Other, message: "no answer".into() })),
+                Err(f) if f.kind == FailKind::TooLarge => {
+                    backend::call(Op::KvRead, mount, &items[k..=k])?.pop().unwrap_or_else(|| {
+                        Err(credcrypt_core::wire::Fail { kind: FailKind::Other, message: "no answer".into() })
+                    })
+                }
                 a => a,
             };
             out.push((*i, r.map_err(|f| fail_to_error(&f))));

@@ -39,13 +39,20 @@ const FIELD_XID: &str = "pg_credcrypt_xid";
 /// Reads sent to OpenBao at once by one worker round.
 const READS_IN_FLIGHT: usize = 8;
 
-/// One write whose transaction has not been seen to end.
+/// One write whose transaction has not been seen to end (`version` > 0), or one destruction
+/// waiting for its transaction's commit (`version` 0; `path` a path or a `binding:` target).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     xid: u64,
     mount: String,
     version: u64,
     path: String,
+}
+
+impl Entry {
+    fn is_forget(&self) -> bool {
+        self.version == 0
+    }
 }
 
 /// The journal of pending writes (in memory, mirrored to disk on every change).
@@ -84,6 +91,16 @@ fn outcome(fxid: u64) -> Outcome {
     }
 }
 
+/// A forget target: a KV path, or `binding:<path>:<binding id>`.
+fn forget_target_ok(t: &str) -> bool {
+    match t.strip_prefix("binding:").and_then(|r| r.rsplit_once(':')) {
+        Some((dir, binding)) => {
+            credcrypt_core::format::valid_kv_path(dir) && credcrypt_core::column::is_binding_id(binding)
+        }
+        None => credcrypt_core::format::valid_kv_path(t),
+    }
+}
+
 fn fail(kind: FailKind, message: impl Into<String>) -> Fail {
     Fail { kind, message: message.into() }
 }
@@ -98,14 +115,16 @@ impl Journal {
             for line in text.lines().filter(|l| !l.is_empty()) {
                 let mut it = line.splitn(5, ' ');
                 let parsed = (|| {
-                    if it.next()? != "W" {
-                        return None;
-                    }
+                    let kind = it.next()?;
                     let xid = it.next()?.parse().ok()?;
                     let mount = it.next()?.to_owned();
-                    let version = it.next()?.parse().ok()?;
+                    let version: u64 = it.next()?.parse().ok()?;
                     let path = it.next()?.to_owned();
-                    Some(Entry { xid, mount, version, path })
+                    match kind {
+                        "W" if version > 0 => Some(Entry { xid, mount, version, path }),
+                        "D" if version == 0 => Some(Entry { xid, mount, version, path }),
+                        _ => None,
+                    }
                 })();
                 match parsed {
                     Some(e) => entries.push(e),
@@ -129,7 +148,8 @@ impl Journal {
         let tmp = self.file.with_extension("tmp");
         let mut text = String::new();
         for e in &self.entries {
-            text.push_str(&format!("W {} {} {} {}\n", e.xid, e.mount, e.version, e.path));
+            let kind = if e.is_forget() { 'D' } else { 'W' };
+            text.push_str(&format!("{kind} {} {} {} {}\n", e.xid, e.mount, e.version, e.path));
         }
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
@@ -156,7 +176,9 @@ impl Journal {
                 FailKind::Config,
                 format!("OpenBao mount {mount} is KV version {v}; the kv provider needs KV version 2"),
             )),
-            Ok(None) => Err(fail(FailKind::Config, format!("OpenBao has no KV mount {mount} (or the token may not use it)"))),
+            Ok(None) => {
+                Err(fail(FailKind::Config, format!("OpenBao has no KV mount {mount} (or the token may not use it)")))
+            }
             Err(e) => Err(super::transit::worker_fail_of(&e)),
         }
     }
@@ -210,19 +232,56 @@ impl Journal {
             let binding = Zeroizing::new(m.binding.clone());
             let xid = Zeroizing::new(m.xid.to_string());
             let fields = [(field, &value), (FIELD_BINDING, &binding), (FIELD_XID, &xid)];
-            match client.kv_write(mount, &m.path, &fields, m.cas) {
-                Ok(v) if v == m.cas + 1 => out.push(Ok(Zeroizing::new(v.to_string().into_bytes()))),
+            let mut written = client.kv_write(mount, &m.path, &fields, m.cas);
+            // A new version of an existing path (an UPDATE): the path may be past the version
+            // the row holds (a write of an aborted transaction, destroyed or not, still counts),
+            // so on a cas mismatch the write is journaled again at the current version and retried.
+            let mut tries = 0;
+            while m.cas > 0 && tries < 3 && matches!(&written, Err(e) if e.kind == openbao::ErrorKind::CasMismatch) {
+                tries += 1;
+                let current = match client.kv_metadata(mount, &m.path) {
+                    Ok(Some(md)) => md.current_version,
+                    Ok(None) => 0,
+                    Err(e) => {
+                        written = Err(e);
+                        break;
+                    }
+                };
+                self.entries.push(Entry {
+                    xid: m.xid,
+                    mount: mount.to_owned(),
+                    version: current + 1,
+                    path: m.path.clone(),
+                });
+                if let Err(f) = self.persist() {
+                    self.entries.pop();
+                    out.push(Err(f));
+                    written = Ok(0);
+                    break;
+                }
+                written = client.kv_write(mount, &m.path, &fields, current);
+            }
+            match written {
+                Ok(0) => {} // answered above
                 Ok(v) => {
-                    // Not the version cas promised: keep it journaled as what it is.
-                    if let Some(e) = self.entries.iter_mut().find(|e| e.xid == m.xid && e.path == m.path) {
-                        e.version = v;
+                    // Journaled under the version cas promised; keep it as what it is otherwise.
+                    if !self.entries.iter().any(|e| e.xid == m.xid && e.path == m.path && e.version == v) {
+                        self.entries.push(Entry {
+                            xid: m.xid,
+                            mount: mount.to_owned(),
+                            version: v,
+                            path: m.path.clone(),
+                        });
+                        let _ = self.persist();
                     }
                     out.push(Ok(Zeroizing::new(v.to_string().into_bytes())));
                 }
                 Err(e) => {
                     if matches!(
                         e.kind,
-                        openbao::ErrorKind::CasMismatch | openbao::ErrorKind::InvalidArgument | openbao::ErrorKind::MountNotFound
+                        openbao::ErrorKind::CasMismatch
+                            | openbao::ErrorKind::InvalidArgument
+                            | openbao::ErrorKind::MountNotFound
                     ) {
                         not_written.push((m.xid, m.path.clone()));
                     }
@@ -236,6 +295,59 @@ impl Journal {
             let _ = self.persist();
         }
         Ok(out)
+    }
+
+    /// Serves a `KvForget` request: journals each target under its transaction (the item's
+    /// context); the destruction happens when that transaction has committed.
+    pub(crate) fn forget(&mut self, mount: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Fail> {
+        let before = self.entries.len();
+        for it in items {
+            let target = std::str::from_utf8(it.data).ok().filter(|t| forget_target_ok(t));
+            let xid = it.context.and_then(|c| std::str::from_utf8(c).ok()).and_then(|x| x.parse::<u64>().ok());
+            let (Some(target), Some(xid)) = (target, xid) else {
+                self.entries.truncate(before);
+                return Err(fail(FailKind::InvalidInput, "a KV forget request is malformed"));
+            };
+            self.entries.push(Entry { xid, mount: mount.to_owned(), version: 0, path: target.to_owned() });
+        }
+        if let Err(f) = self.persist() {
+            self.entries.truncate(before);
+            return Err(f);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Destroys every version of a forget entry's target; false when it must be tried again.
+    fn destroy_target(client: &mut openbao::Client, e: &Entry) -> bool {
+        let paths = match e.path.strip_prefix("binding:").and_then(|r| r.rsplit_once(':')) {
+            None => vec![e.path.clone()],
+            Some((dir, binding)) => {
+                // Every <dir>/<table>/<binding>/… subtree.
+                let mut paths = Vec::new();
+                match client.kv_list(&e.mount, dir) {
+                    Ok(tables) => {
+                        for t in tables.iter().filter(|t| t.ends_with('/')) {
+                            let sub = format!("{dir}/{t}{binding}");
+                            match client.kv_list_recursive(&e.mount, &sub) {
+                                Ok(p) => paths.extend(p),
+                                Err(_) => return false,
+                            }
+                        }
+                    }
+                    Err(_) => return false,
+                }
+                paths
+            }
+        };
+        for p in paths {
+            if let Err(err) = client.kv_delete_all(&e.mount, &p) {
+                if err.kind != openbao::ErrorKind::MountNotFound {
+                    pgrx::log!("pg_credcrypt worker: KV destroy after commit failed (retrying): {err}");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Serves a `KvRead` request: reads every item concurrently, and answers a secret only when
@@ -272,7 +384,10 @@ impl Journal {
                     let expected = it.context.unwrap_or_default();
                     let stored = d.get(FIELD_BINDING).map(|b| b.as_bytes().to_vec()).unwrap_or_default();
                     if !constant_time_eq(&stored, expected) {
-                        Err(fail(FailKind::AuthenticationFailed, "the KV secret is bound to another row, path or context"))
+                        Err(fail(
+                            FailKind::AuthenticationFailed,
+                            "the KV secret is bound to another row, path or context",
+                        ))
                     } else if let Some(v) = d.get(FIELD_VALUE) {
                         Ok(Zeroizing::new(v.as_bytes().to_vec()))
                     } else if let Some(v) = d.get(FIELD_VALUE_B64) {
@@ -307,7 +422,13 @@ impl Journal {
         for e in std::mem::take(&mut self.entries) {
             match outcome(e.xid) {
                 Outcome::Running => keep.push(e),
+                Outcome::Committed if e.is_forget() => {
+                    if !Self::destroy_target(client, &e) {
+                        keep.push(e);
+                    }
+                }
                 Outcome::Committed => {}
+                Outcome::Aborted if e.is_forget() => {}
                 Outcome::Aborted => match client.kv_read(&e.mount, &e.path, e.version) {
                     Ok(openbao::KvValue::Data(d)) => {
                         let ours = d.get(FIELD_XID).is_some_and(|x| x == e.xid.to_string());

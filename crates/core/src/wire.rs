@@ -41,6 +41,11 @@ pub enum Op {
     /// Read each item (data: `<version>:<path>`, context: the expected binding, 64 hex digits)
     /// from the KV v2 mount named by the key; answers the secret, if the binding matches.
     KvRead = 10,
+    /// Destroy, once the (sub)transaction whose full id is each item's context commits, every
+    /// version of the KV secret at the item's data: a path, or `binding:<database dir>:<binding
+    /// id>` for every secret of a protected column (the subtrees `<database dir>/*/<binding id>`).
+    /// The worker journals each item and answers at once (no items).
+    KvForget = 11,
 }
 
 impl Op {
@@ -56,6 +61,7 @@ impl Op {
             8 => Op::DeleteKey,
             9 => Op::KvWrite,
             10 => Op::KvRead,
+            11 => Op::KvForget,
             _ => return None,
         })
     }

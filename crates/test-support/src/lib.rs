@@ -210,7 +210,7 @@ pub fn write_secret_file(path: &Path, content: &str) {
 }
 
 /// A non-dev OpenBao that survives restarts: raft storage, a static seal key (auto-unseal on
-/// every start) and `initialize` blocks that mount transit, create key `app`, the `credcrypt`
+/// every start) and `initialize` blocks that mount transit and KV version 2 at `secret/`, create key `app`, the `credcrypt`
 /// policy and an AppRole with fixed ids (`credcrypt-role` / `credcrypt-secret-0001`).
 pub struct PersistentBao {
     child: Option<Child>,
@@ -254,6 +254,11 @@ initialize "credcrypt" {{
     operation = "update"
     path = "sys/mounts/transit"
     data = {{ type = "transit" }}
+  }}
+  request "mount-kv" {{
+    operation = "update"
+    path = "sys/mounts/secret"
+    data = {{ type = "kv", options = {{ version = "2" }} }}
   }}
   request "key-app" {{
     operation = "update"

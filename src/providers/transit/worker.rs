@@ -286,8 +286,10 @@ impl Worker {
                 Ok(r) if matches!(r.op, Op::Encrypt | Op::Decrypt) => {
                     groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
                 }
-                Ok(r) if matches!(r.op, Op::KvWrite | Op::KvRead) => {
+                Ok(r) if matches!(r.op, Op::KvWrite | Op::KvRead | Op::KvForget) => {
                     answers[k] = match self.client.as_mut() {
+                        // Journaled even while OpenBao is unreachable: done once it is back.
+                        _ if r.op == Op::KvForget => self.kv.forget(r.key, &r.items),
                         Err(f) => Err(f.clone()),
                         Ok(client) if r.op == Op::KvWrite => self.kv.write(client, r.key, &r.items),
                         Ok(client) => self.kv.read(client, r.key, &r.items).map(fit_slot),
