@@ -676,7 +676,7 @@ BEGIN
                                                   AND credcrypt._xact_is_current(g.xmin))))
         LOOP
             FOR d IN SELECT column_name, json_path FROM credcrypt.protected_columns WHERE relid::oid = t LOOP
-                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND credcrypt._value_source(%s) !~ ''^(local|transit|envelope):'')',
+                EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s x WHERE %s IS NOT NULL AND credcrypt._value_source(%s) !~ ''^(local|transit|envelope|kv):'')',
                                part.rel::regclass,
                                CASE WHEN d.json_path = '{}' THEN format('x.%I', d.column_name)
                                     ELSE format('(x.%I #>> %L::text[])', d.column_name, d.json_path) END,

@@ -555,3 +555,39 @@ fn persistent_openbao_outage_keeps_the_journal_and_the_values() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// With bind columns that are not unique, a reference copied from another row passes the
+/// binding check; it must not make two rows share a path (a DELETE destroys its row's path):
+/// the secret is copied to the new row's own place. A rewrite of a kv table (ALTER COLUMN …
+/// TYPE) keeps its references, which count as encrypted.
+#[test]
+fn rows_never_share_a_kv_path() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS kv_dup CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_dup (id int, secret text);
+         SELECT credcrypt.protect_column('kv_dup', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         SELECT credcrypt.create_decrypted_view('kv_dup', 'kv_dup_plain');
+         GRANT SELECT, INSERT, DELETE ON kv_dup TO kv_app;",
+    )
+    .expect_ok();
+    c.psql("kv_app", "INSERT INTO kv_dup VALUES (1, 'sk-dup-first')").expect_ok();
+    let first = c.sql("SELECT secret FROM kv_dup");
+    c.psql("kv_app", &format!("INSERT INTO kv_dup VALUES (1, '{first}')")).expect_ok();
+    let paths = c.sql("SELECT count(DISTINCT split_part(secret, ':', 6)) FROM kv_dup");
+    assert_eq!(paths, "2", "two rows share a KV path");
+    c.psql("kv_app", &format!("DELETE FROM kv_dup WHERE secret <> '{first}'")).expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.sql("SELECT secret FROM kv_dup_plain"), "sk-dup-first");
+    c.psql("kv_owner", "DROP VIEW kv_dup_plain; ALTER TABLE kv_dup ALTER COLUMN id TYPE bigint").expect_ok();
+    assert_eq!(
+        c.sql(
+            "SELECT credcrypt.decrypt_credential(t.secret, credcrypt.column_context(p.binding_id, ARRAY[t.id::text]))
+               FROM kv_dup t, credcrypt.protected_columns p WHERE p.relid = 'kv_dup'::regclass"
+        ),
+        "sk-dup-first"
+    );
+    c.sql("DROP TABLE kv_dup CASCADE");
+}

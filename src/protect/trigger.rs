@@ -403,6 +403,13 @@ fn protect_value(
             ),
             _ => e,
         })?;
+        if parsed.provider == Provider::Kv {
+            // A kv reference names a path that some row owns, and a DELETE destroys the path its
+            // row references: two rows must never share one (with bind columns that are not
+            // unique, a copied reference would pass the binding check). The secret is copied to
+            // this row's own place.
+            return produce(d, key, &plain, context, Origin::StoredValue);
+        }
         return Ok(Outcome::KeepWithMask(derive(d, &plain)?));
     }
     produce(d, key, v.as_bytes(), context, Origin::Plaintext)

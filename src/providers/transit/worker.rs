@@ -279,6 +279,8 @@ impl Worker {
         let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
         // Group encrypt/decrypt requests by (op, key) so one Transit batch serves many backends.
         let mut groups: HashMap<(u8, String), Vec<usize>> = HashMap::new();
+        // KV reads of every backend, by mount: one concurrent pass serves them all.
+        let mut kv_reads: HashMap<String, Vec<usize>> = HashMap::new();
         let decoded: Vec<_> = requests.iter().map(|(_, raw)| wire::decode_request(raw)).collect();
         for (k, d) in decoded.iter().enumerate() {
             answers.push(Err(Fail { kind: FailKind::Other, message: "not processed".into() }));
@@ -286,13 +288,13 @@ impl Worker {
                 Ok(r) if matches!(r.op, Op::Encrypt | Op::Decrypt) => {
                     groups.entry((r.op as u8, r.key.to_owned())).or_default().push(k);
                 }
-                Ok(r) if matches!(r.op, Op::KvWrite | Op::KvRead | Op::KvForget) => {
+                Ok(r) if r.op == Op::KvRead => kv_reads.entry(r.key.to_owned()).or_default().push(k),
+                Ok(r) if matches!(r.op, Op::KvWrite | Op::KvForget) => {
                     answers[k] = match self.client.as_mut() {
                         // Journaled even while OpenBao is unreachable: done once it is back.
                         _ if r.op == Op::KvForget => self.kv.forget(r.key, &r.items),
                         Err(f) => Err(f.clone()),
-                        Ok(client) if r.op == Op::KvWrite => self.kv.write(client, r.key, &r.items),
-                        Ok(client) => self.kv.read(client, r.key, &r.items).map(fit_slot),
+                        Ok(client) => self.kv.write(client, r.key, &r.items),
                     };
                     q.stats.items.fetch_add(r.items.len() as u64, SeqCst);
                     if let Err(f) = &answers[k] {
@@ -310,6 +312,34 @@ impl Worker {
                 }
                 Ok(r) => answers[k] = self.admin(r.op, r.key, r.items.first().and_then(|it| it.context)),
                 Err(_) => answers[k] = Err(Fail { kind: FailKind::Other, message: "corrupt request".into() }),
+            }
+        }
+        for (mount, members) in kv_reads {
+            let mut items = Vec::new();
+            for &k in &members {
+                if let Ok(r) = &decoded[k] {
+                    items.extend(r.items.iter().cloned());
+                }
+            }
+            q.stats.items.fetch_add(items.len() as u64, SeqCst);
+            let result = match self.client.as_mut() {
+                Err(f) => Err(f.clone()),
+                Ok(client) => self.kv.read(client, &mount, &items),
+            };
+            match result {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for &k in &members {
+                        let n = decoded[k].as_ref().map_or(0, |r| r.items.len());
+                        answers[k] = Ok(fit_slot(results.by_ref().take(n).collect()));
+                    }
+                }
+                Err(f) => {
+                    self.note_error(&f);
+                    for &k in &members {
+                        answers[k] = Err(f.clone());
+                    }
+                }
             }
         }
         for ((op, key), members) in groups {
