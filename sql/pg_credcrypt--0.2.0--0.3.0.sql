@@ -255,6 +255,11 @@ DECLARE
     r regclass;
 BEGIN
     FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
+        -- The OpenBao KV secrets of a kv: designation go with it, once the transaction commits.
+        PERFORM credcrypt._kv_forget_binding(kv.binding_id, kv.key_name)
+           FROM credcrypt.protected_columns kv
+          WHERE kv.relid::oid = o.objid AND starts_with(kv.key_name, 'kv:')
+            AND (o.object_type = 'table' OR kv.column_attnum = o.objsubid);
         IF o.object_type = 'table' THEN
             DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid;
             DELETE FROM credcrypt.owner_rls WHERE relid::oid = o.objid;
@@ -702,18 +707,19 @@ $$;
 -- A foreign table cannot become a partition or child of a protected table (rows written
 -- through it are stored by another server without the protection trigger): the DDL check
 -- also runs for CREATE and ALTER FOREIGN TABLE, and _protection_problems reports kind foreign_table.
+-- It also runs for CREATE SCHEMA, whose embedded CREATE TABLE … INHERITS went unchecked.
 -- An event trigger's tags cannot be altered, so it is made again.
 
 DROP EVENT TRIGGER credcrypt_on_ddl_end;
 CREATE EVENT TRIGGER credcrypt_on_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA', 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE RULE', 'CREATE POLICY', 'ALTER POLICY')
     EXECUTE FUNCTION credcrypt._on_ddl_end();
 
 -- ---------------------------------------------------------------------------------------
 -- The OpenBao KV v2 provider for protected columns (kv:<mount>): the trigger function of the
 -- triggers protect_column adds beside the protection trigger (zz_credcrypt_kv after UPDATE or
 -- DELETE, zz_credcrypt_kv_truncate before TRUNCATE), and the destruction of a dropped
--- designation's secrets (credcrypt_on_sql_drop).
+-- designation's secrets (credcrypt_on_sql_drop, above).
 
 CREATE FUNCTION credcrypt."kv_trigger"()
 	RETURNS TRIGGER
@@ -728,60 +734,6 @@ STRICT VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'kv_forget_binding_wrapper';
-
-CREATE OR REPLACE FUNCTION credcrypt._on_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    o record;
-    p record;
-    r regclass;
-BEGIN
-    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type IN ('table', 'table column') LOOP
-        -- The OpenBao KV secrets of a kv: designation go with it, once the transaction commits.
-        PERFORM credcrypt._kv_forget_binding(kv.binding_id, kv.key_name)
-           FROM credcrypt.protected_columns kv
-          WHERE kv.relid::oid = o.objid AND starts_with(kv.key_name, 'kv:')
-            AND (o.object_type = 'table' OR kv.column_attnum = o.objsubid);
-        IF o.object_type = 'table' THEN
-            DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid;
-            DELETE FROM credcrypt.owner_rls WHERE relid::oid = o.objid;
-        ELSE
-            DELETE FROM credcrypt.protected_columns WHERE relid::oid = o.objid AND column_attnum = o.objsubid;
-            UPDATE credcrypt.protected_columns SET mask_column = NULL
-             WHERE relid::oid = o.objid AND mask_attnum = o.objsubid;
-            UPDATE credcrypt.protected_columns SET blind_index_column = NULL
-             WHERE relid::oid = o.objid AND blind_index_attnum = o.objsubid;
-            -- The last protected column is gone: so goes the trigger (it would refuse every write).
-            IF NOT EXISTS (SELECT FROM credcrypt.protected_columns WHERE relid::oid = o.objid)
-               AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = o.objid AND tgname = 'zz_credcrypt_protect') THEN
-                EXECUTE format('DROP TRIGGER zz_credcrypt_protect ON %s', o.objid::regclass);
-            END IF;
-        END IF;
-    END LOOP;
-    -- The protection trigger of a table that still has protected columns cannot be dropped.
-    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects()
-              WHERE object_type = 'trigger' AND address_names[3] = 'zz_credcrypt_protect' LOOP
-        r := to_regclass(format('%I.%I', o.address_names[1], o.address_names[2]));
-        IF r IS NOT NULL AND EXISTS (SELECT FROM credcrypt.protected_columns
-                                      WHERE relid = r OR relid = pg_partition_root(r)) THEN
-            RAISE EXCEPTION 'the protection trigger of % cannot be dropped while it has protected columns', r
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      DETAIL = 'without it, new values would be stored in plaintext',
-                      HINT = 'Use credcrypt.unprotect_column() for each protected column; it drops the trigger with the last one.';
-        END IF;
-    END LOOP;
-    FOR o IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table column' LOOP
-        SELECT * INTO p FROM credcrypt.protected_columns
-         WHERE relid::oid = o.objid AND o.objsubid = ANY (bind_attnums) LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'column % is a bind column of protected column %', o.object_identity, p.column_name
-                USING ERRCODE = 'dependent_objects_still_exist',
-                      DETAIL = 'the protected values are bound to this column''s values and could not be decrypted without it',
-                      HINT = 'Unprotect the protected column first (credcrypt.unprotect_column), or drop both columns in one statement.';
-        END IF;
-    END LOOP;
-END
-$$;
 
 -- ---------------------------------------------------------------------------------------
 -- Privileges (sql/grants.sql): deny by default, then the grants.

@@ -107,7 +107,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ErrorKind::Internal => (ERRCODE_INTERNAL_ERROR, "This is a bug in pg_credcrypt; please report it with the server log."),
         ErrorKind::KeyDestroyed => (
             ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            "The key was destroyed on purpose (credcrypt.shred_key; see credcrypt.erasures): the value can never be decrypted. Delete the row, or write a new value.",
+            "The key or secret was destroyed on purpose (credcrypt.shred_key, see credcrypt.erasures; or, for a kv: value, the row that owned it was deleted): the value can never be decrypted. Delete the row, or write a new value.",
         ),
     }
 }

@@ -293,9 +293,9 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"credcrypt.kv_path_prefix",
         c"KV path under which the kv:<mount> provider writes and reads secrets (then the database's name).",
-        c"One or more segments of [A-Za-z0-9_.=,~-] separated by '/'. Grant the worker's OpenBao token exactly <mount>/data/<prefix>/*. Superuser only.",
+        c"One or more segments of [A-Za-z0-9_.=,~-] separated by '/'. Grant the worker's OpenBao token exactly <mount>/data/<prefix>/*. In postgresql.conf (the worker and every backend must agree).",
         &KV_PATH_PREFIX,
-        GucContext::Suset,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

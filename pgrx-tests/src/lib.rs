@@ -225,6 +225,29 @@ impl Cluster {
         assert!(st.success(), "pg_ctl restart failed");
     }
 
+    /// Starts the server again after it was killed (crash recovery), retrying while the old
+    /// backends are still exiting; at most a minute.
+    pub fn start_after_crash(&self) {
+        let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = as_postgres(format!("{bin}/pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-l"])
+                .arg(&self.log)
+                .arg("start")
+                .stdout(Stdio::null())
+                .status()
+                .expect("pg_ctl");
+            if st.success() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the cluster did not start again");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// The server log so far.
     pub fn log_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()

@@ -702,6 +702,10 @@ fn foreign_tables_cannot_join_a_protected_table() {
         .expect_ok();
     refused("ALTER FOREIGN TABLE at_fp_loose INHERIT at_fp_flat");
     refused("CREATE FOREIGN TABLE at_fp_child () INHERITS (at_fp_flat) SERVER at_fp_srv");
+    // Sixth attack, F8: a CREATE TABLE … INHERITS embedded in CREATE SCHEMA is checked too.
+    c.sql("DROP SCHEMA IF EXISTS at_fp_s CASCADE; GRANT CREATE ON DATABASE postgres TO at_admin");
+    refused("CREATE SCHEMA at_fp_s CREATE TABLE child () INHERITS (public.at_fp_flat)");
+    c.sql("REVOKE CREATE ON DATABASE postgres FROM at_admin");
     assert_eq!(
         c.sql("SELECT count(*) FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid WHERE k.relkind = 'f' AND k.relname LIKE 'at_fp%'"),
         "0"

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use credcrypt_blackbox::bao::BaoEnv;
-use credcrypt_blackbox::{Cluster, Session};
+use credcrypt_blackbox::Session;
 use credcrypt_openbao as openbao;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -299,7 +299,7 @@ fn server_killed_during_a_write_storm_loses_nothing_and_leaves_no_orphan() {
     for w in writers {
         w.join().expect("writer");
     }
-    restart_after_crash(c);
+    c.start_after_crash();
     let ids = committed.lock().expect("ids").clone();
     let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     assert_eq!(
@@ -330,27 +330,6 @@ fn server_killed_during_a_write_storm_loses_nothing_and_leaves_no_orphan() {
         rows.len(),
         started.elapsed().as_millis()
     ));
-}
-
-fn restart_after_crash(c: &Cluster) {
-    let bin = std::env::var("CC_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = credcrypt_blackbox::as_postgres(format!("{bin}/pg_ctl"))
-            .arg("-D")
-            .arg(&c.data)
-            .args(["-w", "-l"])
-            .arg(&c.log)
-            .arg("start")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("pg_ctl");
-        if st.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not start again");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]
@@ -590,4 +569,129 @@ fn rows_never_share_a_kv_path() {
         "sk-dup-first"
     );
     c.sql("DROP TABLE kv_dup CASCADE");
+}
+
+/// `unprotect_column(…, decrypt_existing => true)` of a kv column writes the plaintext back
+/// and destroys the KV secrets once it commits (and not when it rolls back).
+#[test]
+fn unprotecting_a_kv_column_destroys_its_secrets_after_commit() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.sql("DROP TABLE IF EXISTS kv_unp CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_unp (id bigint PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('kv_unp', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         INSERT INTO kv_unp SELECT g, 'sk-unp-' || g FROM generate_series(1, 20) g;",
+    )
+    .expect_ok();
+    let binding = c.sql("SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'kv_unp'::regclass");
+    assert_eq!(readable_of_binding(&mut root, &binding).len(), 20);
+    c.psql(
+        "kv_owner",
+        "BEGIN; SELECT credcrypt.unprotect_column('kv_unp', 'secret', decrypt_existing => true); ROLLBACK;",
+    )
+    .expect_ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(readable_of_binding(&mut root, &binding).len(), 20, "a rolled-back unprotect destroyed secrets");
+    c.psql("kv_owner", "SELECT credcrypt.unprotect_column('kv_unp', 'secret', decrypt_existing => true)").expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM kv_unp WHERE secret = 'sk-unp-' || id"), "20");
+    within_bound("unprotected column's secrets destroyed", || readable_of_binding(&mut root, &binding).is_empty());
+    assert_eq!(c.sql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'kv_unp'::regclass"), "0");
+    c.sql("DROP TABLE kv_unp CASCADE");
+}
+
+/// Sixth attack: what a row's DELETE or UPDATE destroys is only its own designation's secret.
+/// F1: a table owner plants another table's reference (or a path outside the prefix) as an
+/// existing value of a kv column and deletes the row: nothing of the victim's is destroyed.
+/// F2: an UPDATE that moves a row to another partition keeps its secret. F3: a row deleted and
+/// inserted again with its stored value in one transaction keeps its secret.
+#[test]
+fn deletes_destroy_only_their_own_rows_secrets() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.sql("DROP TABLE IF EXISTS kv_victim, kv_evil, kv_parts, kv_saved CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_victim (id int PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('kv_victim', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         INSERT INTO kv_victim VALUES (1, 'sk-victim-SECRETMARKER');
+         SELECT credcrypt.create_decrypted_view('kv_victim', 'kv_victim_plain');",
+    )
+    .expect_ok();
+    let victim = c.sql("SELECT secret FROM kv_victim");
+    // A secret outside the prefix, which the worker's token could be allowed to destroy.
+    e.bao.must(&["kv", "put", "-mount=secret", "unrelated/app/db-password", "value=outside"]);
+    let outside = "cc1:kv:secret:1:n:unrelated/app/db-password";
+    c.psql(
+        "kv_owner",
+        &format!(
+            "CREATE TABLE kv_evil (id int PRIMARY KEY, c text);
+             INSERT INTO kv_evil VALUES (1, '{victim}'), (2, '{outside}');
+             SELECT credcrypt.protect_column('kv_evil', 'c', key_name => 'kv:secret', bind_columns => ARRAY['id'], existing_values => 'migrate');
+             DELETE FROM kv_evil;"
+        ),
+    )
+    .expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.sql("SELECT secret FROM kv_victim_plain"), "sk-victim-SECRETMARKER");
+    assert!(readable(&mut root, "unrelated/app/db-password", 1));
+    // F2: a move between partitions.
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_parts (id int, region text, secret text) PARTITION BY LIST (region);
+         CREATE TABLE kv_parts_eu PARTITION OF kv_parts FOR VALUES IN ('eu');
+         CREATE TABLE kv_parts_us PARTITION OF kv_parts FOR VALUES IN ('us');
+         SELECT credcrypt.protect_column('kv_parts', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         SELECT credcrypt.create_decrypted_view('kv_parts', 'kv_parts_plain');
+         GRANT SELECT, INSERT, UPDATE, DELETE ON kv_parts TO kv_app;",
+    )
+    .expect_ok();
+    c.psql("kv_app", "INSERT INTO kv_parts VALUES (2, 'us', 'sk-moving')").expect_ok();
+    c.psql("kv_app", "UPDATE kv_parts SET region = 'eu' WHERE id = 2").expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.sql("SELECT region || ':' || secret FROM kv_parts_plain"), "eu:sk-moving");
+    // F3: delete and insert again, with the stored value, in one transaction.
+    c.psql(
+        "kv_app",
+        "BEGIN; CREATE TEMP TABLE kv_saved AS SELECT * FROM kv_parts; DELETE FROM kv_parts;
+         INSERT INTO kv_parts SELECT * FROM kv_saved; COMMIT;",
+    )
+    .expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.sql("SELECT region || ':' || secret FROM kv_parts_plain"), "eu:sk-moving");
+    c.sql("DROP TABLE kv_victim, kv_evil, kv_parts CASCADE");
+}
+
+/// Sixth attack, F7: a large rollback leaves thousands of versions to destroy; the worker does
+/// that a bounded amount at a time and keeps answering every other request meanwhile.
+#[test]
+fn a_large_rollback_does_not_stall_the_worker() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.psql(
+        "kv_app",
+        "BEGIN;
+         SELECT cardinality(credcrypt.encrypt_credentials((SELECT array_agg('sk-bulk-' || g) FROM generate_series(1, 3000) g), 'kv:secret'));
+         ROLLBACK;",
+    )
+    .expect_ok();
+    // While the worker destroys 3,000 versions (two OpenBao calls each), a Transit call and a kv
+    // write still get their answer within a 3 s request timeout.
+    for _ in 0..3 {
+        c.psql(
+            "kv_app",
+            "SET credcrypt.request_timeout_ms = 3000; SELECT credcrypt.encrypt_credential('probe', 'transit:app'); SELECT credcrypt.encrypt_credential('probe', 'kv:secret');",
+        )
+        .expect_ok();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while readable_versions(&mut root).iter().filter(|(p, _)| p.contains("/values/")).count() > 3 {
+        assert!(Instant::now() < deadline, "the rolled-back versions were not destroyed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -96,7 +96,7 @@ fn decrypt_credential_bytea(
 ///
 /// A bcrypt hash (`$2a$`, `$2b$`, `$2y$`) that an application stored before adopting
 /// pg_credcrypt is checked as a bcrypt hash (the context does not apply to it): such rows keep
-/// verifying until the application rotates the credential. Costs above 16 are refused (54000).
+/// verifying until the application rotates the credential. Costs above 14 are refused (54000).
 #[pg_extern(stable, parallel_safe)]
 fn verify_credential(
     ciphertext: Option<&str>,

@@ -822,6 +822,9 @@ pub(crate) fn fire_kv<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a,
     let mut targets: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for d in cfg.designations.iter().filter(|d| d.json_path.is_empty()) {
         let Some((mount, path)) = kv_of(old.text(d.attnum)) else { continue };
+        if !kv::path_of_designation(&path, &d.binding_id) {
+            continue;
+        }
         let still = new.as_ref().and_then(|n| kv_of(n.text(d.attnum))).is_some_and(|(_, p)| p == path);
         if !still {
             targets.entry(mount).or_default().push(path);

@@ -156,6 +156,19 @@ pub(crate) fn forget(mount: &str, targets: &[String]) -> Result<(), Error> {
     backend::call(Op::KvForget, mount, &items).map(|_| ())
 }
 
+/// Whether `path` is one the protection trigger writes for designation `binding_id` in this
+/// database (`<prefix>/<database>/<table segment>/<binding id>/…`): the only paths a row's
+/// DELETE or UPDATE may destroy. A reference that names anything else (planted with
+/// `existing_values => 'migrate'`, or written past the trigger) is never destroyed through it.
+pub(crate) fn path_of_designation(path: &str, binding_id: &str) -> bool {
+    let Ok(dir) = database_dir() else { return false };
+    path.strip_prefix(dir.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(_, rest)| rest.strip_prefix(binding_id))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// The forget target of every secret of a protected column (its binding id) in this database.
 pub(crate) fn binding_target(binding_id: &str) -> Result<String, Error> {
     Ok(format!("binding:{}:{binding_id}", database_dir()?))

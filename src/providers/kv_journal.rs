@@ -61,6 +61,24 @@ pub(crate) struct Journal {
     entries: Vec<Entry>,
     /// KV v2 mounts checked to exist (positive answers only).
     mounts: std::collections::HashSet<String>,
+    /// Whether the last resolution left work for the next round (it does at most
+    /// [`WORK_PER_ROUND`] OpenBao calls, so that requests are served in between).
+    backlog: bool,
+}
+
+/// Journal entries a resolution round may spend OpenBao calls on.
+const WORK_PER_ROUND: usize = 64;
+
+/// Whether an OpenBao failure may go away by itself (retry later) rather than be final (a
+/// policy that forbids the call, a refused request: logged once and given up).
+fn transient(e: &openbao::Error) -> bool {
+    matches!(e.kind, openbao::ErrorKind::Unavailable | openbao::ErrorKind::Sealed)
+}
+
+/// Whether a KV path is under `credcrypt.kv_path_prefix` (the worker's own check, beside the
+/// backends': it never writes, reads or destroys anything else).
+fn within_prefix(path: &str) -> bool {
+    path.strip_prefix(crate::gucs::kv_path_prefix().as_str()).is_some_and(|r| r.starts_with('/'))
 }
 
 /// What the commit log says about a transaction.
@@ -132,12 +150,33 @@ impl Journal {
                 }
             }
         }
-        Journal { file, entries, mounts: Default::default() }
+        Journal { file, entries, mounts: Default::default(), backlog: false }
     }
 
     /// Whether writes wait for their transaction's end.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether the last resolution round left work it could do now.
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.backlog
+    }
+
+    /// Appends entries to the journal file and fsyncs it (the usual change: O(1) per entry).
+    fn append(&self, new: &[Entry]) -> Result<(), Fail> {
+        let io = |e: std::io::Error| fail(FailKind::Other, format!("cannot write the KV journal: {}", e.kind()));
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut text = String::new();
+        for e in new {
+            let kind = if e.is_forget() { 'D' } else { 'W' };
+            text.push_str(&format!("{kind} {} {} {} {}\n", e.xid, e.mount, e.version, e.path));
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&self.file).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
     }
 
     /// Writes the journal to disk: a temporary file, fsync, rename, fsync of the directory.
@@ -195,15 +234,21 @@ impl Journal {
         let metas: Vec<Result<KvWriteMeta, Fail>> = items
             .iter()
             .map(|it| {
-                KvWriteMeta::decode(it.context.unwrap_or_default())
-                    .map_err(|_| fail(FailKind::InvalidInput, "a KV write request is malformed"))
+                KvWriteMeta::decode(it.context.unwrap_or_default()).ok().filter(|m| within_prefix(&m.path)).ok_or_else(
+                    || {
+                        fail(
+                            FailKind::InvalidInput,
+                            "a KV write request is malformed or outside credcrypt.kv_path_prefix",
+                        )
+                    },
+                )
             })
             .collect();
         let before = self.entries.len();
         for m in metas.iter().flatten() {
             self.entries.push(Entry { xid: m.xid, mount: mount.to_owned(), version: m.cas + 1, path: m.path.clone() });
         }
-        if let Err(f) = self.persist() {
+        if let Err(f) = self.append(&self.entries[before..]) {
             self.entries.truncate(before);
             return Err(f);
         }
@@ -253,7 +298,7 @@ impl Journal {
                     version: current + 1,
                     path: m.path.clone(),
                 });
-                if let Err(f) = self.persist() {
+                if let Err(f) = self.append(&self.entries[self.entries.len() - 1..]) {
                     self.entries.pop();
                     out.push(Err(f));
                     written = Ok(0);
@@ -272,7 +317,7 @@ impl Journal {
                             version: v,
                             path: m.path.clone(),
                         });
-                        let _ = self.persist();
+                        let _ = self.append(&self.entries[self.entries.len() - 1..]);
                     }
                     out.push(Ok(Zeroizing::new(v.to_string().into_bytes())));
                 }
@@ -302,7 +347,9 @@ impl Journal {
     pub(crate) fn forget(&mut self, mount: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Fail> {
         let before = self.entries.len();
         for it in items {
-            let target = std::str::from_utf8(it.data).ok().filter(|t| forget_target_ok(t));
+            let target = std::str::from_utf8(it.data).ok().filter(|t| forget_target_ok(t)).filter(|t| {
+                within_prefix(t.strip_prefix("binding:").and_then(|r| r.rsplit_once(':')).map_or(t, |(dir, _)| dir))
+            });
             let xid = it.context.and_then(|c| std::str::from_utf8(c).ok()).and_then(|x| x.parse::<u64>().ok());
             let (Some(target), Some(xid)) = (target, xid) else {
                 self.entries.truncate(before);
@@ -310,15 +357,20 @@ impl Journal {
             };
             self.entries.push(Entry { xid, mount: mount.to_owned(), version: 0, path: target.to_owned() });
         }
-        if let Err(f) = self.persist() {
+        if let Err(f) = self.append(&self.entries[before..]) {
             self.entries.truncate(before);
             return Err(f);
         }
         Ok(Vec::new())
     }
 
-    /// Destroys every version of a forget entry's target; false when it must be tried again.
+    /// Destroys every version of a forget entry's target; false when it must be tried again
+    /// (OpenBao unreachable or sealed). A final refusal is logged and given up.
     fn destroy_target(client: &mut openbao::Client, e: &Entry) -> bool {
+        let give_up = |err: &openbao::Error| {
+            pgrx::log!("pg_credcrypt worker: KV destroy after commit refused, given up: {err}");
+            true
+        };
         let paths = match e.path.strip_prefix("binding:").and_then(|r| r.rsplit_once(':')) {
             None => vec![e.path.clone()],
             Some((dir, binding)) => {
@@ -330,21 +382,22 @@ impl Journal {
                             let sub = format!("{dir}/{t}{binding}");
                             match client.kv_list_recursive(&e.mount, &sub) {
                                 Ok(p) => paths.extend(p),
-                                Err(_) => return false,
+                                Err(err) if transient(&err) => return false,
+                                Err(err) => return give_up(&err),
                             }
                         }
                     }
-                    Err(_) => return false,
+                    Err(err) if transient(&err) => return false,
+                    Err(err) => return give_up(&err),
                 }
                 paths
             }
         };
         for p in paths {
-            if let Err(err) = client.kv_delete_all(&e.mount, &p) {
-                if err.kind != openbao::ErrorKind::MountNotFound {
-                    pgrx::log!("pg_credcrypt worker: KV destroy after commit failed (retrying): {err}");
-                    return false;
-                }
+            match client.kv_delete_all(&e.mount, &p) {
+                Ok(()) => {}
+                Err(err) if transient(&err) => return false,
+                Err(err) => return give_up(&err),
             }
         }
         true
@@ -365,7 +418,8 @@ impl Journal {
             let p = std::str::from_utf8(it.data)
                 .ok()
                 .and_then(|s| s.split_once(':'))
-                .and_then(|(v, p)| Some((v.parse::<u64>().ok().filter(|&v| v > 0)?, p.to_owned())));
+                .and_then(|(v, p)| Some((v.parse::<u64>().ok().filter(|&v| v > 0)?, p.to_owned())))
+                .filter(|(_, p)| within_prefix(p));
             if let Some((v, p)) = &p {
                 reqs.push((mount.to_owned(), p.clone(), *v));
             }
@@ -419,32 +473,62 @@ impl Journal {
         }
         let before = self.entries.len();
         let mut keep = Vec::with_capacity(self.entries.len());
+        // OpenBao calls this round: bounded, so that a large rollback or DELETE does not hold
+        // every other request up (the rest waits for the next round, soon after).
+        let mut budget = WORK_PER_ROUND;
+        let mut unavailable = false;
+        self.backlog = false;
         for e in std::mem::take(&mut self.entries) {
-            match outcome(e.xid) {
+            let o = outcome(e.xid);
+            let needs_call = match o {
+                Outcome::Running => false,
+                Outcome::Committed => e.is_forget(),
+                Outcome::Aborted => !e.is_forget(),
+            };
+            if needs_call && (budget == 0 || unavailable) {
+                self.backlog |= !unavailable;
+                keep.push(e);
+                continue;
+            }
+            match o {
                 Outcome::Running => keep.push(e),
                 Outcome::Committed if e.is_forget() => {
+                    budget -= 1;
                     if !Self::destroy_target(client, &e) {
+                        unavailable = true;
                         keep.push(e);
                     }
                 }
                 Outcome::Committed => {}
                 Outcome::Aborted if e.is_forget() => {}
-                Outcome::Aborted => match client.kv_read(&e.mount, &e.path, e.version) {
-                    Ok(openbao::KvValue::Data(d)) => {
-                        let ours = d.get(FIELD_XID).is_some_and(|x| x == e.xid.to_string());
-                        if ours {
-                            if let Err(err) = client.kv_destroy_versions(&e.mount, &e.path, &[e.version]) {
-                                pgrx::log!("pg_credcrypt worker: KV destroy after abort failed (retrying): {err}");
-                                keep.push(e);
+                Outcome::Aborted => {
+                    budget -= 1;
+                    match client.kv_read(&e.mount, &e.path, e.version) {
+                        Ok(openbao::KvValue::Data(d)) => {
+                            let ours = d.get(FIELD_XID).is_some_and(|x| x == e.xid.to_string());
+                            if ours {
+                                match client.kv_destroy_versions(&e.mount, &e.path, &[e.version]) {
+                                    Ok(()) => {}
+                                    Err(err) if transient(&err) => {
+                                        unavailable = true;
+                                        keep.push(e);
+                                    }
+                                    Err(err) => {
+                                        pgrx::log!(
+                                            "pg_credcrypt worker: KV destroy after abort refused, given up: {err}"
+                                        );
+                                    }
+                                }
                             }
                         }
+                        Ok(_) => {}
+                        Err(err) if transient(&err) => {
+                            unavailable = true;
+                            keep.push(e);
+                        }
+                        Err(err) => pgrx::log!("pg_credcrypt worker: KV read after abort refused, given up: {err}"),
                     }
-                    Ok(_) => {}
-                    Err(err) if err.kind == openbao::ErrorKind::MountNotFound => {
-                        pgrx::log!("pg_credcrypt worker: KV mount {} is gone; forgetting its journal entry", e.mount);
-                    }
-                    Err(_) => keep.push(e),
-                },
+                }
             }
         }
         self.entries = keep;

@@ -40,6 +40,7 @@ pub fn fail_to_error(f: &Fail) -> Error {
             "ciphertext authentication failed: the value was tampered with, or the key or context is wrong".to_owned()
         }
         ErrorKind::KeyDestroyed => format!("OpenBao KV: {}", f.message),
+        _ if f.message.starts_with("OpenBao") => f.message.clone(),
         _ => format!("OpenBao Transit: {}", f.message),
     };
     Error::new(kind, message)

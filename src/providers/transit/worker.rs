@@ -220,7 +220,13 @@ impl Worker {
 
     fn sleep_for(&self) -> Duration {
         // Pending KV writes are resolved at least four times a second.
-        let cap = if self.kv.is_empty() { Duration::from_secs(1) } else { Duration::from_millis(250) };
+        let cap = if self.kv.has_backlog() {
+            Duration::from_millis(5)
+        } else if self.kv.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250)
+        };
         match &self.client {
             Ok(c) => c.next_maintenance().map_or(cap, |t| t.saturating_duration_since(Instant::now()).min(cap)),
             Err(_) => cap,
