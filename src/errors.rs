@@ -21,7 +21,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::UnsupportedProvider => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
-            "Use a key reference of a provider this build serves: 'local' or 'transit:<name>'.",
+            "Use a key reference this build serves there: 'local', 'transit:<name>', 'envelope:<name>' or (text columns and values) 'kv:<mount>'.",
         ),
         ErrorKind::AuthenticationFailed => (
             ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
@@ -45,7 +45,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::InvalidKeyRef => (
             ERRCODE_INVALID_PARAMETER_VALUE,
-            "Use 'local' or 'transit:<key name>', or NULL for credcrypt.default_key.",
+            "Use 'local', 'transit:<key name>', 'envelope:<key name>' or 'kv:<mount>', or NULL for credcrypt.default_key.",
         ),
         ErrorKind::NotUtf8 => (
             ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
@@ -70,7 +70,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::ProviderDenied => (
             ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            "Check the worker's token (credcrypt.bao_token_file) or AppRole (credcrypt.bao_role_id, credcrypt.bao_secret_id_file) and that its policy allows update on transit/encrypt/<key> and transit/decrypt/<key>.",
+            "Check the worker's token (credcrypt.bao_token_file) or AppRole (credcrypt.bao_role_id, credcrypt.bao_secret_id_file) and its policy: update on transit/encrypt/<key> and transit/decrypt/<key>; for kv:<mount>, the three paths of docs/openbao.md.",
         ),
         ErrorKind::TransitKeyNotFound => (
             ERRCODE_UNDEFINED_OBJECT,
@@ -82,7 +82,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::ProviderNotConfigured => (
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "Set credcrypt.bao_addr and either credcrypt.bao_token_file or credcrypt.bao_role_id + credcrypt.bao_secret_id_file in postgresql.conf, then SELECT pg_reload_conf().",
+            "Set credcrypt.bao_addr and either credcrypt.bao_token_file or credcrypt.bao_role_id + credcrypt.bao_secret_id_file in postgresql.conf, then SELECT pg_reload_conf(); for kv:<mount>, the mount must be a KV version 2 engine the token may use (docs/openbao.md).",
         ),
         ErrorKind::CatalogMismatch => (
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -94,7 +94,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::ProviderRejected => (
             ERRCODE_INVALID_PARAMETER_VALUE,
-            "OpenBao refused the request itself (not an outage, so no fallback applies): check the key name and credcrypt.transit_mount.",
+            "OpenBao refused the request itself (not an outage, so no fallback applies): check the key name and credcrypt.transit_mount (for kv:<mount>, the mount and its policy).",
         ),
         ErrorKind::ProviderProtocol => (
             ERRCODE_PROTOCOL_VIOLATION,

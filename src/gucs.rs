@@ -144,7 +144,7 @@ unsafe extern "C-unwind" fn show_hidden_key() -> *const std::ffi::c_char {
 pub fn init() {
     GucRegistry::define_string_guc(
         c"credcrypt.default_key",
-        c"Key reference used when a function is called without one ('local' or 'transit:<name>').",
+        c"Key reference used when a function is called without one ('local', 'transit:<name>', 'envelope:<name>' or 'kv:<mount>').",
         c"Any role may change it for its session.",
         &DEFAULT_KEY,
         GucContext::Userset,
@@ -293,7 +293,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"credcrypt.kv_path_prefix",
         c"KV path under which the kv:<mount> provider writes and reads secrets (then the database's name).",
-        c"One or more segments of [A-Za-z0-9_.=,~-] separated by '/'. Grant the worker's OpenBao token exactly <mount>/data/<prefix>/*. In postgresql.conf (the worker and every backend must agree).",
+        c"One or more segments of [A-Za-z0-9_.=,~-] separated by '/'. Grant the worker's OpenBao token exactly the three paths of docs/openbao.md (data, metadata and destroy under the prefix). In postgresql.conf (the worker and every backend must agree).",
         &KV_PATH_PREFIX,
         GucContext::Sighup,
         GucFlags::default(),

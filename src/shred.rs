@@ -35,7 +35,7 @@ fn transit_name(key_name: &str) -> String {
         KeyRef::Transit(n) | KeyRef::Envelope(n) => n,
         KeyRef::Local | KeyRef::Kv(_) => fail(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            "the local key cannot be shredded",
+            "only a Transit key can be shredded",
             None,
             "shred_key destroys an OpenBao Transit key: pass 'envelope:<name>' or 'transit:<name>' (a tenant's per-row key).",
         ),

@@ -225,6 +225,15 @@ impl Cluster {
         assert!(st.success(), "pg_ctl restart failed");
     }
 
+    /// Kills the whole server at once (kill -9 of the postmaster and every child), as a machine
+    /// crash would: backends would otherwise go on until they notice the postmaster is gone.
+    pub fn kill_server(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+        let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+        assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    }
+
     /// Starts the server again after it was killed (crash recovery), retrying while the old
     /// backends are still exiting; at most a minute.
     pub fn start_after_crash(&self) {

@@ -592,9 +592,18 @@ fn kv_references_fail_closed_where_the_kv_provider_is_not_served() {
     c.psql(
         "mg_owner",
         "SELECT credcrypt.protect_column('mg_kv', 'secret', key_name => 'local', bind_columns => ARRAY['id']);
+         SELECT credcrypt.protect_column('mg_kv', 'doc', key_name => 'local', json_path => ARRAY['token'], bind_columns => ARRAY['id']);
          GRANT SELECT, INSERT ON mg_kv TO mg_app;",
     )
     .expect_ok();
+    // Nor can a migration move a jsonb key to kv (its writes would have no row place).
+    c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_kv', 'doc', 'kv:secret')").expect_error("0A000");
+    assert_eq!(
+        c.sql(
+            "SELECT key_name FROM credcrypt.protected_columns WHERE relid = 'mg_kv'::regclass AND column_name = 'doc'"
+        ),
+        "local"
+    );
     // A kv reference written into a local column is not taken as encrypted.
     c.psql("mg_app", &format!("INSERT INTO mg_kv (id, secret) VALUES (1, '{kv_value}')")).expect_error("22023");
     c.psql("mg_app", "INSERT INTO mg_kv (id, secret) VALUES (2, 'sk-2')").expect_ok();

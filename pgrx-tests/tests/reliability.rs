@@ -220,12 +220,7 @@ fn postmaster_killed_during_inserts_and_a_migration_loses_nothing() {
         assert!(Instant::now() < deadline, "the migration made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = std::fs::read_to_string(c.data.join("postmaster.pid")).expect("postmaster.pid");
-    let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
-    // The whole server at once (postmaster and every backend), as a machine crash would:
-    // backends would otherwise go on until they notice the postmaster is gone.
-    let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
-    assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    c.kill_server();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     writer.join().expect("writer");

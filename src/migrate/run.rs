@@ -82,6 +82,15 @@ pub(crate) fn prepare(
     }
     let source_key = designation(&bindings[0]).key;
     let target = ColumnKey::parse(target_key.unwrap_or(&source_key)).or_raise();
+    if matches!(target, ColumnKey::Fixed(credcrypt_core::KeyRef::Kv(_))) {
+        // What protect_column refuses for kv: a key inside a jsonb column, a blind index.
+        for binding in &bindings {
+            let d = designation(binding);
+            if !d.path.is_empty() || d.blind.is_some() {
+                crate::errors::raise(crate::providers::kv_not_served());
+            }
+        }
+    }
     if let ColumnKey::PerRow(t) = &target {
         // The column that chooses each row's key must be bound into its values, and a blind
         // index would outlive the destruction of a tenant's key.

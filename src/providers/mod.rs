@@ -183,11 +183,11 @@ pub(crate) fn destroyed_or(name: &str, e: Error) -> Error {
     }
 }
 
-/// The error for a `kv:<mount>` key reference where this build does not serve it yet: as the
-/// key of a protected column, a blind index's root, a migration target (docs/format.md).
+/// The error for a `kv:<mount>` key reference where this build does not serve it yet: a key
+/// inside a jsonb column, a blind index's root (docs/openbao.md).
 pub(crate) fn kv_not_served() -> Error {
     Error::new(ErrorKind::UnsupportedProvider, "the OpenBao KV provider (kv:<mount>) cannot be used here yet")
-        .with_detail("kv:<mount> works with encrypt_credential(s), decrypt_credential(s) and verify_credential; protected columns, blind indexes and migrations take 'local', 'transit:<name>' or 'envelope:<name>'")
+        .with_detail("kv:<mount> serves values and protected text columns; not (yet) a key inside a jsonb column, a blind index or a per-row key")
 }
 
 /// Whether a Transit failure may fall back to the local key (OpenBao unreachable only).

@@ -237,7 +237,7 @@ pub const MAX_VALUE: usize = 64 * 1024;
 /// The largest item a request may carry: a plaintext for encrypt, a ciphertext for decrypt.
 fn max_item(op: Op) -> usize {
     match op {
-        Op::Encrypt => MAX_VALUE,
+        Op::Encrypt | Op::KvWrite => MAX_VALUE,
         _ => (MAX_VALUE + 28).div_ceil(3) * 4 + 64,
     }
 }
@@ -255,8 +255,11 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
         while end < items.len() {
             let it = &items[end];
             if it.data.len() > max_item(op) || it.context.map_or(0, <[u8]>::len) > 16 * 1024 {
-                return Err(Error::new(ErrorKind::TooLarge, "value is too large for the Transit provider")
-                    .with_detail(format!("the limit is {MAX_VALUE} bytes per value and 16384 bytes of context")));
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    "value is too large for the OpenBao providers (Transit, KV)",
+                )
+                .with_detail(format!("the limit is {MAX_VALUE} bytes per value and 16384 bytes of context")));
             }
             let r = 9 + it.data.len() + it.context.map_or(0, <[u8]>::len);
             let a = 9 + answer_len(op, it);
