@@ -190,13 +190,13 @@ COMMENT ON TABLE credcrypt.key_usage_snapshot IS
 -- and credcrypt_encryptor — and the decryption is audited like any other.
 CREATE FUNCTION credcrypt.reencrypt_credential(ciphertext text, context text DEFAULT NULL, target_key text DEFAULT NULL)
 RETURNS text
-LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 RETURN credcrypt.encrypt_credential(credcrypt.decrypt_credential(ciphertext, context), target_key, context);
 COMMENT ON FUNCTION credcrypt.reencrypt_credential(text, text, text) IS
     'pg_credcrypt: decrypt a value and encrypt it again with target_key (same context); needs credcrypt_decryptor and credcrypt_encryptor';
 CREATE FUNCTION credcrypt.reencrypt_credentials(ciphertexts text[], contexts text[] DEFAULT NULL, target_key text DEFAULT NULL)
 RETURNS text[]
-LANGUAGE sql VOLATILE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
 RETURN credcrypt.encrypt_credentials(credcrypt.decrypt_credentials(ciphertexts, contexts), target_key, contexts);
 COMMENT ON FUNCTION credcrypt.reencrypt_credentials(text[], text[], text) IS
     'pg_credcrypt: reencrypt_credential for arrays (one Transit batch each way)';

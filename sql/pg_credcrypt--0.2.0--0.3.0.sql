@@ -796,3 +796,12 @@ REVOKE ALL ON credcrypt.index_keys FROM PUBLIC;
 GRANT SELECT ON credcrypt.index_keys TO credcrypt_admin;
 REVOKE ALL ON credcrypt.erasures FROM PUBLIC;
 GRANT SELECT ON credcrypt.erasures TO credcrypt_admin, credcrypt_monitor;
+
+-- Encryption may write (an envelope or per-row data key into credcrypt.data_keys, a kv value's
+-- durable transaction id), which PostgreSQL refuses in a query with a parallel plan: the
+-- encrypting functions are PARALLEL UNSAFE (a query calling them is never planned in parallel).
+ALTER FUNCTION credcrypt.encrypt_credential(text, text, text) PARALLEL UNSAFE;
+ALTER FUNCTION credcrypt.encrypt_credential(bytea, text, text) PARALLEL UNSAFE;
+ALTER FUNCTION credcrypt.encrypt_credentials(text[], text, text[]) PARALLEL UNSAFE;
+ALTER FUNCTION credcrypt.reencrypt_credential(text, text, text) PARALLEL UNSAFE;
+ALTER FUNCTION credcrypt.reencrypt_credentials(text[], text[], text) PARALLEL UNSAFE;

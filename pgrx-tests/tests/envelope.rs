@@ -270,3 +270,44 @@ fn wrapped_data_keys_never_unwrap_through_sql_not_even_old_copies_or_other_datab
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert_eq!(c.value("ev_app", "SELECT count(*) FROM ev_f6_plain WHERE secret LIKE 'sk-F6-SECRETMARKER-%'"), "5");
 }
+
+/// A query with a parallel plan: decrypting envelope values reads their data keys inside the
+/// parallel query (PostgreSQL refuses a new snapshot there: it failed with "cannot update
+/// SecondarySnapshot during a parallel operation"), and encrypting, which may write a data key,
+/// is never planned in parallel (it failed the same way).
+#[test]
+fn parallel_queries_decrypt_and_encrypt_envelope_values() {
+    let e = setup();
+    let c = &e.c;
+    table(c, "ev_par", 3000);
+    // A new session: no data key cached, so the decryption reads them in the parallel query.
+    let parallel = "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+                    SET max_parallel_workers_per_gather = 2;";
+    let plan = c.psql(
+        "postgres",
+        &format!("{parallel} EXPLAIN (COSTS OFF) SELECT count(*) FROM ev_par_plain WHERE secret = 'sk-env-' || id"),
+    );
+    assert!(plan.expect_ok().contains("Gather"), "not a parallel plan: {}", plan.expect_ok());
+    assert_eq!(
+        c.psql("postgres", &format!("{parallel} SELECT count(*) FROM ev_par_plain WHERE secret = 'sk-env-' || id"))
+            .expect_ok(),
+        "3000"
+    );
+    let enc = format!(
+        "{parallel} SELECT count(credcrypt.encrypt_credential('sk-env-' || id, 'envelope:app', 'ctx')) FROM ev_par"
+    );
+    assert_eq!(c.psql("postgres", &enc).expect_ok(), "3000");
+    let again = format!(
+        "{parallel} SELECT count(credcrypt.reencrypt_credential(credcrypt.encrypt_credential('sk-' || id, 'local', 'c'), 'c', 'envelope:app')) FROM ev_par"
+    );
+    assert_eq!(c.psql("postgres", &again).expect_ok(), "3000");
+    for f in [
+        "credcrypt.encrypt_credential(secret, 'local')",
+        "credcrypt.encrypt_credentials(ARRAY[secret], 'local')",
+        "credcrypt.reencrypt_credential(secret, 'c', 'local')",
+        "credcrypt.reencrypt_credentials(ARRAY[secret], ARRAY['c'], 'local')",
+    ] {
+        let plan = c.psql("postgres", &format!("{parallel} EXPLAIN (COSTS OFF) SELECT {f} FROM ev_par"));
+        assert!(!plan.expect_ok().contains("Gather"), "{f} planned in parallel: {}", plan.expect_ok());
+    }
+}

@@ -49,8 +49,10 @@ fn as_text(plain: Zeroizing<Vec<u8>>) -> SecretText {
 }
 
 /// Encrypts a text credential. NULL in, NULL out; `key_name` NULL means `credcrypt.default_key`;
-/// `context` is bound as associated data (NULL or '' binds none).
-#[pg_extern(name = "encrypt_credential", volatile, parallel_safe)]
+/// `context` is bound as associated data (NULL or '' binds none). PARALLEL UNSAFE, like
+/// [`encrypt_credentials`]: an encryption may write (an envelope or per-row data key, a kv
+/// value's durable transaction id), which PostgreSQL refuses in a query with a parallel plan.
+#[pg_extern(name = "encrypt_credential", volatile, parallel_unsafe)]
 fn encrypt_credential_text(
     plaintext: Option<&str>,
     key_name: default!(Option<&str>, "NULL"),
@@ -60,7 +62,7 @@ fn encrypt_credential_text(
 }
 
 /// Encrypts a binary credential (bytea). Same contract as the text form.
-#[pg_extern(name = "encrypt_credential", volatile, parallel_safe)]
+#[pg_extern(name = "encrypt_credential", volatile, parallel_unsafe)]
 fn encrypt_credential_bytea(
     plaintext: Option<&[u8]>,
     key_name: default!(Option<&str>, "NULL"),
@@ -157,7 +159,7 @@ impl<'a> Bulk<'a> {
 
 /// Encrypts an array of values in one round trip (Transit) — for bulk callers. NULL elements
 /// stay NULL; `contexts`, when given, must have one element per value.
-#[pg_extern(volatile, parallel_safe)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn encrypt_credentials<'a>(
     plaintexts: Option<Array<'a, &'a str>>,
     key_name: default!(Option<&'a str>, "NULL"),

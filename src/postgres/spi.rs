@@ -119,6 +119,46 @@ pub(crate) fn run(sql: &str, args: &[DatumWithOid<'_>]) -> SpiResult<()> {
     pinned_search_path(|| Spi::run_with_args(sql, args))
 }
 
+/// Runs a data-modifying statement with a **generic** plan: one the planner makes without
+/// looking at the parameters' values. For the write-back of a batch (`UPDATE … FROM
+/// unnest($1::tid[]) … WHERE t.ctid = v.c`): planned with the values, the 2,000-element arrays
+/// look large enough that a hash join over a sequential scan of the whole table seems cheaper
+/// than 2,000 tuple-id lookups, and every batch read the whole table (a migration of 100,000
+/// rows in batches of 2,000 read it 50 times); the generic plan looks each row up by its tuple
+/// id. `args` are (type, value) pairs; `None` is NULL.
+pub(crate) fn run_generic(sql: &str, args: &[(pg_sys::Oid, Option<pg_sys::Datum>)]) -> SpiResult<()> {
+    let sql = std::ffi::CString::new(sql).map_err(|_| SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument))?;
+    pinned_search_path(|| {
+        Spi::connect_mut(|_client| {
+            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1.unwrap_or(pg_sys::Datum::from(0))).collect();
+            let nulls: Vec<std::ffi::c_char> = args
+                .iter()
+                .map(|a| if a.1.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char })
+                .collect();
+            // SAFETY: SPI is connected; the plan is freed below (an ERROR frees it with SPI's
+            // memory context); values and nulls have one element per argument type.
+            unsafe {
+                let plan = pg_sys::SPI_prepare_cursor(
+                    sql.as_ptr(),
+                    types.len() as std::ffi::c_int,
+                    types.as_mut_ptr(),
+                    pg_sys::CURSOR_OPT_GENERIC_PLAN as std::ffi::c_int,
+                );
+                if plan.is_null() {
+                    return Err(SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument));
+                }
+                let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+                pg_sys::SPI_freeplan(plan);
+                if rc < 0 {
+                    return Err(SpiError::SpiError(pgrx::spi::SpiErrorCodes::OpUnknown));
+                }
+                Ok(())
+            }
+        })
+    })
+}
+
 /// A row read by [`rows_latest`].
 pub(crate) struct LatestRow {
     tuple: pg_sys::HeapTuple,
@@ -142,7 +182,8 @@ impl LatestRow {
 
 /// Every row of a read-only query run with PostgreSQL's **latest** snapshot (the way
 /// referential-integrity checks read): rows committed after this transaction's snapshot was
-/// taken are seen, even in REPEATABLE READ or SERIALIZABLE. For the catalog of protected
+/// taken are seen, even in REPEATABLE READ or SERIALIZABLE (except in parallel mode, where
+/// PostgreSQL allows only the query's snapshot). For the catalog of protected
 /// columns, where a stale answer would mean storing plaintext. `args` are (type, value) pairs;
 /// `None` is NULL.
 pub(crate) fn rows_latest<T>(
@@ -165,11 +206,19 @@ pub(crate) fn rows_latest<T>(
                 if plan.is_null() {
                     return Err(SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument));
                 }
+                // PostgreSQL refuses a new snapshot in parallel mode (a query with a parallel
+                // plan, in its leader and workers: "cannot update SecondarySnapshot during a
+                // parallel operation"); there the query's own snapshot is used (null: SPI's
+                // active one). Only reads run in parallel mode (decryptions, blind index
+                // lookups); a row committed after the query began is then not seen, which fails
+                // closed (a data key not found), never open.
+                let snapshot =
+                    if pg_sys::IsInParallelMode() { std::ptr::null_mut() } else { pg_sys::GetLatestSnapshot() };
                 let rc = pg_sys::SPI_execute_snapshot(
                     plan,
                     values.as_mut_ptr(),
                     nulls.as_ptr(),
-                    pg_sys::GetLatestSnapshot(),
+                    snapshot,
                     std::ptr::null_mut(),
                     true,
                     false,
