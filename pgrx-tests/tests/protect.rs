@@ -509,3 +509,35 @@ fn partitioned_table_encrypts_in_every_partition() {
         "part-one-secret,part-two-secret"
     );
 }
+
+/// The trigger writes integer and uuid bind values into the context itself (without their
+/// output functions): every row must decrypt with the context `column_context()` builds from the
+/// values' text, for each bind type at its limits, negative, NULL, a domain and a type that
+/// still goes through its output function (numeric).
+#[test]
+fn contexts_of_every_bind_type_match_column_context() {
+    let (_g, c) = setup();
+    c.sql(
+        "DROP TABLE IF EXISTS pc_types; DROP DOMAIN IF EXISTS pc_account_id;
+         CREATE DOMAIN pc_account_id AS bigint;
+         CREATE TABLE pc_types (s smallint, i integer, b bigint, u uuid, t text, v varchar(20), dm pc_account_id, d numeric, secret text);
+         SELECT credcrypt.protect_column('pc_types', 'secret', bind_columns => ARRAY['s', 'i', 'b', 'u', 't', 'v', 'dm', 'd']);
+         INSERT INTO pc_types VALUES
+           (0, 0, 0, '00000000-0000-0000-0000-000000000000', '', '', 0, 0, 'sk-zero'),
+           (-32768, -2147483648, -9223372036854775808, 'ffffffff-ffff-ffff-ffff-ffffffffffff', 'ünïcode', 'x', -1, -0.001, 'sk-min'),
+           (32767, 2147483647, 9223372036854775807, '12345678-9abc-def0-0123-456789abcdef', 'a:b=c', 'y', 42, 12345678901234567890.50, 'sk-max'),
+           (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'sk-nulls'),
+           (-7, 7, -1000000, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '7', '-7', 9, 1.50, 'sk-mixed');",
+    );
+    let binding = c.sql("SELECT binding_id FROM credcrypt.protected_columns WHERE relid = 'pc_types'::regclass");
+    let decrypted = c.sql(&format!(
+        "SELECT string_agg(p, ',' ORDER BY p) FROM (
+           SELECT credcrypt.decrypt_credential(secret, credcrypt.column_context('{binding}',
+                   ARRAY[s::text, i::text, b::text, u::text, t, v::text, dm::text, d::text])) AS p
+             FROM pc_types) x"
+    ));
+    assert_eq!(decrypted, "sk-max,sk-min,sk-mixed,sk-nulls,sk-zero");
+    // And a row swap between two of them is still refused.
+    c.psql("postgres", "UPDATE pc_types SET secret = (SELECT secret FROM pc_types WHERE s = 0) WHERE s = -7")
+        .expect_error("39000");
+}

@@ -267,8 +267,12 @@ pub(crate) fn write_values(
                            pg_catalog.unnest($3::pg_catalog.text[])) AS v(c, n, m) \
           WHERE t.ctid OPERATOR(pg_catalog.=) v.c"
     );
-    let args: [DatumWithOid<'_>; 3] = [ctids.to_vec().into(), values.into(), masks.into()];
-    maintain(root.oid, || with_writes(writes, || spi::run(&update, &args))).unwrap_or_else(|e| spi_fail(e));
+    let args = [
+        (pg_sys::TEXTARRAYOID, ctids.to_vec().into_datum()),
+        (pg_sys::TEXTARRAYOID, values.into_datum()),
+        (pg_sys::TEXTARRAYOID, masks.into_datum()),
+    ];
+    maintain(root.oid, || with_writes(writes, || spi::run_generic(&update, &args))).unwrap_or_else(|e| spi_fail(e));
 }
 
 pub(crate) fn bad_cursor() -> ! {

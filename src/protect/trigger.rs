@@ -33,7 +33,7 @@ use std::ffi::CStr;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::num::NonZeroUsize;
 
-use credcrypt_core::column::column_context;
+use credcrypt_core::column::ContextBuilder;
 use credcrypt_core::{mask, Ciphertext, Error, ErrorKind, KeyRef, Provider};
 use pgrx::prelude::*;
 use pgrx::{heap_getattr_raw, PgTupleDesc};
@@ -104,8 +104,12 @@ fn statement_of(now: pg_sys::CommandId) -> pg_sys::CommandId {
 }
 
 /// Runs an encryption (which may write `credcrypt.data_keys` through SPI) without changing
-/// what [`statement`] answers for the rest of this statement; `f` gets the statement.
-fn encrypting<R>(f: impl FnOnce(pg_sys::CommandId) -> R) -> R {
+/// what [`statement`] answers for the rest of this statement; `f` gets the statement. An
+/// encryption that cannot write (`may_write` false: the local key) skips the check after it.
+fn encrypting<R>(may_write: bool, f: impl FnOnce(pg_sys::CommandId) -> R) -> R {
+    if !may_write {
+        return f(statement());
+    }
     let before = command_id();
     let statement = statement_of(before);
     let r = f(statement);
@@ -141,10 +145,25 @@ fn remember(command: pg_sys::CommandId, ciphertext: &str, context: &str, derived
     let fingerprint = fingerprint(ciphertext);
     RECENTLY_PRODUCED.with(|r| {
         let mut r = r.borrow_mut();
-        if r.len() == RECENT {
-            r.pop_front();
-        }
-        r.push_back(Recent { fingerprint, context: context.to_owned(), derived: derived.clone(), command });
+        // Once full, the oldest entry's strings are reused (once per row written: no allocation).
+        let entry = match r.len() {
+            RECENT => r.pop_front().map(|mut e| {
+                e.fingerprint = fingerprint;
+                e.context.clear();
+                e.context.push_str(context);
+                e.derived.mask.clone_from(&derived.mask);
+                e.derived.index = derived.index;
+                e.command = command;
+                e
+            }),
+            _ => None,
+        };
+        r.push_back(entry.unwrap_or_else(|| Recent {
+            fingerprint,
+            context: context.to_owned(),
+            derived: derived.clone(),
+            command,
+        }));
     });
 }
 
@@ -192,26 +211,58 @@ impl Row {
         Some(Jsonb(unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) }.cast::<pg_sys::Jsonb>()))
     }
 
-    /// The text output of a bind attribute (in memory of the trigger's call).
-    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Option<&str> {
+    /// The text output of a bind attribute (in memory of the trigger's call). The integer types
+    /// and text/varchar — the usual bind columns — are formatted here, as their output
+    /// functions do (decimal with a leading `-`; the text itself), without a call through the
+    /// function manager; any other type calls its output function.
+    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Option<Cow<'_, str>> {
         let d = self.datum(attnum)?;
+        match out_fn.to_u32() {
+            // Pass-by-value integers: the datum holds the value (what DatumGetInt64 and friends read).
+            pg_sys::F_INT8OUT => return Some(Cow::Owned((d.value() as i64).to_string())),
+            pg_sys::F_INT4OUT => return Some(Cow::Owned((d.value() as i32).to_string())),
+            pg_sys::F_INT2OUT => return Some(Cow::Owned((d.value() as i16).to_string())),
+            pg_sys::F_TEXTOUT | pg_sys::F_VARCHAROUT => {
+                // SAFETY: a text or varchar attribute (its output function says so).
+                let bytes = unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID) }?;
+                return std::str::from_utf8(bytes).ok().map(Cow::Borrowed);
+            }
+            _ => {}
+        }
         // SAFETY: out_fn is the attribute type's output function (catalog lookup).
         let c = unsafe { pg_sys::OidOutputFunctionCall(out_fn, d) };
         // SAFETY: output functions return a palloc'd NUL-terminated string in the server
         // encoding; bindable types print ASCII, or text that is valid in the database.
-        unsafe { CStr::from_ptr(c) }.to_str().ok()
+        unsafe { CStr::from_ptr(c) }.to_str().ok().map(Cow::Borrowed)
     }
 
     /// The key a value of `d` in this row is encrypted with: the designation's, or for a
     /// per-row key, the one its bind column names.
     fn key<'d>(&self, d: &'d Designation) -> Result<Cow<'d, KeyRef>, Error> {
         let value = d.key_bind.and_then(|i| d.binds.get(i)).and_then(|&(n, f)| self.bind_text(n, f));
-        d.key.for_row(value)
+        d.key.for_row(value.as_deref())
     }
 
+    /// The row's context for `d` (what [`credcrypt_core::column::column_context`] gives for the
+    /// bind values' text), built in one string: integer and uuid bind values are written as
+    /// their output functions print them, without calling those.
     fn context(&self, d: &Designation) -> Result<String, Error> {
-        let values: Vec<Option<&str>> = d.binds.iter().map(|&(n, f)| self.bind_text(n, f)).collect();
-        column_context(&d.binding_id, &values)
+        let mut out = ContextBuilder::new(&d.binding_id, 24 * d.binds.len())?;
+        for &(n, f) in &d.binds {
+            match (self.datum(n), f.to_u32()) {
+                (None, _) => out.push(None),
+                (Some(v), pg_sys::F_INT8OUT) => out.push_integer(v.value() as i64),
+                (Some(v), pg_sys::F_INT4OUT) => out.push_integer(i64::from(v.value() as i32)),
+                (Some(v), pg_sys::F_INT2OUT) => out.push_integer(i64::from(v.value() as i16)),
+                (Some(v), pg_sys::F_UUID_OUT) => {
+                    // SAFETY: a uuid datum points at its 16 bytes (pass by reference, fixed
+                    // length, never toasted), inside the tuple.
+                    out.push_uuid(unsafe { &*v.cast_mut_ptr::<[u8; 16]>() })
+                }
+                _ => out.push(self.bind_text(n, f).as_deref()),
+            }
+        }
+        out.finish()
     }
 }
 
@@ -265,7 +316,7 @@ enum Origin {
 /// writer did not supply its plaintext, and another row of the same statement (a data-modifying
 /// CTE feeding it on) must not get it.
 fn produce(d: &Designation, key: &KeyRef, plain: &[u8], context: &str, origin: Origin) -> Result<Outcome, Error> {
-    let (ct, statement) = encrypting(|statement| {
+    let (ct, statement) = encrypting(!matches!(key, KeyRef::Local), |statement| {
         let key = key_for(key, statement);
         let mut v = match (&d.key, key.as_ref()) {
             (_, KeyRef::Kv(mount)) => {
@@ -729,7 +780,7 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
                 let row = KvRow {
                     schema: t.table_schema().unwrap_or_default(),
                     table: table(),
-                    identity: d.binds.iter().map(|&(n, f)| new.bind_text(n, f).map(str::to_owned)).collect(),
+                    identity: d.binds.iter().map(|&(n, f)| new.bind_text(n, f).map(Cow::into_owned)).collect(),
                     old: old.as_ref().and_then(|o| o.text(d.attnum)).map(str::to_owned),
                 };
                 KV_ROW.with(|r| *r.borrow_mut() = Some(row));

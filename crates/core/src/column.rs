@@ -42,28 +42,92 @@ pub fn is_binding_id(s: &str) -> bool {
 /// The context a protected value is bound to: the designation's binding id and the values of
 /// its bind columns (as text), in the designation's order.
 pub fn column_context(binding_id: &str, bind_values: &[Option<&str>]) -> Result<String, Error> {
-    if !is_binding_id(binding_id) {
-        return Err(Error::new(ErrorKind::InvalidArgument, "a binding id is 32 lower-case hexadecimal digits"));
-    }
     let extra: usize = bind_values.iter().map(|v| v.map_or(2, |v| v.len() + 24)).sum();
-    let mut out = String::with_capacity(CONTEXT_PREFIX.len() + BINDING_ID_LEN + extra);
-    out.push_str(CONTEXT_PREFIX);
-    out.push_str(binding_id);
+    let mut out = ContextBuilder::new(binding_id, extra)?;
     for v in bind_values {
+        out.push(*v);
+    }
+    out.finish()
+}
+
+/// Builds a column context one bind value at a time (the protection trigger, once per row:
+/// no list of values is gathered first). `ContextBuilder::new` checks the binding id;
+/// [`ContextBuilder::finish`] the length. The result is exactly [`column_context`]'s.
+#[derive(Debug, Clone)]
+pub struct ContextBuilder(String);
+
+impl ContextBuilder {
+    /// A context of designation `binding_id`, with room for `extra` bytes of bind values.
+    pub fn new(binding_id: &str, extra: usize) -> Result<ContextBuilder, Error> {
+        if !is_binding_id(binding_id) {
+            return Err(Error::new(ErrorKind::InvalidArgument, "a binding id is 32 lower-case hexadecimal digits"));
+        }
+        let mut out = String::with_capacity(CONTEXT_PREFIX.len() + BINDING_ID_LEN + extra);
+        out.push_str(CONTEXT_PREFIX);
+        out.push_str(binding_id);
+        Ok(ContextBuilder(out))
+    }
+
+    /// Appends the next bind value (None: NULL).
+    pub fn push(&mut self, v: Option<&str>) {
         match v {
-            None => out.push_str(":-"),
+            None => self.0.push_str(":-"),
             Some(v) => {
-                out.push(':');
-                push_decimal(&mut out, v.len());
-                out.push('=');
-                out.push_str(v);
+                self.0.push(':');
+                push_decimal(&mut self.0, v.len());
+                self.0.push('=');
+                self.0.push_str(v);
             }
         }
     }
-    if out.len() > crate::MAX_CONTEXT_LEN {
-        return Err(Error::new(ErrorKind::TooLarge, "the bind columns' values are too long for a context"));
+
+    /// Appends the next bind value, an integer (its decimal text, as PostgreSQL prints it).
+    pub fn push_integer(&mut self, v: i64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = v.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - i + usize::from(v < 0);
+        self.0.push(':');
+        push_decimal(&mut self.0, len);
+        self.0.push('=');
+        if v < 0 {
+            self.0.push('-');
+        }
+        for &d in &digits[i..] {
+            self.0.push(char::from(d));
+        }
     }
-    Ok(out)
+
+    /// Appends the next bind value, a uuid (its canonical text, as PostgreSQL prints it:
+    /// lower-case hexadecimal in groups of 8-4-4-4-12).
+    pub fn push_uuid(&mut self, u: &[u8; 16]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.0.push_str(":36=");
+        for (i, b) in u.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                self.0.push('-');
+            }
+            self.0.push(char::from(HEX[usize::from(b >> 4)]));
+            self.0.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+
+    /// The context, or `TooLarge` when the bind values make it longer than
+    /// [`crate::MAX_CONTEXT_LEN`].
+    pub fn finish(self) -> Result<String, Error> {
+        if self.0.len() > crate::MAX_CONTEXT_LEN {
+            return Err(Error::new(ErrorKind::TooLarge, "the bind columns' values are too long for a context"));
+        }
+        Ok(self.0)
+    }
 }
 
 /// Appends `n` in decimal (without the formatting machinery: once per bind value per row).
@@ -86,6 +150,26 @@ fn push_decimal(out: &mut String, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_are_pushed_as_postgresql_prints_them() {
+        for v in [0i64, 7, -7, 42, -1_000_000, i64::MAX, i64::MIN, i64::from(i32::MIN), i64::from(i16::MAX)] {
+            let mut b = ContextBuilder::new(ID, 0).unwrap();
+            b.push_integer(v);
+            b.push(None);
+            let text = v.to_string();
+            assert_eq!(b.finish().unwrap(), column_context(ID, &[Some(&text), None]).unwrap(), "{v}");
+        }
+        let u = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
+        let mut b = ContextBuilder::new(ID, 0).unwrap();
+        b.push_uuid(&u);
+        let text = "12345678-9abc-def0-0123-456789abcdef";
+        assert_eq!(b.finish().unwrap(), column_context(ID, &[Some(text)]).unwrap());
+        assert!(ContextBuilder::new("not-an-id", 0).is_err());
+        let mut b = ContextBuilder::new(ID, 0).unwrap();
+        b.push(Some(&"x".repeat(crate::MAX_CONTEXT_LEN)));
+        assert_eq!(b.finish().unwrap_err().kind, ErrorKind::TooLarge);
+    }
 
     const ID: &str = "00112233445566778899aabbccddeeff";
 

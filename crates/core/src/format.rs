@@ -318,16 +318,43 @@ pub fn check_transit_payload(payload: &str, version: u32) -> Result<()> {
 
 /// The header of a local ciphertext (also its associated-data prefix).
 pub fn local_header(id: KeyId, has_context: bool) -> String {
-    format!("{PREFIX_V1}local:local:{}:{}:", id.to_hex(), if has_context { 'c' } else { 'n' })
+    header("local:local:", "", id, has_context)
 }
 
 /// The header of an envelope ciphertext (also its associated-data prefix).
 pub fn envelope_header(key_name: &str, data_key: KeyId, has_context: bool) -> String {
-    format!("{PREFIX_V1}envelope:{key_name}:{}:{}:", data_key.to_hex(), if has_context { 'c' } else { 'n' })
+    header("envelope:", key_name, data_key, has_context)
+}
+
+/// Room left after a header for the payload of a typical credential (a plaintext of up to
+/// about 100 bytes), so that [`finish_local`] appends it without moving the string; a longer
+/// value grows it once.
+const PAYLOAD_ROOM: usize = 192;
+
+/// `cc1:<kind><name>:<16 hex digits>:<c|n>:` built by hand (once per value written: no
+/// formatting machinery), with room for a typical payload.
+fn header(kind: &str, name: &str, id: KeyId, has_context: bool) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(PREFIX_V1.len() + kind.len() + name.len() + 1 + 16 + 3 + PAYLOAD_ROOM);
+    s.push_str(PREFIX_V1);
+    s.push_str(kind);
+    if !name.is_empty() {
+        s.push_str(name);
+        s.push(':');
+    }
+    for b in id.0 {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s.push(':');
+    s.push(if has_context { 'c' } else { 'n' });
+    s.push(':');
+    s
 }
 
 /// Appends the base64url payload to a local header.
 pub fn finish_local(mut header: String, payload: &[u8]) -> String {
+    header.reserve((payload.len() * 4).div_ceil(3));
     URL_SAFE_NO_PAD.encode_string(payload, &mut header);
     header
 }

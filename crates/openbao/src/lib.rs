@@ -1,8 +1,8 @@
 //! OpenBao / HashiCorp Vault Transit client used by pg_credcrypt's background worker.
 //!
-//! Blocking, single-threaded (except [`Client::kv_read_many`], which runs a few scoped
-//! threads for the duration of the call), no PostgreSQL: the worker calls it with batches it
-//! has coalesced from many backends.
+//! Blocking, single-threaded (except [`Client::kv_read_many`] and Transit calls that need
+//! several requests, which run a few scoped threads for the duration of the call), no
+//! PostgreSQL: the worker calls it with batches it has coalesced from many backends.
 //!
 //! - **Failover.** `Config::addrs` is tried in order, starting with the last address that
 //!   worked. Connection errors, 5xx (sealed nodes answer 503) and 429 (honouring `Retry-After`,
@@ -17,6 +17,8 @@
 //! - **Batching.** Items are split so that a request stays under OpenBao's default
 //!   `max_request_json_strings` (1000: every key and string value counts) and a body of 16 MiB.
 //!   A partly failed batch (HTTP 400 with `data.batch_results`) fails only its bad items.
+//!   The requests of one call are sent [`TRANSIT_IN_FLIGHT`] at a time over keep-alive
+//!   connections.
 //! - **KV version 2.** Versioned secrets on any KV v2 mount (a parameter of each call):
 //!   check-and-set writes, reads of a given version (data, soft-deleted, destroyed or missing),
 //!   many reads at once over concurrent keep-alive connections, metadata, destroy, list.
@@ -43,7 +45,7 @@ use auth::Token;
 pub use config::{Auth, Config, Item};
 pub use error::{Decrypted, Error, ErrorKind, ItemError, ItemErrorKind};
 pub use kv::{KvData, KvMetadata, KvValue, KvVersionInfo, KV_MAX_IN_FLIGHT, KV_MAX_LIST_ENTRIES};
-pub use transit::KeyInfo;
+pub use transit::{KeyInfo, TRANSIT_IN_FLIGHT};
 
 /// Client state for monitoring.
 #[derive(Debug, Clone, Default)]

@@ -103,64 +103,125 @@ pub(crate) fn b64(v: &[u8]) -> String {
     STANDARD.encode(v)
 }
 
+/// Transit requests of one call outstanding at once when its items need several (a bulk
+/// statement, a migration batch, many backends' values coalesced): OpenBao serves them on
+/// all its cores while the worker waits.
+pub const TRANSIT_IN_FLIGHT: usize = 4;
+
+/// The body of one batch call, `{"batch_input":[…]}`, in a wiping buffer (it carries
+/// plaintexts).
+fn batch_body(entries: &[Zeroizing<String>]) -> Zeroizing<String> {
+    let mut body = Zeroizing::new(String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 20));
+    body.push_str("{\"batch_input\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(e);
+    }
+    body.push_str("]}");
+    body
+}
+
+/// The ciphertext of an encrypt or rewrap answer item.
+fn ciphertext_of(v: BatchItem) -> Result<String, ItemError> {
+    v.ciphertext
+        .ok_or(ItemError { kind: ItemErrorKind::Other, message: "OpenBao answered without a ciphertext".into() })
+}
+
+/// The answer to one batch call of `n` items: per-item results, or a whole-request error.
+fn parse_batch(
+    status: u16,
+    text: &str,
+    n: usize,
+    what: &str,
+    key: &str,
+) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
+    let answer: Option<BatchAnswer> = serde_json::from_str(text).ok();
+    let errors = answer.as_ref().map(|a| a.errors.join("; ")).unwrap_or_default().to_ascii_lowercase();
+    let results = answer.and_then(|a| a.data).and_then(|d| d.batch_results);
+    match (status, results) {
+        (200 | 400, Some(results)) if results.len() == n => Ok(results
+            .into_iter()
+            .map(|r| if r.error.is_empty() { Ok(r) } else { Err(item_error(&r.error)) })
+            .collect()),
+        (200, Some(results)) => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("OpenBao answered {} results for {n} items of {what} on key {key}", results.len()),
+        )),
+        (400, _) => {
+            if errors.contains("key not found") {
+                Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist")))
+            } else if errors.contains("complexity") || errors.contains("too large") {
+                Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the batch as too large"))
+            } else {
+                Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP 400)")))
+            }
+        }
+        (403, _) => {
+            Err(Error::new(ErrorKind::PermissionDenied, format!("OpenBao denied {what} on key {key} (HTTP 403)")))
+        }
+        (404, _) => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
+        (413, _) => Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the request body as too large")),
+        (s, _) if (400..500).contains(&s) => {
+            Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP {s})")))
+        }
+        (s, _) => Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to {what} on key {key}: HTTP {s}"))),
+    }
+}
+
 impl Client {
     fn transit_path(&self, what: &str, key: &str) -> String {
         format!("{}/{what}/{key}", self.cfg.mount)
     }
 
-    /// One batch call. `entries` are the `batch_input` items, each already a JSON object text;
-    /// the body is built in a wiping buffer (it carries plaintexts).
+    /// One batch call. `entries` are the `batch_input` items, each already a JSON object text.
     fn batch_call(
         &mut self,
         what: &str,
         key: &str,
         entries: &[Zeroizing<String>],
     ) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
-        let n = entries.len();
-        let mut body = Zeroizing::new(String::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 20));
-        body.push_str("{\"batch_input\":[");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(e);
-        }
-        body.push_str("]}");
         let path = self.transit_path(what, key);
-        let (status, text) = self.request("POST", &path, Some(body), On403::Reauthenticate)?;
-        let answer: Option<BatchAnswer> = serde_json::from_str(&text).ok();
-        let errors = answer.as_ref().map(|a| a.errors.join("; ")).unwrap_or_default().to_ascii_lowercase();
-        let results = answer.and_then(|a| a.data).and_then(|d| d.batch_results);
-        match (status, results) {
-            (200 | 400, Some(results)) if results.len() == n => Ok(results
-                .into_iter()
-                .map(|r| if r.error.is_empty() { Ok(r) } else { Err(item_error(&r.error)) })
-                .collect()),
-            (200, Some(results)) => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("OpenBao answered {} results for {n} items of {what} on key {key}", results.len()),
-            )),
-            (400, _) => {
-                if errors.contains("key not found") {
-                    Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist")))
-                } else if errors.contains("complexity") || errors.contains("too large") {
-                    Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the batch as too large"))
-                } else {
-                    Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP 400)")))
-                }
-            }
-            (403, _) => {
-                Err(Error::new(ErrorKind::PermissionDenied, format!("OpenBao denied {what} on key {key} (HTTP 403)")))
-            }
-            (404, _) => Err(Error::new(ErrorKind::KeyNotFound, format!("Transit key {key} does not exist"))),
-            (413, _) => Err(Error::new(ErrorKind::TooLarge, "OpenBao refused the request body as too large")),
-            (s, _) if (400..500).contains(&s) => {
-                Err(Error::new(ErrorKind::BadRequest, format!("OpenBao rejected {what} on key {key} (HTTP {s})")))
-            }
-            (s, _) => {
-                Err(Error::new(ErrorKind::Protocol, format!("unexpected answer to {what} on key {key}: HTTP {s}")))
+        let (status, text) = self.request("POST", &path, Some(batch_body(entries)), On403::Reauthenticate)?;
+        parse_batch(status, &text, entries.len(), what, key)
+    }
+
+    /// `what` (encrypt, decrypt, rewrap) of all `items` with `key`: split under the request
+    /// limits ([`Client::chunks`]); when that makes several requests, up to
+    /// [`TRANSIT_IN_FLIGHT`] of them are outstanding at once
+    /// ([`Client::post_concurrently`]), and a request that pass could not settle goes through
+    /// the normal path (failover, re-authentication, back-off). Answers in the items' order;
+    /// the first whole-request failure, in the items' order, fails the call, as one by one.
+    fn batch_run(
+        &mut self,
+        what: &str,
+        key: &str,
+        items: &[Item],
+        entry_of: impl Fn(&Item) -> Zeroizing<String>,
+    ) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
+        let mut out = Vec::with_capacity(items.len());
+        let chunks = Self::chunks(items);
+        // A window of requests at a time: at most TRANSIT_IN_FLIGHT bodies exist at once.
+        for window in chunks.chunks(TRANSIT_IN_FLIGHT) {
+            let entries: Vec<Vec<Zeroizing<String>>> =
+                window.iter().map(|r| items[r.clone()].iter().map(&entry_of).collect()).collect();
+            let answers = if entries.len() > 1 {
+                let bodies: Vec<Zeroizing<String>> = entries.iter().map(|e| batch_body(e)).collect();
+                let path = self.transit_path(what, key);
+                self.post_concurrently(&path, &bodies, TRANSIT_IN_FLIGHT)
+            } else {
+                vec![None]
+            };
+            for (e, answer) in entries.iter().zip(answers) {
+                let results = match answer {
+                    Some((status, text)) => parse_batch(status, &text, e.len(), what, key)?,
+                    None => self.batch_call(what, key, e)?,
+                };
+                out.extend(results);
             }
         }
+        Ok(out)
     }
 
     /// Splits items into chunks under the JSON-string and body limits.
@@ -187,41 +248,28 @@ impl Client {
 
     /// Encrypts items with `key`; answers `vault:vN:…` per item, in order.
     pub fn encrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
-        let mut out = Vec::with_capacity(items.len());
-        for range in Self::chunks(items) {
-            let entries: Vec<Zeroizing<String>> =
-                items[range].iter().map(|it| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it)).collect();
-            for r in self.batch_call("encrypt", key, &entries)? {
-                out.push(r.and_then(|v| {
-                    v.ciphertext.ok_or(ItemError {
-                        kind: ItemErrorKind::Other,
-                        message: "OpenBao answered without a ciphertext".into(),
-                    })
-                }));
-            }
-        }
-        Ok(out)
+        let results =
+            self.batch_run("encrypt", key, items, |it| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it))?;
+        Ok(results.into_iter().map(|r| r.and_then(ciphertext_of)).collect())
     }
 
     /// Decrypts `vault:vN:…` items with `key`; answers the plaintext per item, in order.
     pub fn decrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Decrypted>, Error> {
-        let mut out = Vec::with_capacity(items.len());
-        for range in Self::chunks(items) {
-            let entries: Vec<Zeroizing<String>> = items[range]
-                .iter()
-                .map(|it| entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it))
-                .collect();
-            for r in self.batch_call("decrypt", key, &entries)? {
-                out.push(r.and_then(|v| {
+        let results = self.batch_run("decrypt", key, items, |it| {
+            entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it)
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|v| {
                     let p = v.plaintext.unwrap_or_default();
                     STANDARD.decode(p.as_bytes()).map(Zeroizing::new).map_err(|_| ItemError {
                         kind: ItemErrorKind::Other,
                         message: "OpenBao answered a plaintext that is not base64".into(),
                     })
-                }));
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`). With
@@ -265,25 +313,11 @@ impl Client {
 
     /// Rewraps `vault:vN:…` items (no associated data) to the key's latest version.
     pub fn rewrap(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
-        let mut out = Vec::with_capacity(items.len());
-        for range in Self::chunks(items) {
-            let entries: Vec<Zeroizing<String>> = items[range]
-                .iter()
-                .map(|it| {
-                    let ct = Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned());
-                    entry(&[("ciphertext", &ct)], &Item { data: Zeroizing::new(Vec::new()), associated_data: None })
-                })
-                .collect();
-            for r in self.batch_call("rewrap", key, &entries)? {
-                out.push(r.and_then(|v| {
-                    v.ciphertext.ok_or(ItemError {
-                        kind: ItemErrorKind::Other,
-                        message: "OpenBao answered without a ciphertext".into(),
-                    })
-                }));
-            }
-        }
-        Ok(out)
+        let results = self.batch_run("rewrap", key, items, |it| {
+            let ct = Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned());
+            entry(&[("ciphertext", &ct)], &Item { data: Zeroizing::new(Vec::new()), associated_data: None })
+        })?;
+        Ok(results.into_iter().map(|r| r.and_then(ciphertext_of)).collect())
     }
 
     /// Reads a key's properties.

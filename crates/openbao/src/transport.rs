@@ -2,6 +2,7 @@
 //! 429 with `Retry-After`), 307/308 redirects followed by hand to configured addresses only,
 //! bounded answers, and one re-authentication on 403 when asked.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -238,6 +239,86 @@ impl Client {
     /// The URL a `Location` header points to, if it is on one of the configured addresses.
     fn redirect_target(&self, base: &str, loc: &str) -> Option<String> {
         redirect_target(&self.cfg.addrs, base, loc)
+    }
+
+    /// POSTs every body of `bodies` to `path` on the active address with the current token,
+    /// up to `in_flight` at a time, from short-lived scoped threads that share the client's
+    /// pool of keep-alive connections. An answer is returned only when it is final: any status
+    /// but 403, 429, 5xx and redirects. Everything else — no token, a transport error, a 403
+    /// (expired token), 429, 5xx, a redirect, a thread that could not start or panicked — is
+    /// `None`, and the caller sends that body through [`Client::request`] (failover,
+    /// re-authentication, back-off), as it would have without this pass. After the first such
+    /// failure the pass sends nothing more (the rest go the normal way too).
+    pub(crate) fn post_concurrently(
+        &mut self,
+        path: &str,
+        bodies: &[Zeroizing<String>],
+        in_flight: usize,
+    ) -> Vec<Option<(u16, Body)>> {
+        let mut out: Vec<Option<(u16, Body)>> = bodies.iter().map(|_| None).collect();
+        if bodies.is_empty() || (self.token.is_none() && self.authenticate().is_err()) {
+            return out;
+        }
+        let Some(token) = self.token.as_ref().map(|t| Zeroizing::new(t.value.as_str().to_owned())) else {
+            return out;
+        };
+        let url = format!("{}/v1/{path}", self.cfg.addrs[self.active % self.cfg.addrs.len()]);
+        let (agent, namespace) = (&self.agent, self.cfg.namespace.as_deref());
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let sent = AtomicU64::new(0);
+        let post = |body: &Zeroizing<String>| -> Option<(u16, Body)> {
+            sent.fetch_add(1, Ordering::Relaxed);
+            let mut r =
+                agent.post(&url).header("Content-Type", "application/json").header("X-Vault-Token", token.as_str());
+            if let Some(ns) = namespace {
+                r = r.header("X-Vault-Namespace", ns);
+            }
+            let mut resp = r.send(body.as_str()).ok()?;
+            let status = resp.status().as_u16();
+            if status == 403 || status == 429 || status >= 500 || (300..400).contains(&status) {
+                return None;
+            }
+            let text = resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string().ok()?;
+            Some((status, Zeroizing::new(text)))
+        };
+        let workers = in_flight.clamp(1, bodies.len());
+        std::thread::scope(|s| {
+            let mut handles = Vec::with_capacity(workers);
+            for w in 0..workers {
+                let (next, stop, post) = (&next, &stop, &post);
+                let spawned =
+                    std::thread::Builder::new().name(format!("credcrypt-bao-{w}")).spawn_scoped(s, move || {
+                        let mut done = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(body) = bodies.get(k) else { break };
+                            let answer = post(body);
+                            if answer.is_none() {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            done.push((k, answer));
+                        }
+                        done
+                    });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    // No more threads (resource limits): the ones running share the work.
+                    Err(_) => break,
+                }
+            }
+            for h in handles {
+                if let Ok(done) = h.join() {
+                    for (k, answer) in done {
+                        if let Some(slot) = out.get_mut(k) {
+                            *slot = answer;
+                        }
+                    }
+                }
+            }
+        });
+        self.status.http_requests += sent.load(Ordering::Relaxed);
+        out
     }
 }
 

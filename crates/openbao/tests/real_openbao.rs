@@ -240,3 +240,104 @@ fn tls_with_a_ca_file() {
     std::fs::write(&junk, "not a pem").unwrap();
     assert_eq!(Client::new(config(Some(junk))).unwrap_err().kind, ErrorKind::InvalidConfig);
 }
+
+/// A call whose items need several requests sends them concurrently (`TRANSIT_IN_FLIGHT` at a
+/// time): the answers stay in the items' order, each request is sent once, per-item errors land
+/// on their own items whatever request they were in, and a refused token or a dead first
+/// address sends the requests through the normal path (re-authentication, failover).
+#[test]
+fn concurrent_requests_keep_order_errors_and_recovery() {
+    let bao = Bao::start(0, &dir("concurrent"));
+    bao.setup("1h");
+    let token = token_file(&bao, "t");
+    let mut c = client(vec![bao.addr.clone()], token.clone());
+    let n = 3000;
+    let items: Vec<Item> =
+        (0..n).map(|i| item(format!("sk-{i:05}").as_bytes(), Some(format!("id:{i}").as_bytes()))).collect();
+    c.encrypt("app", &[item(b"warm", None)]).unwrap();
+    let before = c.status().http_requests;
+    let cts = c.encrypt("app", &items).unwrap();
+    let requests = c.status().http_requests - before;
+    // 3,000 items with associated data are 14 requests under the JSON-string limit: each sent once.
+    assert!((10..=20).contains(&requests), "{requests} requests for {n} items");
+    let mut back: Vec<Item> = cts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| item(r.as_ref().unwrap().as_bytes(), Some(format!("id:{i}").as_bytes())))
+        .collect();
+    // Wrong associated data in the first, a middle and the last request.
+    for i in [3, n / 2, n - 1] {
+        back[i].associated_data = Some(b"id:other".to_vec());
+    }
+    let plain = c.decrypt("app", &back).unwrap();
+    assert_eq!(plain.len(), n);
+    for (i, p) in plain.iter().enumerate() {
+        if [3, n / 2, n - 1].contains(&i) {
+            assert_eq!(p.as_ref().unwrap_err().kind, ItemErrorKind::AuthenticationFailed, "item {i}");
+        } else {
+            assert_eq!(p.as_ref().unwrap().as_slice(), format!("sk-{i:05}").as_bytes(), "item {i}");
+        }
+    }
+    let rewrapped = c.rewrap("app", &back[..1000].iter().map(|it| item(&it.data, None)).collect::<Vec<_>>()).unwrap();
+    assert_eq!(rewrapped.len(), 1000);
+
+    // The token is revoked and the file holds a new one: every concurrent request is refused
+    // (403), and the normal path re-reads the token file once and sends them again.
+    let old = std::fs::read_to_string(&token).unwrap();
+    write_secret_file(&token, &bao.token("1h"));
+    bao.must(&["token", "revoke", old.trim()]);
+    let again = c.encrypt("app", &items).unwrap();
+    assert!(again.iter().all(|r| r.as_ref().unwrap().starts_with("vault:v1:")));
+
+    // A dead first address: the concurrent pass fails and the normal path fails over.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut f = client(vec![dead, bao.addr.clone()], token.clone());
+    let out = f.encrypt("app", &items).unwrap();
+    assert_eq!(out.len(), n);
+    assert!(f.status().failovers >= 1);
+    let plain = f
+        .decrypt(
+            "app",
+            &out.iter()
+                .enumerate()
+                .map(|(i, r)| item(r.as_ref().unwrap().as_bytes(), Some(format!("id:{i}").as_bytes())))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    assert!(plain.iter().enumerate().all(|(i, p)| p.as_ref().unwrap().as_slice() == format!("sk-{i:05}").as_bytes()));
+
+    // The requests really are concurrent: through a loopback proxy that counts connections, a
+    // call of one request uses one keep-alive connection again and again, a call of many opens
+    // several (one client, one by one, would reuse one).
+    let upstream = bao.addr.trim_start_matches("http://").to_owned();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = format!("http://{}", proxy.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for client_side in proxy.incoming() {
+            let Ok(client_side) = client_side else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Ok(server_side) = std::net::TcpStream::connect(&upstream) else { continue };
+            let (mut c2, mut s2) = (client_side.try_clone().unwrap(), server_side.try_clone().unwrap());
+            let (mut c1, mut s1) = (client_side, server_side);
+            std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        }
+    });
+    let mut p = client(vec![proxy_addr], token.clone());
+    for _ in 0..5 {
+        p.encrypt("app", &items[..100]).unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one request at a time reuses its connection");
+    let out = p.encrypt("app", &items).unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened >= 2, "{opened} connection(s): the requests of one call were not concurrent");
+
+    // A missing key is a whole-call error, as one by one.
+    assert!(matches!(
+        c.encrypt("missing", &items).unwrap_err().kind,
+        ErrorKind::KeyNotFound | ErrorKind::PermissionDenied
+    ));
+}
