@@ -19,6 +19,10 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
             ERRCODE_FEATURE_NOT_SUPPORTED,
             "The value was written by a newer pg_credcrypt; upgrade the extension on this server.",
         ),
+        ErrorKind::InParallelQuery => (
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            "Encrypt outside a parallel query: pg_credcrypt's encrypting functions are PARALLEL UNSAFE, and so must be any function of yours that calls them.",
+        ),
         ErrorKind::UnsupportedProvider => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
             "Use a key reference this build serves there: 'local', 'transit:<name>', 'envelope:<name>' or (text columns and values) 'kv:<mount>'.",

@@ -301,6 +301,22 @@ fn parallel_queries_decrypt_and_encrypt_envelope_values() {
         "{parallel} SELECT count(credcrypt.reencrypt_credential(credcrypt.encrypt_credential('sk-' || id, 'local', 'c'), 'c', 'envelope:app')) FROM ev_par"
     );
     assert_eq!(c.psql("postgres", &again).expect_ok(), "3000");
+    // Through a function of the caller's marked PARALLEL SAFE, an encryption does run in a
+    // parallel query: under a key with catalogs it is refused (its erasure check could read a
+    // snapshot from before a shred_key, and remember that), under the local key it works.
+    c.sql(
+        "CREATE OR REPLACE FUNCTION ev_wrap(x text, k text) RETURNS text LANGUAGE plpgsql PARALLEL SAFE
+           AS $f$ BEGIN RETURN credcrypt.encrypt_credential(x, k, 'c'); END $f$",
+    );
+    let wrapped = |k: &str| format!("{parallel} SELECT count(ev_wrap(secret, '{k}')) FROM ev_par");
+    let plan = c.psql(
+        "postgres",
+        &format!("{parallel} EXPLAIN (COSTS OFF) SELECT count(ev_wrap(secret, 'local')) FROM ev_par"),
+    );
+    assert!(plan.expect_ok().contains("Gather"), "not a parallel plan: {}", plan.expect_ok());
+    c.psql("postgres", &wrapped("envelope:app")).expect_error("0A000");
+    c.psql("postgres", &wrapped("transit:app")).expect_error("0A000");
+    assert_eq!(c.psql("postgres", &wrapped("local")).expect_ok(), "3000");
     for f in [
         "credcrypt.encrypt_credential(secret, 'local')",
         "credcrypt.encrypt_credentials(ARRAY[secret], 'local')",

@@ -541,3 +541,24 @@ fn contexts_of_every_bind_type_match_column_context() {
     c.psql("postgres", "UPDATE pc_types SET secret = (SELECT secret FROM pc_types WHERE s = 0) WHERE s = -7")
         .expect_error("39000");
 }
+
+/// In a database whose encoding is not UTF-8, a bind value whose text is not UTF-8 is refused
+/// (22023). It used to be taken as NULL: every such row — and the rows with a NULL bind value —
+/// shared one context, and a ciphertext copied between them was accepted.
+#[test]
+fn non_utf8_bind_values_are_refused_not_taken_as_null() {
+    let (_g, c) = setup();
+    c.sql("DROP DATABASE IF EXISTS pc_latin1");
+    c.sql("CREATE DATABASE pc_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+    let db = |sql: &str| c.psql_in("pc_latin1", "postgres", sql);
+    db("CREATE EXTENSION pg_credcrypt;
+        CREATE TABLE t (name text, secret text);
+        SELECT credcrypt.protect_column('t', 'secret', bind_columns => ARRAY['name']);
+        INSERT INTO t VALUES ('plain', 'sk-ascii'), (NULL, 'sk-null');")
+    .expect_ok();
+    db("INSERT INTO t VALUES ('caf' || chr(233), 'sk-cafe')").expect_error("22023");
+    db("INSERT INTO t VALUES ('th' || chr(233), 'sk-the')").expect_error("22023");
+    // The ASCII and NULL rows keep their own contexts: a value moved between them is refused.
+    db("UPDATE t SET secret = (SELECT secret FROM t WHERE name = 'plain') WHERE name IS NULL").expect_error("39000");
+    c.sql("DROP DATABASE pc_latin1");
+}

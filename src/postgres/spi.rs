@@ -119,6 +119,17 @@ pub(crate) fn run(sql: &str, args: &[DatumWithOid<'_>]) -> SpiResult<()> {
     pinned_search_path(|| Spi::run_with_args(sql, args))
 }
 
+/// SPI's three argument arrays (types, values, nulls as `' '`/`'n'`) from (type, value) pairs.
+fn spi_args(
+    args: &[(pg_sys::Oid, Option<pg_sys::Datum>)],
+) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) {
+    let types = args.iter().map(|a| a.0).collect();
+    let values = args.iter().map(|a| a.1.unwrap_or(pg_sys::Datum::from(0))).collect();
+    let nulls =
+        args.iter().map(|a| if a.1.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char }).collect();
+    (types, values, nulls)
+}
+
 /// Runs a data-modifying statement with a **generic** plan: one the planner makes without
 /// looking at the parameters' values. For the write-back of a batch (`UPDATE … FROM
 /// unnest($1::tid[]) … WHERE t.ctid = v.c`): planned with the values, the 2,000-element arrays
@@ -130,12 +141,7 @@ pub(crate) fn run_generic(sql: &str, args: &[(pg_sys::Oid, Option<pg_sys::Datum>
     let sql = std::ffi::CString::new(sql).map_err(|_| SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument))?;
     pinned_search_path(|| {
         Spi::connect_mut(|_client| {
-            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
-            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1.unwrap_or(pg_sys::Datum::from(0))).collect();
-            let nulls: Vec<std::ffi::c_char> = args
-                .iter()
-                .map(|a| if a.1.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char })
-                .collect();
+            let (mut types, mut values, nulls) = spi_args(args);
             // SAFETY: SPI is connected; the plan is freed below (an ERROR frees it with SPI's
             // memory context); values and nulls have one element per argument type.
             unsafe {
@@ -193,12 +199,7 @@ pub(crate) fn rows_latest<T>(
 ) -> SpiResult<Vec<T>> {
     pinned_search_path(|| {
         Spi::connect(|_client| {
-            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
-            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1.unwrap_or(pg_sys::Datum::from(0))).collect();
-            let nulls: Vec<std::ffi::c_char> = args
-                .iter()
-                .map(|a| if a.1.is_some() { b' ' as std::ffi::c_char } else { b'n' as std::ffi::c_char })
-                .collect();
+            let (mut types, mut values, nulls) = spi_args(args);
             // SAFETY: SPI is connected (Spi::connect); the plan is freed below; the snapshot is
             // PostgreSQL's static latest snapshot, pushed and popped by SPI itself.
             unsafe {
@@ -212,8 +213,11 @@ pub(crate) fn rows_latest<T>(
                 // active one). Only reads run in parallel mode (decryptions, blind index
                 // lookups); a row committed after the query began is then not seen, which fails
                 // closed (a data key not found), never open.
-                let snapshot =
-                    if pg_sys::IsInParallelMode() { std::ptr::null_mut() } else { pg_sys::GetLatestSnapshot() };
+                let snapshot = if crate::postgres::xact::in_parallel_mode() {
+                    std::ptr::null_mut()
+                } else {
+                    pg_sys::GetLatestSnapshot()
+                };
                 let rc = pg_sys::SPI_execute_snapshot(
                     plan,
                     values.as_mut_ptr(),

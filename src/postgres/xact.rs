@@ -95,3 +95,10 @@ unsafe extern "C-unwind" fn on_subxact(
         f(event, my, parent);
     }
 }
+
+/// Whether this backend runs a query with a parallel plan (the leader or a worker), where
+/// PostgreSQL refuses writes and newer snapshots.
+pub fn in_parallel_mode() -> bool {
+    // SAFETY: reads the transaction state's parallel-mode counter.
+    unsafe { pgrx::pg_sys::IsInParallelMode() }
+}

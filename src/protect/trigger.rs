@@ -211,35 +211,45 @@ impl Row {
         Some(Jsonb(unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) }.cast::<pg_sys::Jsonb>()))
     }
 
-    /// The text output of a bind attribute (in memory of the trigger's call). The integer types
-    /// and text/varchar — the usual bind columns — are formatted here, as their output
-    /// functions do (decimal with a leading `-`; the text itself), without a call through the
-    /// function manager; any other type calls its output function.
-    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Option<Cow<'_, str>> {
-        let d = self.datum(attnum)?;
-        match out_fn.to_u32() {
+    /// The text output of a bind attribute (in memory of the trigger's call); None for NULL.
+    /// The integer types and text/varchar — the usual bind columns — are formatted here, as
+    /// their output functions do (decimal with a leading `-`; the text itself), without a call
+    /// through the function manager; any other type calls its output function. A value whose
+    /// text is not UTF-8 (a database in another encoding) is an error: taken as NULL, as it
+    /// was, every such row shared one context and a ciphertext moved between them unnoticed.
+    fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Result<Option<Cow<'_, str>>, Error> {
+        let Some(d) = self.datum(attnum) else { return Ok(None) };
+        let bytes: &[u8] = match out_fn.to_u32() {
             // Pass-by-value integers: the datum holds the value (what DatumGetInt64 and friends read).
-            pg_sys::F_INT8OUT => return Some(Cow::Owned((d.value() as i64).to_string())),
-            pg_sys::F_INT4OUT => return Some(Cow::Owned((d.value() as i32).to_string())),
-            pg_sys::F_INT2OUT => return Some(Cow::Owned((d.value() as i16).to_string())),
+            pg_sys::F_INT8OUT => return Ok(Some(Cow::Owned((d.value() as i64).to_string()))),
+            pg_sys::F_INT4OUT => return Ok(Some(Cow::Owned((d.value() as i32).to_string()))),
+            pg_sys::F_INT2OUT => return Ok(Some(Cow::Owned((d.value() as i16).to_string()))),
             pg_sys::F_TEXTOUT | pg_sys::F_VARCHAROUT => {
                 // SAFETY: a text or varchar attribute (its output function says so).
-                let bytes = unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID) }?;
-                return std::str::from_utf8(bytes).ok().map(Cow::Borrowed);
+                unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID) }.unwrap_or_default()
             }
-            _ => {}
+            _ => {
+                // SAFETY: out_fn is the attribute type's output function (catalog lookup).
+                let c = unsafe { pg_sys::OidOutputFunctionCall(out_fn, d) };
+                // SAFETY: output functions return a palloc'd NUL-terminated string.
+                unsafe { CStr::from_ptr(c) }.to_bytes()
+            }
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(Some(Cow::Borrowed(text))),
+            Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "a bind column's value is not valid UTF-8").with_detail(
+                "pg_credcrypt binds a value to its row by the UTF-8 text of the bind columns; in a database whose encoding is not UTF-8 they must hold ASCII",
+            )),
         }
-        // SAFETY: out_fn is the attribute type's output function (catalog lookup).
-        let c = unsafe { pg_sys::OidOutputFunctionCall(out_fn, d) };
-        // SAFETY: output functions return a palloc'd NUL-terminated string in the server
-        // encoding; bindable types print ASCII, or text that is valid in the database.
-        unsafe { CStr::from_ptr(c) }.to_str().ok().map(Cow::Borrowed)
     }
 
     /// The key a value of `d` in this row is encrypted with: the designation's, or for a
     /// per-row key, the one its bind column names.
     fn key<'d>(&self, d: &'d Designation) -> Result<Cow<'d, KeyRef>, Error> {
-        let value = d.key_bind.and_then(|i| d.binds.get(i)).and_then(|&(n, f)| self.bind_text(n, f));
+        let value = match d.key_bind.and_then(|i| d.binds.get(i)) {
+            Some(&(n, f)) => self.bind_text(n, f)?,
+            None => None,
+        };
         d.key.for_row(value.as_deref())
     }
 
@@ -259,7 +269,7 @@ impl Row {
                     // length, never toasted), inside the tuple.
                     out.push_uuid(unsafe { &*v.cast_mut_ptr::<[u8; 16]>() })
                 }
-                _ => out.push(self.bind_text(n, f).as_deref()),
+                _ => out.push(self.bind_text(n, f)?.as_deref()),
             }
         }
         out.finish()
@@ -780,7 +790,12 @@ pub(crate) fn fire<'a>(t: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, Al
                 let row = KvRow {
                     schema: t.table_schema().unwrap_or_default(),
                     table: table(),
-                    identity: d.binds.iter().map(|&(n, f)| new.bind_text(n, f).map(Cow::into_owned)).collect(),
+                    identity: d
+                        .binds
+                        .iter()
+                        .map(|&(n, f)| new.bind_text(n, f).map(|v| v.map(Cow::into_owned)))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| located(e, d, &table))?,
                     old: old.as_ref().and_then(|o| o.text(d.attnum)).map(str::to_owned),
                 };
                 KV_ROW.with(|r| *r.borrow_mut() = Some(row));

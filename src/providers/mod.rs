@@ -231,6 +231,16 @@ pub(crate) fn encrypt_with(
     contexts: &[Option<&str>],
     allow_fallback: bool,
 ) -> Result<Vec<String>, Error> {
+    // In a query with a parallel plan (reachable only through a caller's own function marked
+    // PARALLEL SAFE or RESTRICTED around ours), the erasure record, data keys and kv journal
+    // could only be read with the query's snapshot — one from before a shred_key — and nothing
+    // could be written: refused, and nothing cached. The local key needs no catalog.
+    if !matches!(key, KeyRef::Local) && crate::postgres::xact::in_parallel_mode() {
+        return Err(Error::new(ErrorKind::InParallelQuery, "cannot encrypt with this key inside a parallel query")
+            .with_detail(format!(
+                "key {key}: its key catalogs cannot be read reliably, or written, in parallel mode"
+            )));
+    }
     // A key shredded here is not written under again, even if a key of that name exists again
     // in OpenBao (made from another database, or by hand): whatever the path (the trigger,
     // encrypt_credential(s), a re-encryption), the old values would then fail as tampering

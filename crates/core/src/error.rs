@@ -12,6 +12,10 @@ pub enum ErrorKind {
     UnsupportedVersion,
     /// The ciphertext or key reference names a provider this build cannot serve (0A000).
     UnsupportedProvider,
+    /// An encryption that needs the database's key catalogs (Transit, envelope, per-row and kv
+    /// keys) was called inside a query with a parallel plan, where those reads could be stale
+    /// and writes are refused (0A000).
+    InParallelQuery,
     /// Authentication failed: tampered value, wrong key or wrong context (39000).
     AuthenticationFailed,
     /// No key is configured for the requested provider (55000).
