@@ -83,25 +83,15 @@ impl ContextBuilder {
 
     /// Appends the next bind value, an integer (its decimal text, as PostgreSQL prints it).
     pub fn push_integer(&mut self, v: i64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = v.unsigned_abs();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let len = digits.len() - i + usize::from(v < 0);
+        let mut buf = [0u8; 20];
+        let digits = decimal(v.unsigned_abs(), &mut buf);
         self.0.push(':');
-        push_decimal(&mut self.0, len);
+        push_decimal(&mut self.0, digits.len() + usize::from(v < 0));
         self.0.push('=');
         if v < 0 {
             self.0.push('-');
         }
-        for &d in &digits[i..] {
+        for &d in digits {
             self.0.push(char::from(d));
         }
     }
@@ -130,19 +120,25 @@ impl ContextBuilder {
     }
 }
 
-/// Appends `n` in decimal (without the formatting machinery: once per bind value per row).
-fn push_decimal(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+/// The decimal digits of `n`, written at the end of `buf` (without the formatting machinery:
+/// once per bind value per row).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for &d in &digits[i..] {
+    &buf[i..]
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, n: usize) {
+    let mut buf = [0u8; 20];
+    for &d in decimal(n as u64, &mut buf) {
         out.push(char::from(d));
     }
 }

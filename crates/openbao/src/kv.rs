@@ -33,14 +33,14 @@
 //! refused token; the client re-authenticates once before reporting
 //! [`ErrorKind::PermissionDenied`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
 use crate::error::errors_text_of;
 use crate::transit::push_json_str;
-use crate::transport::{redirect_target, small_json, On403, MAX_RESPONSE};
+use crate::transport::{concurrently, redirect_target, small_json, On403, MAX_RESPONSE};
 use crate::{Client, Error, ErrorKind};
 
 /// Most concurrent requests [`Client::kv_read_many`] keeps outstanding (also the client's
@@ -746,54 +746,19 @@ impl Client {
         };
         let base = self.cfg.addrs[self.active % self.cfg.addrs.len()].clone();
         let sent = AtomicU64::new(0);
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let mut slots: Vec<Option<Outcome>> = todo.iter().map(|_| None).collect();
-        {
-            let ctx = PassCtx {
-                agent: &self.agent,
-                base: &base,
-                addrs: &self.cfg.addrs,
-                token: token.as_str(),
-                namespace: self.cfg.namespace.as_deref(),
-                sent: &sent,
-            };
-            std::thread::scope(|s| {
-                let mut handles = Vec::with_capacity(workers);
-                for w in 0..workers {
-                    let (ctx, next, stop) = (&ctx, &next, &stop);
-                    let spawned =
-                        std::thread::Builder::new().name(format!("credcrypt-kv-{w}")).spawn_scoped(s, move || {
-                            let mut done = Vec::new();
-                            while !stop.load(Ordering::Relaxed) {
-                                let k = next.fetch_add(1, Ordering::Relaxed);
-                                let Some(r) = todo.get(k) else { break };
-                                let o = ctx.get(r);
-                                if matches!(o, Outcome::Retry) {
-                                    stop.store(true, Ordering::Relaxed);
-                                }
-                                done.push((k, o));
-                            }
-                            done
-                        });
-                    match spawned {
-                        Ok(h) => handles.push(h),
-                        // No more threads (resource limits): the ones running share the work.
-                        Err(_) => break,
-                    }
-                }
-                for h in handles {
-                    // A thread that panicked loses its answers: its items go the normal path.
-                    if let Ok(done) = h.join() {
-                        for (k, o) in done {
-                            if let Some(slot) = slots.get_mut(k) {
-                                *slot = Some(o);
-                            }
-                        }
-                    }
-                }
-            });
-        }
+        let ctx = PassCtx {
+            agent: &self.agent,
+            base: &base,
+            addrs: &self.cfg.addrs,
+            token: token.as_str(),
+            namespace: self.cfg.namespace.as_deref(),
+            sent: &sent,
+        };
+        let slots = concurrently(todo, workers, "credcrypt-kv", |r| {
+            let o = ctx.get(r);
+            let go_on = !matches!(o, Outcome::Retry);
+            (o, go_on)
+        });
         self.status.http_requests += sent.load(Ordering::Relaxed);
         slots.into_iter().map(|o| o.unwrap_or(Outcome::Retry)).collect()
     }

@@ -264,8 +264,6 @@ impl Client {
         };
         let url = format!("{}/v1/{path}", self.cfg.addrs[self.active % self.cfg.addrs.len()]);
         let (agent, namespace) = (&self.agent, self.cfg.namespace.as_deref());
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
         let sent = AtomicU64::new(0);
         let post = |body: &Zeroizing<String>| -> Option<(u16, Body)> {
             sent.fetch_add(1, Ordering::Relaxed);
@@ -282,44 +280,68 @@ impl Client {
             let text = resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string().ok()?;
             Some((status, Zeroizing::new(text)))
         };
-        let workers = in_flight.clamp(1, bodies.len());
-        std::thread::scope(|s| {
-            let mut handles = Vec::with_capacity(workers);
-            for w in 0..workers {
-                let (next, stop, post) = (&next, &stop, &post);
-                let spawned =
-                    std::thread::Builder::new().name(format!("credcrypt-bao-{w}")).spawn_scoped(s, move || {
-                        let mut done = Vec::new();
-                        while !stop.load(Ordering::Relaxed) {
-                            let k = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(body) = bodies.get(k) else { break };
-                            let answer = post(body);
-                            if answer.is_none() {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                            done.push((k, answer));
-                        }
-                        done
-                    });
-                match spawned {
-                    Ok(h) => handles.push(h),
-                    // No more threads (resource limits): the ones running share the work.
-                    Err(_) => break,
-                }
-            }
-            for h in handles {
-                if let Ok(done) = h.join() {
-                    for (k, answer) in done {
-                        if let Some(slot) = out.get_mut(k) {
-                            *slot = answer;
-                        }
-                    }
-                }
-            }
+        let answers = concurrently(bodies, in_flight, "credcrypt-bao", |body| {
+            let answer = post(body);
+            let settled = answer.is_some();
+            (answer, settled)
         });
+        for (slot, answer) in out.iter_mut().zip(answers) {
+            *slot = answer.flatten();
+        }
         self.status.http_requests += sent.load(Ordering::Relaxed);
         out
     }
+}
+
+/// Runs `f` over `items` from up to `workers` short-lived scoped threads (named
+/// `<name>-<n>`), each taking the next item until none is left; `f` answers an outcome and
+/// whether the pass may go on (false: no thread takes another item — a failure the rest would
+/// meet too). Outcomes in `items`' order; `None` for an item not taken, or taken by a thread
+/// that panicked or could not start (the caller sends those the normal way).
+pub(crate) fn concurrently<T: Sync, O: Send>(
+    items: &[T],
+    workers: usize,
+    name: &str,
+    f: impl Fn(&T) -> (O, bool) + Sync,
+) -> Vec<Option<O>> {
+    let mut out: Vec<Option<O>> = items.iter().map(|_| None).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers.clamp(1, items.len().max(1)) {
+            let (next, stop, f) = (&next, &stop, &f);
+            let spawned = std::thread::Builder::new().name(format!("{name}-{w}")).spawn_scoped(s, move || {
+                let mut done = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(k) else { break };
+                    let (o, go_on) = f(item);
+                    if !go_on {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    done.push((k, o));
+                }
+                done
+            });
+            match spawned {
+                Ok(h) => handles.push(h),
+                // No more threads (resource limits): the ones running share the work.
+                Err(_) => break,
+            }
+        }
+        for h in handles {
+            // A thread that panicked loses its outcomes: its items go the normal path.
+            if let Ok(done) = h.join() {
+                for (k, o) in done {
+                    if let Some(slot) = out.get_mut(k) {
+                        *slot = Some(o);
+                    }
+                }
+            }
+        }
+    });
+    out
 }
 
 /// The URL a `Location` header points to, if it is on one of `addrs`. A relative location

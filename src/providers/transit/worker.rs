@@ -153,7 +153,15 @@ struct Worker {
     last_error: String,
     /// The kv provider's journal of writes whose transaction has not ended.
     kv: crate::providers::kv_journal::Journal,
+    /// How many requests the last round served ([`Worker::linger`]).
+    last_round: usize,
 }
+
+/// How long the worker waits for more requests before a round, at most, when the round before
+/// served several: under concurrent single-row writes each request arrives alone, and waiting
+/// a moment lets one Transit call serve more of them. A round after a single request does not
+/// wait, so a lone client's latency is unchanged.
+const LINGER: Duration = Duration::from_micros(300);
 
 impl Worker {
     fn reconfigure(&mut self) {
@@ -258,9 +266,27 @@ impl Worker {
         r
     }
 
+    /// After a round of several requests: waits (up to [`LINGER`]) until as many are READY as
+    /// that round served, so that concurrent single-row writes share Transit calls.
+    fn linger(&self) {
+        if self.last_round < 2 {
+            return;
+        }
+        let q = self.q;
+        let deadline = Instant::now() + LINGER;
+        while Instant::now() < deadline {
+            let ready = (0..q.nslots()).filter(|&i| q.slot(i).state.load(SeqCst) == state::READY).count();
+            if ready == 0 || ready >= self.last_round {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
     /// Takes every READY slot and answers it.
     fn serve(&mut self) {
         let q = self.q;
+        self.linger();
         let mut taken = Vec::new();
         for i in 0..q.nslots() {
             let slot = q.slot(i);
@@ -268,6 +294,7 @@ impl Worker {
                 taken.push(i);
             }
         }
+        self.last_round = taken.len();
         if taken.is_empty() {
             return;
         }
@@ -571,6 +598,7 @@ pub extern "C-unwind" fn credcrypt_worker_main(_arg: pg_sys::Datum) {
         checked_keys: HashMap::new(),
         last_error: String::new(),
         kv: crate::providers::kv_journal::Journal::load(),
+        last_round: 0,
     };
     if let Err(f) = w.client.as_ref().map(|_| ()).map_err(Fail::clone) {
         w.note_error(&f);
