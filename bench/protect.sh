@@ -44,18 +44,22 @@ for t in bench_plain bench_transit; do
 INSERT INTO $t (user_id, provider, api_key) VALUES ('user-' || CAST(:n AS text), 'openai', 'sk-live-' || CAST(:n AS text) || '-0123456789abcdef0123456789abcdef');
 SQL
 done
-printf '\n%-8s %18s %18s %8s\n' clients "unprotected rows/s" "transit rows/s" ratio
+printf '\n%-8s %18s %18s %8s %18s\n' clients "unprotected rows/s" "transit rows/s" ratio "Transit batch size"
+served() { psql_ -c "SELECT batches || ' ' || values_served FROM credcrypt.status()"; }
 for c in 1 16; do
     declare -A tps=()
     for t in bench_plain bench_transit; do
+        [ "$t" = bench_transit ] && read -r b0 v0 <<<"$(served)"
         out="$(pgbench -n -M prepared -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -f "$DIR/$t.sql" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" postgres 2>&1)" || {
             echo "$out" >&2
             exit 1
         }
         tps[$t]="$(awk '/^tps = /{print int($3)}' <<<"$out")"
     done
-    printf '%-8s %18s %18s %8s\n' "$c" "${tps[bench_plain]}" "${tps[bench_transit]}" \
-        "$(awk -v a="${tps[bench_transit]}" -v b="${tps[bench_plain]}" 'BEGIN{printf "%.2fx", a/b}')"
+    read -r b1 v1 <<<"$(served)"
+    printf '%-8s %18s %18s %8s %18s\n' "$c" "${tps[bench_plain]}" "${tps[bench_transit]}" \
+        "$(awk -v a="${tps[bench_transit]}" -v b="${tps[bench_plain]}" 'BEGIN{printf "%.2fx", a/b}')" \
+        "$(awk -v b="$((b1 - b0))" -v v="$((v1 - v0))" 'BEGIN{printf "%.1f", (b > 0 ? v / b : 0)}')"
 done
 bad="$(psql_ -c "SELECT count(*) FROM bench_transit WHERE api_key NOT LIKE 'cc1:transit:app:%'")"
 [ "$bad" = 0 ] || { log "FAILED: $bad Transit rows are not Transit ciphertexts"; exit 1; }
