@@ -13,7 +13,7 @@
 # without associated data) — what the issue's ratios are against. Printed beside it: the same
 # client with 4 threads (what OpenBao gives on all its cores).
 #
-# Targets (issue 19): local -> Transit >= 0.4x raw; Transit -> Transit >= 0.28x raw; to envelope
+# Targets: local -> Transit >= 0.4x raw; Transit -> Transit >= 0.28x raw; to envelope
 # >= 100,000 rows/s.
 #
 #   bash bench/migrate.sh                                  # 100,000 rows, batch sizes 500 2000 5000

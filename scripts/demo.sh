@@ -35,4 +35,12 @@ if grep -qE "sk-live-51HxAbCdEf0123456789a1b2|sk-proj-Zq81Lm0123456789abcdefa1b2
     echo "[demo] FAILED: a plaintext reached the server log" >&2
     exit 1
 fi
+# What the protected column holds: ciphertexts only (the column and the jsonb key).
+stored="$(psql -X -At -h "$CC_PGHOST" -p "$CC_PGPORT" -U postgres -d postgres -c \
+    "SELECT count(*) FILTER (WHERE credcrypt.is_encrypted(api_key) AND (config->>'apiKey' IS NULL OR credcrypt.is_encrypted(config->>'apiKey')))
+            || '/' || count(*) FROM credentials")"
+if [ "${stored%/*}" != "${stored#*/}" ] || [ "${stored#*/}" = 0 ]; then
+    echo "[demo] FAILED: credentials holds a value that is not a ciphertext ($stored rows encrypted)" >&2
+    exit 1
+fi
 echo "[demo] OK: 3 tamper attempts refused (39000), decrypt without the role refused (42501), protected column stored ciphertext only, server log clean"

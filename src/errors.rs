@@ -21,7 +21,7 @@ pub fn classify(kind: ErrorKind) -> (PgSqlErrorCode, &'static str) {
         ),
         ErrorKind::InParallelQuery => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
-            "Encrypt outside a parallel query: pg_credcrypt's encrypting functions are PARALLEL UNSAFE, and so must be any function of yours that calls them.",
+            "Encrypt outside a parallel query: pg_credcrypt's encrypting functions are PARALLEL UNSAFE (after ALTER EXTENSION pg_credcrypt UPDATE to 0.3.0), and so must be any function of yours that calls them.",
         ),
         ErrorKind::UnsupportedProvider => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -132,7 +132,7 @@ pub fn fail(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<Str
 #[track_caller]
 pub fn raise(e: Error) -> ! {
     let (code, hint) = classify(e.kind);
-    let mut report = ErrorReport::new(code, e.message, "pg_credcrypt").set_hint(hint);
+    let mut report = ErrorReport::new(code, e.message, "pg_credcrypt").set_hint(e.hint.unwrap_or(hint));
     if let Some(d) = e.detail {
         report = report.set_detail(d);
     }

@@ -20,7 +20,7 @@ fn prelude(doc: &str) -> String {
     END $$;";
     let extension = if doc == "README.md" { "" } else { "CREATE EXTENSION pg_credcrypt;" };
     let tables = match doc {
-        "README.md" => "CREATE TABLE api_keys (owner text, secret text);",
+        "README.md" => "",
         "sql-reference.md" => {
             "CREATE TABLE api_keys (owner text, secret text);
              INSERT INTO api_keys VALUES ('alice', credcrypt.encrypt_credential('sk-live-0123456789', context => 'owner:alice'));

@@ -237,9 +237,9 @@ impl Row {
         };
         match std::str::from_utf8(bytes) {
             Ok(text) => Ok(Some(Cow::Borrowed(text))),
-            Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "a bind column's value is not valid UTF-8").with_detail(
-                "pg_credcrypt binds a value to its row by the UTF-8 text of the bind columns; in a database whose encoding is not UTF-8 they must hold ASCII",
-            )),
+            Err(_) => Err(Error::new(ErrorKind::InvalidArgument, "a bind column's value is not valid UTF-8")
+                .with_detail("pg_credcrypt binds a value to its row by the UTF-8 text of the bind columns")
+                .with_hint("In a database whose encoding is not UTF-8, bind to an integer, uuid or ASCII key (docs/protected-columns.md, Binding).")),
         }
     }
 

@@ -78,12 +78,21 @@ pub struct Error {
     pub message: String,
     /// Extra detail, safe to show to any client.
     pub detail: Option<String>,
+    /// A hint for this error when its kind's usual one would not fit (None: the kind's).
+    pub hint: Option<&'static str>,
 }
 
 impl Error {
     /// Builds an error without detail.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), detail: None }
+        Self { kind, message: message.into(), detail: None, hint: None }
+    }
+
+    /// Sets the hint shown instead of the kind's usual one.
+    #[must_use]
+    pub fn with_hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
     }
 
     /// Adds a detail line.

@@ -123,7 +123,8 @@ pub fn verify_bcrypt(hash: &str, presented: &[u8]) -> Result<bool> {
                 "the hash has cost {}; pg_credcrypt verifies bcrypt hashes of cost {MAX_BCRYPT_COST} or less",
                 parsed.cost
             ),
-        ));
+        )
+        .with_hint("Verify such a hash in the application, or rotate the credential: the new value is encrypted, not hashed."));
     }
     // The crate truncates to 72 bytes, keeps NUL bytes, and compares with subtle's ct_eq.
     bcrypt::verify(presented, hash).map_err(|_| Error::internal("the bcrypt library refused a well-formed hash"))
