@@ -255,12 +255,12 @@ impl Client {
         bodies: &[Zeroizing<String>],
         in_flight: usize,
     ) -> Vec<Option<(u16, Body)>> {
-        let mut out: Vec<Option<(u16, Body)>> = bodies.iter().map(|_| None).collect();
+        let unsettled = || bodies.iter().map(|_| None).collect();
         if bodies.is_empty() || (self.token.is_none() && self.authenticate().is_err()) {
-            return out;
+            return unsettled();
         }
         let Some(token) = self.token.as_ref().map(|t| Zeroizing::new(t.value.as_str().to_owned())) else {
-            return out;
+            return unsettled();
         };
         let url = format!("{}/v1/{path}", self.cfg.addrs[self.active % self.cfg.addrs.len()]);
         let (agent, namespace) = (&self.agent, self.cfg.namespace.as_deref());
@@ -285,11 +285,8 @@ impl Client {
             let settled = answer.is_some();
             (answer, settled)
         });
-        for (slot, answer) in out.iter_mut().zip(answers) {
-            *slot = answer.flatten();
-        }
         self.status.http_requests += sent.load(Ordering::Relaxed);
-        out
+        answers.into_iter().map(Option::flatten).collect()
     }
 }
 
