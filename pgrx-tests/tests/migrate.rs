@@ -612,3 +612,116 @@ fn kv_references_fail_closed_where_the_kv_provider_is_not_served() {
     assert!(usage(c, "mg_kv").contains("kv:kv:secret:3:1"), "{}", usage(c, "mg_kv"));
     c.sql("DROP TABLE mg_kv CASCADE");
 }
+
+/// Sets `credcrypt.queue_slots` (a server-start setting) and restarts; dropping it restores
+/// the default (the suite's other tests share the cluster).
+struct QueueSlots<'a>(&'a Cluster);
+
+impl<'a> QueueSlots<'a> {
+    fn set(c: &'a Cluster, n: u32) -> QueueSlots<'a> {
+        c.sql(&format!("ALTER SYSTEM SET credcrypt.queue_slots = {n}"));
+        c.restart();
+        assert_eq!(c.sql("SHOW credcrypt.queue_slots"), n.to_string());
+        QueueSlots(c)
+    }
+}
+
+impl Drop for QueueSlots<'_> {
+    fn drop(&mut self) {
+        self.0.sql("ALTER SYSTEM RESET credcrypt.queue_slots");
+        self.0.restart();
+    }
+}
+
+/// A batch to a Transit key goes to the worker in parts (part j+1 encrypted and part j
+/// verified while the database writes part j-1), and a backend hands a large request over in
+/// several queue slots at once. With the smallest queue (4 slots) shared by a migration and
+/// three sessions whose calls each need more slots than the queue has, every value still
+/// arrives in order, and a part that fails after earlier parts were written leaves the whole
+/// batch unwritten.
+#[test]
+fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
+    let e = setup();
+    let c = &e.c;
+    let _slots = QueueSlots::set(c, 4);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !c.psql("mg_app", "SELECT credcrypt.encrypt_credential('warm-up', 'transit:app')").ok {
+        assert!(Instant::now() < deadline, "the worker did not come back after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.sql("DROP TABLE IF EXISTS mg_pipe CASCADE");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_pipe (id bigint PRIMARY KEY, owner text NOT NULL DEFAULT 'o', secret text);
+         SELECT credcrypt.protect_column('mg_pipe', 'secret', key_name => 'local', bind_columns => ARRAY['id']);
+         INSERT INTO mg_pipe (id, secret) SELECT g, 'sk-' || g FROM generate_series(1, 6000) g;
+         SELECT credcrypt.create_decrypted_view('mg_pipe', 'mg_pipe_plain');",
+    )
+    .expect_ok();
+
+    // An owner's trigger that fails on one row of the last part of the first batch (rows in
+    // heap order; batch 3000 = 7 parts): the parts before it were written in the batch's
+    // transaction, and must not stay.
+    c.psql(
+        "mg_owner",
+        "CREATE OR REPLACE FUNCTION mg_pipe_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.id = 2990 THEN RAISE EXCEPTION 'mg_pipe refuses row 2990' USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER mg_pipe_refuse BEFORE UPDATE ON mg_pipe FOR EACH ROW EXECUTE FUNCTION mg_pipe_refuse();",
+    )
+    .expect_ok();
+    let digest = "SELECT md5(string_agg(secret, ',' ORDER BY id)) FROM mg_pipe";
+    let before = c.sql(digest);
+    let o =
+        c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_pipe', 'secret', 'transit:app', batch_size => 3000)");
+    o.expect_error("23514");
+    assert_eq!(c.sql(digest), before, "a failed batch left some of its parts written");
+    assert_eq!(
+        c.sql(
+            "SELECT state FROM credcrypt.reencrypt_runs WHERE relid = 'mg_pipe'::regclass ORDER BY run_id DESC LIMIT 1"
+        ),
+        "failed"
+    );
+    c.psql("mg_owner", "DROP TRIGGER mg_pipe_refuse ON mg_pipe").expect_ok();
+
+    // Three sessions, each encrypting and decrypting 2,500 values of 300 bytes (answers of
+    // about 8 slots each way) in one call, while the migration runs.
+    let sessions: Vec<_> = (0..3)
+        .map(|s| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                c.psql(
+                    "mg_app",
+                    &format!(
+                        "WITH p AS (SELECT array_agg(repeat(chr(65 + (g % 26)), 290) || '-{s}-' || g ORDER BY g) AS v,
+                                           array_agg('ctx-{s}-' || g ORDER BY g) AS ctx
+                                      FROM generate_series(1, 2500) g),
+                              e AS (SELECT v, ctx, credcrypt.encrypt_credentials(v, 'transit:app', ctx) AS ct FROM p)
+                         SELECT (credcrypt.decrypt_credentials(ct, ctx) = v)::text || ' ' || pg_catalog.array_length(ct, 1)
+                                || ' ' || (SELECT count(DISTINCT x) FROM unnest(ct) x) FROM e"
+                    ),
+                )
+            })
+        })
+        .collect();
+    let o =
+        c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_pipe', 'secret', 'transit:app', batch_size => 3000)");
+    o.expect_ok();
+    assert!(o.err.contains("complete — every value is on transit:app v1"), "{}", o.err);
+    for s in sessions {
+        let o = s.join().expect("session");
+        assert_eq!(o.expect_ok(), "true 2500 2500", "{o:?}");
+    }
+    assert_eq!(usage(c, "mg_pipe"), "transit:transit:app:1:6000");
+    assert_eq!(c.sql("SELECT count(*) FROM mg_pipe_plain WHERE secret = 'sk-' || id"), "6000");
+    // Nothing is left in the queue (no slot held, waiting or being served), and calls that
+    // each need three times the queue go through one after another.
+    assert_eq!(c.sql("SELECT queue_depth FROM credcrypt.status()"), "0");
+    for _ in 0..5 {
+        let o = c.psql(
+            "mg_app",
+            "SELECT count(*) FROM unnest(credcrypt.encrypt_credentials(
+                 (SELECT array_agg(repeat('x', 900) || g) FROM generate_series(1, 1200) g), 'transit:app'))",
+        );
+        assert_eq!(o.expect_ok(), "1200");
+    }
+}

@@ -45,7 +45,7 @@ use auth::Token;
 pub use config::{Auth, Config, Item};
 pub use error::{Decrypted, Error, ErrorKind, ItemError, ItemErrorKind};
 pub use kv::{KvData, KvMetadata, KvValue, KvVersionInfo, KV_MAX_IN_FLIGHT, KV_MAX_LIST_ENTRIES};
-pub use transit::{KeyInfo, TRANSIT_IN_FLIGHT};
+pub use transit::{KeyInfo, TransitBatch, TransitOp, TRANSIT_IN_FLIGHT};
 
 /// Client state for monitoring.
 #[derive(Debug, Clone, Default)]

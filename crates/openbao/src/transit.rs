@@ -123,6 +123,45 @@ fn batch_body(entries: &[Zeroizing<String>]) -> Zeroizing<String> {
     body
 }
 
+/// One operation of [`Client::batch_runs`]: `what` (encrypt, decrypt, rewrap) of `items` with
+/// `key`, each item a `batch_input` entry by `entry_of`.
+struct Run<'a> {
+    what: &'a str,
+    key: &'a str,
+    items: &'a [Item],
+    entry_of: &'a dyn Fn(&Item) -> Zeroizing<String>,
+}
+
+/// Encrypt or decrypt, for [`Client::transit_batches`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitOp {
+    /// `transit/encrypt/<key>`.
+    Encrypt,
+    /// `transit/decrypt/<key>`.
+    Decrypt,
+}
+
+/// One set of items for [`Client::transit_batches`].
+pub struct TransitBatch<'a> {
+    /// Encrypt or decrypt.
+    pub op: TransitOp,
+    /// The Transit key.
+    pub key: &'a str,
+    /// Plaintexts (encrypt) or `vault:vN:…` values (decrypt), with their associated data.
+    pub items: &'a [Item],
+}
+
+/// The plaintext of a decrypt answer item.
+fn plaintext_of(r: Result<BatchItem, ItemError>) -> Decrypted {
+    r.and_then(|v| {
+        let p = v.plaintext.unwrap_or_default();
+        STANDARD.decode(p.as_bytes()).map(Zeroizing::new).map_err(|_| ItemError {
+            kind: ItemErrorKind::Other,
+            message: "OpenBao answered a plaintext that is not base64".into(),
+        })
+    })
+}
+
 /// The ciphertext of an encrypt or rewrap answer item.
 fn ciphertext_of(v: BatchItem) -> Result<String, ItemError> {
     v.ciphertext
@@ -187,12 +226,7 @@ impl Client {
         parse_batch(status, &text, entries.len(), what, key)
     }
 
-    /// `what` (encrypt, decrypt, rewrap) of all `items` with `key`: split under the request
-    /// limits ([`Client::chunks`]); when that makes several requests, up to
-    /// [`TRANSIT_IN_FLIGHT`] of them are outstanding at once
-    /// ([`Client::post_concurrently`]), and a request that pass could not settle goes through
-    /// the normal path (failover, re-authentication, back-off). Answers in the items' order;
-    /// the first whole-request failure, in the items' order, fails the call, as one by one.
+    /// `what` (encrypt, decrypt, rewrap) of all `items` with `key` ([`Client::batch_runs`]).
     fn batch_run(
         &mut self,
         what: &str,
@@ -200,28 +234,89 @@ impl Client {
         items: &[Item],
         entry_of: impl Fn(&Item) -> Zeroizing<String>,
     ) -> Result<Vec<Result<BatchItem, ItemError>>, Error> {
-        let mut out = Vec::with_capacity(items.len());
-        let chunks = Self::chunks(items);
+        self.batch_runs(&[Run { what, key, items, entry_of: &entry_of }]).pop().unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Several batch operations at once: each split under the request limits
+    /// ([`Client::chunks`]); when that makes several requests in all, up to
+    /// [`TRANSIT_IN_FLIGHT`] of them (of any of the operations) are outstanding at once
+    /// ([`Client::post_concurrently`]), and a request that pass could not settle goes through
+    /// the normal path (failover, re-authentication, back-off). Per operation: answers in the
+    /// items' order, and the first whole-request failure, in the items' order, fails it (its
+    /// later requests are not sent), as one by one.
+    fn batch_runs(&mut self, runs: &[Run<'_>]) -> Vec<Result<Vec<Result<BatchItem, ItemError>>, Error>> {
+        let mut out: Vec<Result<Vec<_>, Error>> = runs.iter().map(|r| Ok(Vec::with_capacity(r.items.len()))).collect();
+        let requests: Vec<(usize, std::ops::Range<usize>)> =
+            runs.iter().enumerate().flat_map(|(k, r)| Self::chunks(r.items).into_iter().map(move |c| (k, c))).collect();
         // A window of requests at a time: at most TRANSIT_IN_FLIGHT bodies exist at once.
-        for window in chunks.chunks(TRANSIT_IN_FLIGHT) {
-            let entries: Vec<Vec<Zeroizing<String>>> =
-                window.iter().map(|r| items[r.clone()].iter().map(&entry_of).collect()).collect();
+        for window in requests.chunks(TRANSIT_IN_FLIGHT) {
+            let live: Vec<&(usize, std::ops::Range<usize>)> = window.iter().filter(|(k, _)| out[*k].is_ok()).collect();
+            let entries: Vec<Vec<Zeroizing<String>>> = live
+                .iter()
+                .map(|(k, c)| runs[*k].items[c.clone()].iter().map(|it| (runs[*k].entry_of)(it)).collect())
+                .collect();
             let answers = if entries.len() > 1 {
-                let bodies: Vec<Zeroizing<String>> = entries.iter().map(|e| batch_body(e)).collect();
-                let path = self.transit_path(what, key);
-                self.post_concurrently(&path, &bodies, TRANSIT_IN_FLIGHT)
+                let bodies: Vec<(String, Zeroizing<String>)> = live
+                    .iter()
+                    .zip(&entries)
+                    .map(|((k, _), e)| (self.transit_path(runs[*k].what, runs[*k].key), batch_body(e)))
+                    .collect();
+                self.post_concurrently(&bodies, TRANSIT_IN_FLIGHT)
             } else {
                 vec![None]
             };
-            for (e, answer) in entries.iter().zip(answers) {
+            for (((k, _), e), answer) in live.iter().zip(&entries).zip(answers) {
+                let Run { what, key, .. } = runs[*k];
+                if out[*k].is_err() {
+                    continue; // an earlier request of the operation failed in this window
+                }
                 let results = match answer {
-                    Some((status, text)) => parse_batch(status, &text, e.len(), what, key)?,
-                    None => self.batch_call(what, key, e)?,
+                    Some((status, text)) => parse_batch(status, &text, e.len(), what, key),
+                    None => self.batch_call(what, key, e),
                 };
-                out.extend(results);
+                match results {
+                    Ok(r) => {
+                        if let Ok(v) = &mut out[*k] {
+                            v.extend(r);
+                        }
+                    }
+                    Err(err) => out[*k] = Err(err),
+                }
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Encrypts and decrypts several sets of items at once (a worker round that serves several
+    /// backends' requests, or a backend's encryption of one part beside the verification of
+    /// another): their requests share the [`TRANSIT_IN_FLIGHT`] window. Per set: the answers
+    /// ([`Client::encrypt`]'s ciphertext text, or [`Client::decrypt`]'s plaintext), in order,
+    /// or the set's whole-request error.
+    pub fn transit_batches(&mut self, sets: &[TransitBatch<'_>]) -> Vec<Result<Vec<Decrypted>, Error>> {
+        let enc = |it: &Item| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it);
+        let dec =
+            |it: &Item| entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it);
+        let runs: Vec<Run<'_>> = sets
+            .iter()
+            .map(|s| match s.op {
+                TransitOp::Encrypt => Run { what: "encrypt", key: s.key, items: s.items, entry_of: &enc },
+                TransitOp::Decrypt => Run { what: "decrypt", key: s.key, items: s.items, entry_of: &dec },
+            })
+            .collect();
+        let results = self.batch_runs(&runs);
+        results
+            .into_iter()
+            .zip(sets)
+            .map(|(r, s)| {
+                r.map(|items| match s.op {
+                    TransitOp::Encrypt => items
+                        .into_iter()
+                        .map(|r| r.and_then(ciphertext_of).map(|c| Zeroizing::new(c.into_bytes())))
+                        .collect(),
+                    TransitOp::Decrypt => items.into_iter().map(plaintext_of).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Splits items into chunks under the JSON-string and body limits.
@@ -258,18 +353,7 @@ impl Client {
         let results = self.batch_run("decrypt", key, items, |it| {
             entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it)
         })?;
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.and_then(|v| {
-                    let p = v.plaintext.unwrap_or_default();
-                    STANDARD.decode(p.as_bytes()).map(Zeroizing::new).map_err(|_| ItemError {
-                        kind: ItemErrorKind::Other,
-                        message: "OpenBao answered a plaintext that is not base64".into(),
-                    })
-                })
-            })
-            .collect())
+        Ok(results.into_iter().map(plaintext_of).collect())
     }
 
     /// Generates a 256-bit data key: answers (plaintext key bytes, wrapped `vault:vN:…`). With

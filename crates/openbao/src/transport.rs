@@ -241,7 +241,7 @@ impl Client {
         redirect_target(&self.cfg.addrs, base, loc)
     }
 
-    /// POSTs every body of `bodies` to `path` on the active address with the current token,
+    /// POSTs every body of `requests` to its path on the active address with the current token,
     /// up to `in_flight` at a time, from short-lived scoped threads that share the client's
     /// pool of keep-alive connections. An answer is returned only when it is final: any status
     /// but 403, 429, 5xx and redirects. Everything else — no token, a transport error, a 403
@@ -251,22 +251,22 @@ impl Client {
     /// failure the pass sends nothing more (the rest go the normal way too).
     pub(crate) fn post_concurrently(
         &mut self,
-        path: &str,
-        bodies: &[Zeroizing<String>],
+        requests: &[(String, Zeroizing<String>)],
         in_flight: usize,
     ) -> Vec<Option<(u16, Body)>> {
-        let unsettled = || bodies.iter().map(|_| None).collect();
-        if bodies.is_empty() || (self.token.is_none() && self.authenticate().is_err()) {
+        let unsettled = || requests.iter().map(|_| None).collect();
+        if requests.is_empty() || (self.token.is_none() && self.authenticate().is_err()) {
             return unsettled();
         }
         let Some(token) = self.token.as_ref().map(|t| Zeroizing::new(t.value.as_str().to_owned())) else {
             return unsettled();
         };
-        let url = format!("{}/v1/{path}", self.cfg.addrs[self.active % self.cfg.addrs.len()]);
+        let base = self.cfg.addrs[self.active % self.cfg.addrs.len()].clone();
         let (agent, namespace) = (&self.agent, self.cfg.namespace.as_deref());
         let sent = AtomicU64::new(0);
-        let post = |body: &Zeroizing<String>| -> Option<(u16, Body)> {
+        let post = |(path, body): &(String, Zeroizing<String>)| -> Option<(u16, Body)> {
             sent.fetch_add(1, Ordering::Relaxed);
+            let url = format!("{base}/v1/{path}");
             let mut r =
                 agent.post(&url).header("Content-Type", "application/json").header("X-Vault-Token", token.as_str());
             if let Some(ns) = namespace {
@@ -280,8 +280,8 @@ impl Client {
             let text = resp.body_mut().with_config().limit(MAX_RESPONSE).read_to_string().ok()?;
             Some((status, Zeroizing::new(text)))
         };
-        let answers = concurrently(bodies, in_flight, "credcrypt-bao", |body| {
-            let answer = post(body);
+        let answers = concurrently(requests, in_flight, "credcrypt-bao", |request| {
+            let answer = post(request);
             let settled = answer.is_some();
             (answer, settled)
         });

@@ -3,7 +3,7 @@
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use credcrypt_openbao::{Auth, Client, Config, ErrorKind, Item, ItemErrorKind};
+use credcrypt_openbao::{Auth, Client, Config, ErrorKind, Item, ItemErrorKind, TransitBatch, TransitOp};
 use credcrypt_test_support::{free_port, write_secret_file, Bao};
 use zeroize::Zeroizing;
 
@@ -340,4 +340,86 @@ fn concurrent_requests_keep_order_errors_and_recovery() {
         c.encrypt("missing", &items).unwrap_err().kind,
         ErrorKind::KeyNotFound | ErrorKind::PermissionDenied
     ));
+}
+
+/// Several encrypt and decrypt sets in one call (a worker round serving several backends, or a
+/// migration's encryption of one part beside the verification of another): their requests
+/// are outstanding together, each set answers its own items in order, and a set that fails
+/// as a whole (a missing key) fails alone.
+#[test]
+fn transit_batches_serve_several_sets_together() {
+    let bao = Bao::start(0, &dir("sets"));
+    bao.setup("1h");
+    let token = token_file(&bao, "t");
+    let mut c = client(vec![bao.addr.clone()], token.clone());
+    let plain = |tag: &str, n: usize| -> Vec<Item> {
+        (0..n).map(|i| item(format!("{tag}-{i:04}").as_bytes(), Some(format!("{tag}:{i}").as_bytes()))).collect()
+    };
+    let (a, b) = (plain("a", 700), plain("b", 300));
+    let earlier = c.encrypt("other", &b).unwrap();
+    let sealed: Vec<Item> = earlier
+        .iter()
+        .enumerate()
+        .map(|(i, r)| item(r.as_ref().unwrap().as_bytes(), Some(format!("b:{i}").as_bytes())))
+        .collect();
+    let missing = plain("m", 10);
+    let sets = [
+        TransitBatch { op: TransitOp::Encrypt, key: "app", items: &a },
+        TransitBatch { op: TransitOp::Decrypt, key: "other", items: &sealed },
+        TransitBatch { op: TransitOp::Encrypt, key: "missing", items: &missing },
+        TransitBatch { op: TransitOp::Encrypt, key: "other", items: &b[..5] },
+    ];
+    let out = c.transit_batches(&sets);
+    assert_eq!(out.len(), 4);
+    let enc = out[0].as_ref().expect("set 0");
+    assert_eq!(enc.len(), 700);
+    let back: Vec<Item> = enc
+        .iter()
+        .enumerate()
+        .map(|(i, r)| item(r.as_ref().unwrap().as_slice(), Some(format!("a:{i}").as_bytes())))
+        .collect();
+    let opened = c.decrypt("app", &back).unwrap();
+    assert!(opened.iter().enumerate().all(|(i, p)| p.as_ref().unwrap().as_slice() == format!("a-{i:04}").as_bytes()));
+    let dec = out[1].as_ref().expect("set 1");
+    assert!(dec.iter().enumerate().all(|(i, p)| p.as_ref().unwrap().as_slice() == format!("b-{i:04}").as_bytes()));
+    assert!(matches!(
+        out[2].as_ref().map(|_| ()).unwrap_err().kind,
+        ErrorKind::KeyNotFound | ErrorKind::PermissionDenied
+    ));
+    let last = out[3].as_ref().expect("set 3");
+    assert!(last.len() == 5 && last.iter().all(|r| r.as_ref().unwrap().starts_with(b"vault:v1:")));
+
+    // Two sets of one request each are sent at once: through a connection-counting proxy,
+    // one set at a time reuses one keep-alive connection, two sets together open a second.
+    let upstream = bao.addr.trim_start_matches("http://").to_owned();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = format!("http://{}", proxy.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for client_side in proxy.incoming() {
+            let Ok(client_side) = client_side else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Ok(server_side) = std::net::TcpStream::connect(&upstream) else { continue };
+            let (mut c2, mut s2) = (client_side.try_clone().unwrap(), server_side.try_clone().unwrap());
+            let (mut c1, mut s1) = (client_side, server_side);
+            std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        }
+    });
+    let mut p = client(vec![proxy_addr], token);
+    let one = [TransitBatch { op: TransitOp::Encrypt, key: "app", items: &a[..100] }];
+    for _ in 0..5 {
+        assert!(p.transit_batches(&one)[0].is_ok());
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one request at a time reuses its connection");
+    let two = [
+        TransitBatch { op: TransitOp::Encrypt, key: "app", items: &a[..100] },
+        TransitBatch { op: TransitOp::Decrypt, key: "other", items: &sealed[..100] },
+    ];
+    for _ in 0..3 {
+        assert!(p.transit_batches(&two).iter().all(Result::is_ok));
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened >= 2, "{opened} connection(s): the two sets' requests were not concurrent");
 }

@@ -58,6 +58,8 @@ fn queue() -> Result<&'static Header, Error> {
 /// Gives a claimed slot back on every exit path unless the answer was consumed.
 struct Claim<'a> {
     slot: &'a Slot,
+    /// The slot's index (for [`HELD`]).
+    index: usize,
     armed: bool,
     /// The slot's generation when this backend claimed it.
     generation: u64,
@@ -65,7 +67,7 @@ struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        HELD.with(|h| h.set(None));
+        HELD.with(|h| h.borrow_mut().retain(|&i| i != self.index));
         if self.armed {
             give_up(self.slot);
         }
@@ -73,16 +75,19 @@ impl Drop for Claim<'_> {
 }
 
 thread_local! {
-    /// The slot this backend holds, for the exit callback: a backend terminated while it waits
+    /// The slots this backend holds, for the exit callback: a backend terminated while it waits
     /// (FATAL, pg_terminate_backend) leaves through proc_exit, where Rust destructors do not run.
-    static HELD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
     static EXIT_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn release_on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
-    if let (Some(i), Some(q)) = (HELD.with(|h| h.take()), queue::get()) {
-        give_up(q.slot(i));
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    if let Some(q) = queue::get() {
+        for i in held {
+            give_up(q.slot(i));
+        }
     }
 }
 
@@ -92,7 +97,12 @@ fn hold(i: usize) {
         // SAFETY: registers a callback run by proc_exit in this backend, on the main thread.
         unsafe { pg_sys::before_shmem_exit(Some(release_on_exit), pg_sys::Datum::from(0)) };
     }
-    HELD.with(|h| h.set(Some(i)));
+    HELD.with(|h| h.borrow_mut().push(i));
+}
+
+/// Whether this backend holds a slot now.
+fn holding() -> bool {
+    HELD.with(|h| !h.borrow().is_empty())
 }
 
 fn give_up(slot: &Slot) {
@@ -149,10 +159,13 @@ fn unanswered(deadline_ms: u128) -> Error {
     ))
 }
 
-/// Claims a free slot, waiting (interruptibly) until `deadline`.
-fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error> {
+/// Claims a free slot, waiting (interruptibly) until `deadline` — unless this backend already
+/// holds one: then only a free slot found now is taken (`None` otherwise), so that backends
+/// holding answered slots never wait for each other's.
+fn claim(q: &'static Header, deadline: Instant) -> Result<Option<Claim<'static>>, Error> {
     // SAFETY: MyProcPid is set for every backend.
     let start = unsafe { pg_sys::MyProcPid } as usize;
+    let may_wait = !holding();
     loop {
         for k in 0..q.nslots() {
             let i = (start + k) % q.nslots();
@@ -160,8 +173,11 @@ fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error>
             if slot.state.compare_exchange(state::FREE, state::FILLING, SeqCst, SeqCst).is_ok() {
                 let generation = slot.generation.fetch_add(1, SeqCst) + 1;
                 hold(i);
-                return Ok(Claim { slot, armed: true, generation });
+                return Ok(Some(Claim { slot, index: i, armed: true, generation }));
             }
+        }
+        if !may_wait {
+            return Ok(None);
         }
         if Instant::now() >= deadline {
             return Err(unanswered(timeout().as_millis()));
@@ -170,11 +186,8 @@ fn claim(q: &'static Header, deadline: Instant) -> Result<Claim<'static>, Error>
     }
 }
 
-/// Sends one request that fits a slot and waits for the answer.
-fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
-    let q = queue()?;
-    let deadline = Instant::now() + timeout();
-    let mut claim = claim(q, deadline)?;
+/// Writes one request that fits a slot into a claimed slot and hands it to the worker.
+fn fill(claim: &Claim<'static>, op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<(), Error> {
     let slot = claim.slot;
     // SAFETY: the slot is FILLING and ours.
     let n = wire::encode_request(unsafe { slot.buffer() }, op, key, items)?;
@@ -185,7 +198,12 @@ fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult
         slot.owner_pid.store(pg_sys::MyProcPid, SeqCst);
     }
     slot.state.store(state::READY, SeqCst);
-    q.wake_worker();
+    Ok(())
+}
+
+/// Waits for the answer in a submitted slot, reads it and frees the slot.
+fn collect(mut claim: Claim<'static>, op: Op, sent: usize, deadline: Instant) -> Result<Vec<ItemResult>, Error> {
+    let slot = claim.slot;
     loop {
         if slot.state.load(SeqCst) == state::DONE {
             // The slot is still the one this backend claimed (nobody can claim a slot that is
@@ -204,12 +222,8 @@ fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult
             return match decoded {
                 // One answer per item, always (key lookups and data keys have answers of their own: a data
                 // key's one item only carries its associated data).
-                Ok(answers) if matches!(op, Op::Encrypt | Op::Decrypt | Op::Rewrap) && answers.len() != items.len() => {
-                    Err(Error::internal(format!(
-                        "the worker answered {} value(s) for {} sent",
-                        answers.len(),
-                        items.len()
-                    )))
+                Ok(answers) if matches!(op, Op::Encrypt | Op::Decrypt | Op::Rewrap) && answers.len() != sent => {
+                    Err(Error::internal(format!("the worker answered {} value(s) for {sent} sent", answers.len())))
                 }
                 Ok(answers) => Ok(answers.into_iter().map(|r| r.map(|b| Zeroizing::new(b.to_vec()))).collect()),
                 Err(fail) => Err(fail_to_error(&fail)),
@@ -220,6 +234,67 @@ fn round_trip(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult
             return Err(unanswered(timeout().as_millis()));
         }
         wait_latch((deadline - now).as_millis().clamp(1, 100) as u64);
+    }
+}
+
+/// Slots one submission of encrypt or decrypt requests may fill at once: the worker takes
+/// them in one round, and their Transit requests go out together ([`Pending`]).
+const PARTS_AT_ONCE: usize = 4;
+
+/// A submission the worker has (part of) and the backend has not collected yet: the parts in
+/// slots, in order, and how many of the items they carry (the rest are sent when it is
+/// collected). Dropping it gives its slots up (an error unwinding, a cancel).
+pub struct Pending {
+    op: Op,
+    key: String,
+    parts: Vec<(Claim<'static>, usize)>,
+    sent: usize,
+    deadline: Instant,
+}
+
+/// Hands `items` to the worker without waiting for the answer, in slot-sized parts: up to
+/// [`PARTS_AT_ONCE`] slots for encrypt and decrypt (one for other operations, whose requests
+/// the worker serves in slot order); the items beyond them go when the answer is collected
+/// ([`Pending::wait`], with the same items). `None` when this backend already holds slots and
+/// none is free now (collect what it holds first, or use [`call`]).
+pub fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Pending>, Error> {
+    let q = queue()?;
+    let deadline = Instant::now() + timeout();
+    let parts_at_once = if matches!(op, Op::Encrypt | Op::Decrypt) { PARTS_AT_ONCE } else { 1 };
+    let mut parts = Vec::new();
+    let mut sent = 0;
+    loop {
+        let end = sent + part_end(op, key, &items[sent..])?;
+        let Some(claim) = claim(q, deadline)? else { break };
+        fill(&claim, op, key, &items[sent..end])?;
+        parts.push((claim, end - sent));
+        sent = end;
+        if sent == items.len() || parts.len() >= parts_at_once {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    q.wake_worker();
+    Ok(Some(Pending { op, key: key.to_owned(), parts, sent, deadline }))
+}
+
+impl Pending {
+    /// Waits for every part's answer (interruptibly, within `credcrypt.request_timeout_ms` of
+    /// the submission), sends the `items` (those given to [`submit`]) that had no slot, and
+    /// answers all items in order.
+    pub fn wait(self, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
+        let Pending { op, key, parts, sent, deadline } = self;
+        let mut out = Vec::with_capacity(items.len());
+        // An error drops the parts not collected yet: their slots are given up.
+        for (claim, n) in parts {
+            out.extend(collect(claim, op, n, deadline)?);
+        }
+        if sent < items.len() {
+            out.extend(call(op, &key, &items[sent..])?);
+        }
+        Ok(out)
     }
 }
 
@@ -242,38 +317,61 @@ fn max_item(op: Op) -> usize {
     }
 }
 
-/// Sends `items` to the worker in as many slot-sized requests as needed; answers in order.
-pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
-    if items.is_empty() {
-        return round_trip(op, key, items);
-    }
+/// The end of the first slot-sized part of `items` (at least one item; an empty request is
+/// one part of nothing).
+fn part_end(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<usize, Error> {
     let budget = SLOT_BYTES - 64 - key.len();
+    let (mut req, mut ans, mut end) = (0usize, 0usize, 0usize);
+    while end < items.len() {
+        let it = &items[end];
+        if it.data.len() > max_item(op) || it.context.map_or(0, <[u8]>::len) > 16 * 1024 {
+            return Err(Error::new(ErrorKind::TooLarge, "value is too large for the OpenBao providers (Transit, KV)")
+                .with_detail(format!("the limit is {MAX_VALUE} bytes per value and 16384 bytes of context")));
+        }
+        let r = 9 + it.data.len() + it.context.map_or(0, <[u8]>::len);
+        let a = 9 + answer_len(op, it);
+        if end > 0 && (req + r > budget || ans + a > budget) {
+            break;
+        }
+        req += r;
+        ans += a;
+        end += 1;
+    }
+    Ok(end)
+}
+
+/// Sends `items` to the worker in as many slot-sized requests as needed and waits; answers in
+/// order.
+pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
+    let q = queue()?;
     let mut out = Vec::with_capacity(items.len());
     let mut start = 0;
-    while start < items.len() {
-        let (mut req, mut ans, mut end) = (0usize, 0usize, start);
-        while end < items.len() {
-            let it = &items[end];
-            if it.data.len() > max_item(op) || it.context.map_or(0, <[u8]>::len) > 16 * 1024 {
-                return Err(Error::new(
-                    ErrorKind::TooLarge,
-                    "value is too large for the OpenBao providers (Transit, KV)",
-                )
-                .with_detail(format!("the limit is {MAX_VALUE} bytes per value and 16384 bytes of context")));
+    loop {
+        match submit(op, key, &items[start..])? {
+            Some(p) => {
+                let Pending { op, parts, sent, deadline, .. } = p;
+                for (claim, n) in parts {
+                    out.extend(collect(claim, op, n, deadline)?);
+                }
+                start += sent;
             }
-            let r = 9 + it.data.len() + it.context.map_or(0, <[u8]>::len);
-            let a = 9 + answer_len(op, it);
-            if end > start && (req + r > budget || ans + a > budget) {
-                break;
+            // This backend holds the slots of a submission it has not collected, and none is
+            // free: wait for one without claiming it (a claim would hold a second slot while
+            // waiting, and backends holding slots must never wait for each other's).
+            None => {
+                let deadline = Instant::now() + timeout();
+                while (0..q.nslots()).all(|i| q.slot(i).state.load(SeqCst) != state::FREE) {
+                    if Instant::now() >= deadline {
+                        return Err(unanswered(timeout().as_millis()));
+                    }
+                    wait_latch(5);
+                }
             }
-            req += r;
-            ans += a;
-            end += 1;
         }
-        out.extend(round_trip(op, key, &items[start..end])?);
-        start = end;
+        if start == items.len() {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 /// A new 32-byte key generated by Transit key `key` (`transit/datakey`), wrapped with the

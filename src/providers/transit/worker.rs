@@ -121,6 +121,16 @@ fn item_fail_of(e: &openbao::ItemError) -> Fail {
     Fail { kind, message: e.to_string() }
 }
 
+/// The encrypt or decrypt items of one (operation, key) in a worker round: the requests
+/// (`members`, indices into the round's requests) they came from, and each item's request.
+struct Set {
+    op: Op,
+    key: String,
+    members: Vec<usize>,
+    items: Vec<openbao::Item>,
+    owners: Vec<usize>,
+}
+
 /// Keeps the items of a KV read answer that fit one queue slot, and answers the others with
 /// `TooLarge`: the backend then asks for each of them alone (one secret always fits).
 fn fit_slot(items: Vec<ItemResult>) -> Vec<ItemResult> {
@@ -375,6 +385,8 @@ impl Worker {
                 }
             }
         }
+        // Every (operation, key) group of the round: their Transit requests go out together.
+        let mut sets: Vec<Set> = Vec::with_capacity(groups.len());
         for ((op, key), members) in groups {
             let op = if op == Op::Encrypt as u8 { Op::Encrypt } else { Op::Decrypt };
             let mut items = Vec::new();
@@ -389,8 +401,11 @@ impl Worker {
                     owners.push(k);
                 }
             }
-            let result = self.batch(op, &key, &items);
             q.stats.items.fetch_add(items.len() as u64, SeqCst);
+            sets.push(Set { op, key, members, items, owners });
+        }
+        let results = self.batches(&sets);
+        for (Set { members, owners, .. }, result) in sets.into_iter().zip(results) {
             match result {
                 Ok(results) => {
                     for &k in &members {
@@ -419,24 +434,46 @@ impl Worker {
         self.publish_client_status();
     }
 
-    fn batch(&mut self, op: Op, key: &str, items: &[openbao::Item]) -> Answer {
-        if op == Op::Encrypt {
-            self.check_key(key)?;
-        }
-        let client = self.client.as_mut().map_err(|f| f.clone())?;
-        self.q.stats.batches.fetch_add(1, SeqCst);
-        let r = match op {
-            Op::Encrypt => client.encrypt(key, items).map(|v| {
-                v.into_iter().map(|r| r.map(|s| Zeroizing::new(s.into_bytes())).map_err(|e| item_fail_of(&e))).collect()
-            }),
-            _ => client.decrypt(key, items).map(|v| v.into_iter().map(|r| r.map_err(|e| item_fail_of(&e))).collect()),
+    /// Encrypts and decrypts the round's sets together: the Transit requests of all of them
+    /// share the client's window of concurrent requests. One answer per set.
+    fn batches(&mut self, sets: &[Set]) -> Vec<Answer> {
+        // An encryption's key is checked first (created if allowed); a set whose check failed
+        // is not sent.
+        let checked: Vec<Result<(), Fail>> =
+            sets.iter().map(|s| if s.op == Op::Encrypt { self.check_key(&s.key) } else { Ok(()) }).collect();
+        let client = match self.client.as_mut() {
+            Ok(c) => c,
+            Err(f) => return sets.iter().map(|_| Err(f.clone())).collect(),
         };
-        r.map_err(|e| {
-            if e.kind == openbao::ErrorKind::KeyNotFound {
-                self.checked_keys.remove(key);
-            }
-            fail_of(&e)
-        })
+        let send: Vec<usize> = (0..sets.len()).filter(|&k| checked[k].is_ok()).collect();
+        let batch: Vec<openbao::TransitBatch<'_>> = send
+            .iter()
+            .map(|&k| {
+                let s = &sets[k];
+                let op = if s.op == Op::Encrypt { openbao::TransitOp::Encrypt } else { openbao::TransitOp::Decrypt };
+                openbao::TransitBatch { op, key: &s.key, items: &s.items }
+            })
+            .collect();
+        self.q.stats.batches.fetch_add(batch.len() as u64, SeqCst);
+        let mut results = client.transit_batches(&batch).into_iter();
+        let mut out = Vec::with_capacity(sets.len());
+        for (k, check) in checked.into_iter().enumerate() {
+            let answer = match check {
+                Err(f) => Err(f),
+                Ok(()) => match results.next() {
+                    Some(Ok(v)) => Ok(v.into_iter().map(|r| r.map_err(|e| item_fail_of(&e))).collect()),
+                    Some(Err(e)) => {
+                        if e.kind == openbao::ErrorKind::KeyNotFound {
+                            self.checked_keys.remove(&sets[k].key);
+                        }
+                        Err(fail_of(&e))
+                    }
+                    None => Err(Fail { kind: FailKind::Other, message: "not processed".into() }),
+                },
+            };
+            out.push(answer);
+        }
+        out
     }
 
     fn rewrap(&mut self, key: &str, items: &[openbao::Item]) -> Answer {
