@@ -24,8 +24,9 @@ use crate::providers::{
 /// The smallest part of a batch worth pipelining (see [`transit_parts`]).
 const MIN_PART_ROWS: usize = 100;
 
-/// Rows per part of a batch to a Transit key: one Transit request each (OpenBao takes up to
-/// 449 values with associated data in one).
+/// Rows per part of a batch to a Transit key: two Transit requests each way (a request takes
+/// 224 values with associated data), so that a part's verification and the next part's
+/// encryption fill the worker's window of four concurrent requests.
 const PART_ROWS: usize = 448;
 
 /// The parts a batch of `n` values to one Transit key is cut into, at least two: the worker
@@ -437,4 +438,23 @@ pub(crate) fn step(
             .unwrap_or_else(|e| spi_fail(e));
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts cover the batch in order, without gap or overlap, at least two of them, none
+    /// larger than PART_ROWS.
+    #[test]
+    fn transit_parts_cover_the_batch() {
+        for n in [200, 201, 447, 448, 500, 896, 897, 2000, 5000, 10_000] {
+            let parts = transit_parts(n);
+            assert!(parts.len() >= 2, "{n}: {parts:?}");
+            assert_eq!(parts.first().map(|r| r.start), Some(0));
+            assert_eq!(parts.last().map(|r| r.end), Some(n));
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start), "{n}: {parts:?}");
+            assert!(parts.iter().all(|r| !r.is_empty() && r.len() <= PART_ROWS), "{n}: {parts:?}");
+        }
+    }
 }

@@ -346,20 +346,26 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
     let q = queue()?;
     let mut out = Vec::with_capacity(items.len());
     let mut start = 0;
+    // Since when this call has found no free slot while this backend holds others.
+    let mut starved: Option<Instant> = None;
     loop {
         match submit(op, key, &items[start..])? {
             Some(p) => {
+                starved = None;
                 let Pending { op, parts, sent, deadline, .. } = p;
                 for (claim, n) in parts {
                     out.extend(collect(claim, op, n, deadline)?);
                 }
                 start += sent;
+                if start == items.len() {
+                    return Ok(out);
+                }
             }
             // This backend holds the slots of a submission it has not collected, and none is
             // free: wait for one without claiming it (a claim would hold a second slot while
             // waiting, and backends holding slots must never wait for each other's).
             None => {
-                let deadline = Instant::now() + timeout();
+                let deadline = *starved.get_or_insert_with(Instant::now) + timeout();
                 while (0..q.nslots()).all(|i| q.slot(i).state.load(SeqCst) != state::FREE) {
                     if Instant::now() >= deadline {
                         return Err(unanswered(timeout().as_millis()));
@@ -367,9 +373,6 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
                     wait_latch(5);
                 }
             }
-        }
-        if start == items.len() {
-            return Ok(out);
         }
     }
 }
