@@ -241,6 +241,28 @@ fn tls_with_a_ca_file() {
     assert_eq!(Client::new(config(Some(junk))).unwrap_err().kind, ErrorKind::InvalidConfig);
 }
 
+/// A loopback TCP proxy to `upstream` (`http://host:port`) that counts the connections it
+/// accepts: its address, and the count.
+fn counting_proxy(upstream: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = format!("http://{}", proxy.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for client_side in proxy.incoming() {
+            let Ok(client_side) = client_side else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Ok(server_side) = std::net::TcpStream::connect(&upstream) else { continue };
+            let (mut c2, mut s2) = (client_side.try_clone().unwrap(), server_side.try_clone().unwrap());
+            let (mut c1, mut s1) = (client_side, server_side);
+            std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+        }
+    });
+    (proxy_addr, accepted)
+}
+
 /// A call whose items need several requests sends them concurrently (`TRANSIT_IN_FLIGHT` at a
 /// time): the answers stay in the items' order, each request is sent once, per-item errors land
 /// on their own items whatever request they were in, and a refused token or a dead first
@@ -309,22 +331,7 @@ fn concurrent_requests_keep_order_errors_and_recovery() {
     // The requests really are concurrent: through a loopback proxy that counts connections, a
     // call of one request uses one keep-alive connection again and again, a call of many opens
     // several (one client, one by one, would reuse one).
-    let upstream = bao.addr.trim_start_matches("http://").to_owned();
-    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy_addr = format!("http://{}", proxy.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for client_side in proxy.incoming() {
-            let Ok(client_side) = client_side else { continue };
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let Ok(server_side) = std::net::TcpStream::connect(&upstream) else { continue };
-            let (mut c2, mut s2) = (client_side.try_clone().unwrap(), server_side.try_clone().unwrap());
-            let (mut c1, mut s1) = (client_side, server_side);
-            std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
-            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
-        }
-    });
+    let (proxy_addr, accepted) = counting_proxy(&bao.addr);
     let mut p = client(vec![proxy_addr], token.clone());
     for _ in 0..5 {
         p.encrypt("app", &items[..100]).unwrap();
@@ -391,22 +398,7 @@ fn transit_batches_serve_several_sets_together() {
 
     // Two sets of one request each are sent at once: through a connection-counting proxy,
     // one set at a time reuses one keep-alive connection, two sets together open a second.
-    let upstream = bao.addr.trim_start_matches("http://").to_owned();
-    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy_addr = format!("http://{}", proxy.local_addr().unwrap());
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    std::thread::spawn(move || {
-        for client_side in proxy.incoming() {
-            let Ok(client_side) = client_side else { continue };
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let Ok(server_side) = std::net::TcpStream::connect(&upstream) else { continue };
-            let (mut c2, mut s2) = (client_side.try_clone().unwrap(), server_side.try_clone().unwrap());
-            let (mut c1, mut s1) = (client_side, server_side);
-            std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
-            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
-        }
-    });
+    let (proxy_addr, accepted) = counting_proxy(&bao.addr);
     let mut p = client(vec![proxy_addr], token);
     let one = [TransitBatch { op: TransitOp::Encrypt, key: "app", items: &a[..100] }];
     for _ in 0..5 {
