@@ -725,3 +725,108 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
         assert_eq!(o.expect_ok(), "1200");
     }
 }
+
+/// OpenBao stopped (SIGSTOP) while a batch to a Transit key has parts with the worker: the
+/// backend's wait ends at `credcrypt.request_timeout_ms` (`58030`), or at once on
+/// `pg_cancel_backend` (`57014`); either way the batch in flight leaves nothing written (the
+/// rows on the target are exactly those committed batches counted), the run is marked failed, the
+/// slots it held come back (the worker frees them when it is done), and the next run
+/// completes.
+#[test]
+fn a_pipelined_batch_ends_exactly_on_timeout_and_cancel() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS mg_stall CASCADE");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE mg_stall (id bigint PRIMARY KEY, owner text NOT NULL DEFAULT 'o', secret text);
+         SELECT credcrypt.protect_column('mg_stall', 'secret', key_name => 'local', bind_columns => ARRAY['id']);
+         INSERT INTO mg_stall (id, secret) SELECT g, 'sk-' || g FROM generate_series(1, 60000) g;
+         SELECT credcrypt.create_decrypted_view('mg_stall', 'mg_stall_plain');",
+    )
+    .expect_ok();
+    let pid = e.bao.pid();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{sig}");
+    };
+    // OpenBao goes on whatever happens below (the suite's next tests need it).
+    struct Thaw(u32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-CONT").arg(self.0.to_string()).status();
+        }
+    }
+    let _thaw = Thaw(pid);
+    let on_target = || -> i64 {
+        c.sql("SELECT count(*) FROM mg_stall WHERE secret LIKE 'cc1:transit:%'").parse().expect("a count")
+    };
+    let run = || {
+        c.sql(
+            "SELECT state || ' ' || coalesce(split_part(error, ':', 1), '-') || ' ' || changed FROM credcrypt.reencrypt_runs \
+              WHERE relid = 'mg_stall'::regclass ORDER BY run_id DESC LIMIT 1",
+        )
+    };
+    // Starts a run in a session (batches of 2,000) with `timeout_ms`, and stops OpenBao once
+    // a batch of it has committed: the next batch is in flight.
+    let stall = |timeout_ms: u32| -> (credcrypt_blackbox::Session, i32) {
+        let before = on_target();
+        let mut s = credcrypt_blackbox::Session::open(c, "mg_owner");
+        let spid = s.pid();
+        s.send(&format!(
+            "SET credcrypt.request_timeout_ms = {timeout_ms};
+             CALL credcrypt.reencrypt_column('mg_stall', 'secret', 'transit:app', batch_size => 2000)"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while on_target() < before + 2000 {
+            assert!(Instant::now() < deadline, "the run made no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        signal("STOP");
+        assert!(on_target() < 60000, "the run finished before OpenBao was stopped");
+        (s, spid)
+    };
+
+    // The timeout: the backend gives up after 1.5 s (the worker's own OpenBao timeout is 3 s).
+    let (mut s, _) = stall(1500);
+    let o = s.wait();
+    o.expect_error("58030");
+    drop(s);
+    // Each batch records its progress in its own transaction: the rows on the target are
+    // exactly those the committed batches counted.
+    let done = on_target();
+    assert_eq!(run(), format!("failed 58030 {done}"), "part of a batch was written");
+
+    // The cancel: the backend waits (60 s timeout) until it is cancelled.
+    signal("CONT");
+    let (mut s, spid) = stall(60000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.sql(&format!("SELECT wait_event IS NOT DISTINCT FROM 'Extension' FROM pg_stat_activity WHERE pid = {spid}"))
+        != "t"
+    {
+        assert!(Instant::now() < deadline, "the migration did not wait for the worker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    assert_eq!(c.sql(&format!("SELECT pg_cancel_backend({spid})")), "t");
+    let o = s.wait();
+    assert!(t0.elapsed() < Duration::from_secs(10), "the cancel took {:?}", t0.elapsed());
+    o.expect_error("57014");
+    drop(s);
+    let done2 = on_target();
+    assert!(done2 > done, "the second run made no progress");
+    assert_eq!(run(), format!("failed 57014 {}", done2 - done), "part of a batch was written");
+
+    // OpenBao back: the abandoned slots are freed by the worker, and the run completes.
+    signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.sql("SELECT queue_depth FROM credcrypt.status()") != "0" {
+        assert!(Instant::now() < deadline, "slots stayed busy after OpenBao came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o =
+        c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_stall', 'secret', 'transit:app', batch_size => 2000)");
+    o.expect_ok();
+    assert_eq!(usage(c, "mg_stall"), "transit:transit:app:1:60000");
+    assert_eq!(c.sql("SELECT count(*) FROM mg_stall_plain WHERE secret = 'sk-' || id"), "60000");
+}
