@@ -219,11 +219,10 @@ impl Row {
     /// was, every such row shared one context and a ciphertext moved between them unnoticed.
     fn bind_text(&self, attnum: i16, out_fn: pg_sys::Oid) -> Result<Option<Cow<'_, str>>, Error> {
         let Some(d) = self.datum(attnum) else { return Ok(None) };
+        if let Some(n) = integer_of(d, out_fn) {
+            return Ok(Some(Cow::Owned(n.to_string())));
+        }
         let bytes: &[u8] = match out_fn.to_u32() {
-            // Pass-by-value integers: the datum holds the value (what DatumGetInt64 and friends read).
-            pg_sys::F_INT8OUT => return Ok(Some(Cow::Owned((d.value() as i64).to_string()))),
-            pg_sys::F_INT4OUT => return Ok(Some(Cow::Owned((d.value() as i32).to_string()))),
-            pg_sys::F_INT2OUT => return Ok(Some(Cow::Owned((d.value() as i16).to_string()))),
             pg_sys::F_TEXTOUT | pg_sys::F_VARCHAROUT => {
                 // SAFETY: a text or varchar attribute (its output function says so).
                 unsafe { <&[u8] as FromDatum>::from_polymorphic_datum(d, false, pg_sys::TEXTOID) }.unwrap_or_default()
@@ -259,20 +258,32 @@ impl Row {
     fn context(&self, d: &Designation) -> Result<String, Error> {
         let mut out = ContextBuilder::new(&d.binding_id, 24 * d.binds.len())?;
         for &(n, f) in &d.binds {
-            match (self.datum(n), f.to_u32()) {
-                (None, _) => out.push(None),
-                (Some(v), pg_sys::F_INT8OUT) => out.push_integer(v.value() as i64),
-                (Some(v), pg_sys::F_INT4OUT) => out.push_integer(i64::from(v.value() as i32)),
-                (Some(v), pg_sys::F_INT2OUT) => out.push_integer(i64::from(v.value() as i16)),
-                (Some(v), pg_sys::F_UUID_OUT) => {
-                    // SAFETY: a uuid datum points at its 16 bytes (pass by reference, fixed
-                    // length, never toasted), inside the tuple.
-                    out.push_uuid(unsafe { &*v.cast_mut_ptr::<[u8; 16]>() })
-                }
-                _ => out.push(self.bind_text(n, f)?.as_deref()),
+            let Some(v) = self.datum(n) else {
+                out.push(None);
+                continue;
+            };
+            if let Some(i) = integer_of(v, f) {
+                out.push_integer(i);
+            } else if f.to_u32() == pg_sys::F_UUID_OUT {
+                // SAFETY: a uuid datum points at its 16 bytes (pass by reference, fixed length,
+                // never toasted), inside the tuple.
+                out.push_uuid(unsafe { &*v.cast_mut_ptr::<[u8; 16]>() });
+            } else {
+                out.push(self.bind_text(n, f)?.as_deref());
             }
         }
         out.finish()
+    }
+}
+
+/// The value of an int2, int4 or int8 datum (by its type's output function), read as
+/// DatumGetInt16/32/64 do (pass by value); None for any other type.
+fn integer_of(d: pg_sys::Datum, out_fn: pg_sys::Oid) -> Option<i64> {
+    match out_fn.to_u32() {
+        pg_sys::F_INT8OUT => Some(d.value() as i64),
+        pg_sys::F_INT4OUT => Some(i64::from(d.value() as i32)),
+        pg_sys::F_INT2OUT => Some(i64::from(d.value() as i16)),
+        _ => None,
     }
 }
 

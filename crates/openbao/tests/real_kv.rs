@@ -1,8 +1,11 @@
 //! The KV version 2 client against a real OpenBao dev server (`secret/` is KV v2 in dev mode).
 
+mod common;
+use common::client;
+
 use std::time::{Duration, Instant};
 
-use credcrypt_openbao::{Auth, Client, Config, Error, ErrorKind, KvValue};
+use credcrypt_openbao::{Client, Error, ErrorKind, KvValue};
 use credcrypt_test_support::{write_secret_file, Bao};
 use zeroize::Zeroizing;
 
@@ -40,19 +43,6 @@ fn token_file(bao: &Bao, name: &str) -> std::path::PathBuf {
     let p = bao.dir.join(name);
     write_secret_file(&p, token.trim());
     p
-}
-
-fn client(addrs: Vec<String>, token: std::path::PathBuf) -> Client {
-    Client::new(Config {
-        addrs,
-        mount: "transit".into(),
-        namespace: None,
-        ca_file: None,
-        connect_timeout: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(5),
-        auth: Auth::TokenFile(token),
-    })
-    .unwrap()
 }
 
 fn z(s: &str) -> Zeroizing<String> {

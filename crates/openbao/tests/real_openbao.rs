@@ -1,5 +1,8 @@
 //! The client against a real OpenBao dev server (the `bao` binary from scripts/setup.sh).
 
+mod common;
+use common::client;
+
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
@@ -15,19 +18,6 @@ fn token_file(bao: &Bao, name: &str) -> std::path::PathBuf {
     let p = bao.dir.join(name);
     write_secret_file(&p, &bao.token("1h"));
     p
-}
-
-fn client(addrs: Vec<String>, token: std::path::PathBuf) -> Client {
-    Client::new(Config {
-        addrs,
-        mount: "transit".into(),
-        namespace: None,
-        ca_file: None,
-        connect_timeout: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(5),
-        auth: Auth::TokenFile(token),
-    })
-    .unwrap()
 }
 
 fn item(data: &[u8], ad: Option<&[u8]>) -> Item {
