@@ -698,3 +698,85 @@ fn a_large_rollback_does_not_stall_the_worker() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Eighth attack, F1: a commit with `synchronous_commit = off` (any session may set it) is in
+/// the commit log before its WAL is on disk, and a crash can still undo it. A DELETE's secret
+/// is destroyed only once the commit is flushed: with the processes that flush WAL in the
+/// background stopped, the secret stays; after a crash that loses the DELETE, the row is back
+/// and still decrypts. (The worker destroyed it at once, and the row came back without it.)
+#[test]
+fn a_delete_that_a_crash_undoes_keeps_its_secret() {
+    let e = setup();
+    let c = &e.c;
+    let mut root = root_client(&e);
+    c.sql("DROP TABLE IF EXISTS kv_async CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_async (id bigint PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('kv_async', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         INSERT INTO kv_async VALUES (1, 'sk-async-SECRETMARKER');
+         SELECT credcrypt.create_decrypted_view('kv_async', 'kv_async_plain');
+         GRANT SELECT, DELETE ON kv_async TO kv_app;",
+    )
+    .expect_ok();
+    let (path, version) = parts(&c.sql("SELECT secret FROM kv_async WHERE id = 1"));
+    assert!(readable(&mut root, &path, version));
+    c.sql("CHECKPOINT");
+    // Stop the background WAL flushers, as a power loss before they run would.
+    let pm = std::fs::read_to_string(c.data.join("postmaster.pid")).expect("postmaster.pid");
+    let pm = pm.lines().next().unwrap_or_default().trim().to_owned();
+    let ps = Command::new("ps").args(["--ppid", &pm, "-o", "pid=,args="]).output().expect("ps");
+    let flushers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| {
+            ["walwriter", "background writer", "checkpointer", "autovacuum launcher"].iter().any(|p| l.contains(p))
+        })
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(flushers.len() >= 3, "flushers: {flushers:?}");
+    let signal = |sig: &str| {
+        for p in &flushers {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(p).stderr(std::process::Stdio::null()).status();
+        }
+    };
+    signal("STOP");
+    c.psql("kv_app", "SET synchronous_commit = off; DELETE FROM kv_async WHERE id = 1").expect_ok();
+    // Several worker rounds: the commit is not on disk, so the secret must stay.
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = readable(&mut root, &path, version);
+    c.kill_server();
+    signal("CONT");
+    c.start_after_crash();
+    assert!(kept, "the secret of a DELETE whose commit was not flushed was destroyed");
+    // The crash undid the DELETE (its commit never reached the disk): the row and its secret.
+    assert_eq!(c.sql("SELECT secret FROM kv_async_plain WHERE id = 1"), "sk-async-SECRETMARKER");
+    // A DELETE that commits for good destroys it.
+    c.psql("kv_app", "DELETE FROM kv_async WHERE id = 1").expect_ok();
+    within_bound("a committed DELETE's secret destroyed", || !readable(&mut root, &path, version));
+    c.sql("DROP TABLE kv_async CASCADE");
+}
+
+/// Eighth attack, F4: reading many kv values at once whose answers do not all fit one queue
+/// slot (300-byte secrets, 500 of them: a migration batch, a bulk decrypt) works: the worker
+/// answers what fits and the backend reads the rest alone. (The answer, counted without its
+/// "read alone" entries, overflowed the slot: "the answer does not fit a queue slot".)
+#[test]
+fn many_large_kv_values_read_at_once() {
+    let e = setup();
+    let c = &e.c;
+    c.sql("DROP TABLE IF EXISTS kv_big CASCADE");
+    c.psql(
+        "kv_owner",
+        "CREATE TABLE kv_big (id bigint PRIMARY KEY, secret text);
+         SELECT credcrypt.protect_column('kv_big', 'secret', key_name => 'kv:secret', bind_columns => ARRAY['id']);
+         INSERT INTO kv_big SELECT g, repeat('k', 300) || g FROM generate_series(1, 500) g;
+         SELECT credcrypt.create_decrypted_view('kv_big', 'kv_big_plain');",
+    )
+    .expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM kv_big_plain WHERE secret = repeat('k', 300) || id"), "500");
+    let o = c.psql("kv_owner", "CALL credcrypt.reencrypt_column('kv_big', 'secret', 'transit:app')");
+    o.expect_ok();
+    assert_eq!(c.sql("SELECT count(*) FROM kv_big_plain WHERE secret = repeat('k', 300) || id"), "500");
+    assert_eq!(c.sql("SELECT count(*) FROM kv_big WHERE secret LIKE 'cc1:transit:app:%'"), "500");
+    c.sql("DROP TABLE kv_big CASCADE");
+}

@@ -633,14 +633,15 @@ impl Drop for QueueSlots<'_> {
     }
 }
 
-/// A batch to a Transit key goes to the worker in parts (part j+1 encrypted and part j
-/// verified while the database writes part j-1), and a backend hands a large request over in
-/// several queue slots at once. With the smallest queue (4 slots) shared by a migration and
-/// three sessions whose calls each need more slots than the queue has, every value still
-/// arrives in order, and a part that fails after earlier parts were written leaves the whole
-/// batch unwritten.
+/// A backend hands a large request over in several queue slots at once (never waiting for a
+/// second slot while it holds one). With the smallest queue (4 slots) shared by a migration to
+/// Transit and three sessions whose calls each need more slots than the queue has, every value
+/// arrives in order; a batch that fails in its write-back leaves nothing written; and a table
+/// trigger of the owner that calls the worker itself while the batch is written gets a slot
+/// (an earlier version held slots across the write-back, and such a trigger waited for itself
+/// until it timed out).
 #[test]
-fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
+fn multi_slot_requests_share_a_small_queue_and_failed_batches_write_nothing() {
     let e = setup();
     let c = &e.c;
     let _slots = QueueSlots::set(c, 4);
@@ -649,7 +650,7 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
         assert!(Instant::now() < deadline, "the worker did not come back after the restart");
         std::thread::sleep(Duration::from_millis(100));
     }
-    c.sql("DROP TABLE IF EXISTS mg_pipe CASCADE");
+    c.sql("DROP TABLE IF EXISTS mg_pipe, mg_pipe_audit CASCADE");
     c.psql(
         "mg_owner",
         "CREATE TABLE mg_pipe (id bigint PRIMARY KEY, owner text NOT NULL DEFAULT 'o', secret text);
@@ -659,9 +660,8 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
     )
     .expect_ok();
 
-    // An owner's trigger that fails on one row of the last part of the first batch (rows in
-    // heap order; batch 3000 = 7 parts): the parts before it were written in the batch's
-    // transaction, and must not stay.
+    // An owner's trigger that fails on one row near the end of the first batch: the rows
+    // before it were updated in the batch's transaction, and must not stay.
     c.psql(
         "mg_owner",
         "CREATE OR REPLACE FUNCTION mg_pipe_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -674,7 +674,7 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
     let o =
         c.psql("mg_owner", "CALL credcrypt.reencrypt_column('mg_pipe', 'secret', 'transit:app', batch_size => 3000)");
     o.expect_error("23514");
-    assert_eq!(c.sql(digest), before, "a failed batch left some of its parts written");
+    assert_eq!(c.sql(digest), before, "a failed batch left rows written");
     assert_eq!(
         c.sql(
             "SELECT state FROM credcrypt.reencrypt_runs WHERE relid = 'mg_pipe'::regclass ORDER BY run_id DESC LIMIT 1"
@@ -682,6 +682,21 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
         "failed"
     );
     c.psql("mg_owner", "DROP TRIGGER mg_pipe_refuse ON mg_pipe").expect_ok();
+    // An owner's audit trigger that calls the worker for some of the rows the batches write.
+    c.sql("GRANT credcrypt_encryptor TO mg_owner");
+    c.psql(
+        "mg_owner",
+        "CREATE TABLE IF NOT EXISTS mg_pipe_audit (id bigint, token text);
+         CREATE OR REPLACE FUNCTION mg_pipe_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.id % 500 = 0 THEN
+             INSERT INTO public.mg_pipe_audit VALUES (NEW.id, credcrypt.encrypt_credential('audit-' || NEW.id, 'transit:app'));
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER mg_pipe_audit BEFORE UPDATE ON mg_pipe FOR EACH ROW EXECUTE FUNCTION mg_pipe_audit();",
+    )
+    .expect_ok();
 
     // Three sessions, each encrypting and decrypting 2,500 values of 300 bytes (answers of
     // about 8 slots each way) in one call, while the migration runs.
@@ -712,6 +727,7 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
         assert_eq!(o.expect_ok(), "true 2500 2500", "{o:?}");
     }
     assert_eq!(usage(c, "mg_pipe"), "transit:transit:app:1:6000");
+    assert_eq!(c.sql("SELECT count(*) FROM mg_pipe_audit WHERE token LIKE 'cc1:transit:app:%'"), "12");
     assert_eq!(c.sql("SELECT count(*) FROM mg_pipe_plain WHERE secret = 'sk-' || id"), "6000");
     // Nothing is left in the queue (no slot held, waiting or being served), and calls that
     // each need three times the queue go through one after another.
@@ -726,14 +742,14 @@ fn pipelined_batches_and_multi_slot_requests_on_a_small_queue() {
     }
 }
 
-/// OpenBao stopped (SIGSTOP) while a batch to a Transit key has parts with the worker: the
+/// OpenBao stopped (SIGSTOP) while a batch to a Transit key is with the worker: the
 /// backend's wait ends at `credcrypt.request_timeout_ms` (`58030`), or at once on
 /// `pg_cancel_backend` (`57014`); either way the batch in flight leaves nothing written (the
 /// rows on the target are exactly those committed batches counted), the run is marked failed, the
 /// slots it held come back (the worker frees them when it is done), and the next run
 /// completes.
 #[test]
-fn a_pipelined_batch_ends_exactly_on_timeout_and_cancel() {
+fn a_batch_in_flight_ends_exactly_on_timeout_and_cancel() {
     let e = setup();
     let c = &e.c;
     c.sql("DROP TABLE IF EXISTS mg_stall CASCADE");

@@ -17,26 +17,7 @@ use crate::postgres::guard::as_catalog_owner;
 use crate::postgres::relation::{leaves, table, Table};
 use crate::postgres::scope::{maintain, with_writes, Announced, Writes};
 use crate::postgres::spi;
-use crate::providers::{
-    decrypt_each, decrypt_each_start, encrypt_per_row, encrypt_transit_start, encrypt_with, ColumnKey, Decrypted,
-};
-
-/// The smallest part of a batch worth pipelining (see [`transit_parts`]).
-const MIN_PART_ROWS: usize = 100;
-
-/// Rows per part of a batch to a Transit key: two Transit requests each way (a request takes
-/// 224 values with associated data), so that a part's verification and the next part's
-/// encryption fill the worker's window of four concurrent requests.
-const PART_ROWS: usize = 448;
-
-/// The parts a batch of `n` values to one Transit key is cut into, at least two: the worker
-/// encrypts part j+1 and verifies part j while the backend writes part j-1, so that the
-/// database's share of a batch overlaps OpenBao's instead of following it.
-fn transit_parts(n: usize) -> Vec<std::ops::Range<usize>> {
-    let parts = n.div_ceil(PART_ROWS).max(2);
-    let size = n.div_ceil(parts).max(1);
-    (0..n).step_by(size).map(|lo| lo..(lo + size).min(n)).collect()
-}
+use crate::providers::{decrypt_each, encrypt_per_row, encrypt_with, ColumnKey};
 
 /// What one batch did.
 pub(crate) struct Batch {
@@ -145,6 +126,19 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     let contexts = Picked::contexts(&picked, binding_id);
     let plain = plaintexts(&picked, &sources, &contexts, [&run.source_key, &run.target]).or_raise();
     let target = ColumnKey::parse(&run.target).or_raise();
+    // The batch's commit need not wait for its WAL to reach the disk (or a synchronous
+    // standby): a crash can only lose whole batches, whose rows keep their previous, still
+    // readable values, and the run's last transaction (`reencrypt_close`, which reports the run
+    // complete) commits with the session's own setting, which flushes all earlier WAL first.
+    // Not when KV secrets are written or destroyed: those are outside the WAL, and a destroy
+    // must not follow a commit that a failover to a standby could still undo. (Set within the
+    // batch's subtransaction: a failed batch leaves the setting as it was.)
+    let kv_involved =
+        matches!(target, ColumnKey::Fixed(KeyRef::Kv(_))) || sources.iter().any(|s| matches!(s, Source::Kv { .. }));
+    if !kv_involved {
+        spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", &[])
+            .unwrap_or_else(|e| spi_fail(e));
+    }
     let mut ok: Vec<usize> = (0..picked.len()).filter(|&i| plain[i].is_ok()).collect();
     let mut failures: Vec<(usize, String)> = (0..picked.len())
         .filter_map(|i| plain[i].as_ref().err().map(|e| (i, format!("cannot read the value: {}", describe(e)))))
@@ -171,113 +165,62 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
     });
     let bytes: Vec<&[u8]> = ok.iter().map(|&i| plain[i].as_ref().map(|p| p.as_slice()).unwrap_or_default()).collect();
     let ctxs: Vec<Option<&str>> = ok.iter().map(|&i| Some(contexts[i].as_str())).collect();
+    // One encryption call per key. Never fall back to the local key here: a migration to
+    // Transit must land on Transit.
+    let mut groups: std::collections::BTreeMap<String, Vec<usize>> = std::collections::BTreeMap::new();
+    for (k, key) in keys.iter().enumerate() {
+        groups.entry(key.to_string()).or_default().push(k);
+    }
+    let mut fresh: Vec<String> = vec![String::new(); ok.len()];
+    for members in groups.values() {
+        let key = &keys[members[0]];
+        let b: Vec<&[u8]> = members.iter().map(|&k| bytes[k]).collect();
+        let c: Vec<Option<&str>> = members.iter().map(|&k| ctxs[k]).collect();
+        let out = match (&target, key) {
+            // KV: each row's secret at the row's place (as the protection trigger writes it).
+            (_, KeyRef::Kv(mount)) => {
+                let (schema, table) = crate::providers::kv::relation_names(leaf);
+                members
+                    .iter()
+                    .map(|&k| {
+                        let p = &picked[ok[k]];
+                        let identity: Vec<Option<&str>> = p.binds.iter().map(Option::as_deref).collect();
+                        crate::providers::kv::row_place(mount, &schema, &table, binding_id, &identity, Some(&p.value))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|places| crate::providers::kv::write(mount, &b, &c, &places))
+            }
+            (ColumnKey::Fixed(_), _) => encrypt_with(&b, key, &c, false),
+            (ColumnKey::PerRow(_), _) => encrypt_per_row(&b, key, &c),
+        }
+        .unwrap_or_else(|e| raise(e));
+        for (&k, ct) in members.iter().zip(out) {
+            fresh[k] = ct;
+        }
+    }
+    // Verify before writing: every new value must decrypt to the original.
+    let fresh_refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
+    let check = decrypt_each(&fresh_refs, &ctxs, None).unwrap_or_else(|e| raise(e));
+    let mut ctid_w = Vec::new();
+    let mut new_w = Vec::new();
+    let mut mask_w: Vec<Option<String>> = Vec::new();
+    let mut index_w: Vec<Option<Vec<u8>>> = Vec::new();
     let index_key = d.blind.as_ref().map(|b| b.current(binding_id)).transpose().or_raise();
-    let mut changed = 0i32;
-    // Verified values are written; a value that does not decrypt to the original is reported.
-    let mut settle = |lo: usize, fresh: Vec<String>, check: Vec<Decrypted>| {
-        let mut ctid_w = Vec::with_capacity(fresh.len());
-        let mut new_w = Vec::with_capacity(fresh.len());
-        let mut mask_w: Vec<Option<String>> = Vec::with_capacity(fresh.len());
-        let mut index_w: Vec<Option<Vec<u8>>> = Vec::with_capacity(fresh.len());
-        for (j, (value, checked)) in fresh.into_iter().zip(check).enumerate() {
-            let (k, i) = (lo + j, ok[lo + j]);
-            match checked {
-                Ok(p) if p.as_slice() == bytes[k] => {
-                    ctid_w.push(picked[i].ctid.clone());
-                    new_w.push(value);
-                    mask_w.push(
-                        d.mask.as_ref().map(|(_, pre, suf)| mask::mask(&String::from_utf8_lossy(bytes[k]), *pre, *suf)),
-                    );
-                    index_w.push(index_key.as_ref().map(|key| key.index(bytes[k]).to_vec()));
-                }
-                _ => {
-                    failures.push((i, "the new ciphertext did not decrypt to the original; nothing was written".into()))
-                }
+    for (k, &i) in ok.iter().enumerate() {
+        match &check[k] {
+            Ok(p) if p.as_slice() == bytes[k] => {
+                ctid_w.push(picked[i].ctid.clone());
+                new_w.push(fresh[k].clone());
+                mask_w.push(
+                    d.mask.as_ref().map(|(_, pre, suf)| mask::mask(&String::from_utf8_lossy(bytes[k]), *pre, *suf)),
+                );
+                index_w.push(index_key.as_ref().map(|key| key.index(bytes[k]).to_vec()));
             }
+            _ => failures.push((i, "the new ciphertext did not decrypt to the original; nothing was written".into())),
         }
-        if !ctid_w.is_empty() {
-            changed += ctid_w.len() as i32;
-            write_values(&root, (leaf, &leaf_name), &d, binding_id, &ctid_w, new_w, Some(mask_w), index_w);
-        }
-    };
-    match (&target, keys.first()) {
-        // To one Transit key: in parts, pipelined with the worker (see `transit_parts`).
-        (ColumnKey::Fixed(_), Some(KeyRef::Transit(name))) if ok.len() >= 2 * MIN_PART_ROWS => {
-            let ranges = transit_parts(ok.len());
-            let start = |r: &std::ops::Range<usize>| {
-                encrypt_transit_start(&bytes[r.clone()], name, &ctxs[r.clone()]).unwrap_or_else(|e| raise(e))
-            };
-            let mut encrypting = Some(start(&ranges[0]));
-            let mut verified: Option<(usize, Vec<String>, Vec<Decrypted>)> = None;
-            for (j, r) in ranges.iter().enumerate() {
-                let fresh = encrypting
-                    .take()
-                    .map(|e| e.finish())
-                    .unwrap_or_else(|| Ok(Vec::new()))
-                    .unwrap_or_else(|e| raise(e));
-                let fresh_refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
-                // Part j's verification and part j+1's encryption go to the worker together, and
-                // the database writes part j-1 while OpenBao serves them.
-                let verifying = decrypt_each_start(&fresh_refs, &ctxs[r.clone()], None).unwrap_or_else(|e| raise(e));
-                encrypting = ranges.get(j + 1).map(start);
-                if let Some((lo, f, c)) = verified.take() {
-                    settle(lo, f, c);
-                }
-                let check = verifying.finish().unwrap_or_else(|e| raise(e));
-                drop(fresh_refs);
-                verified = Some((r.start, fresh, check));
-            }
-            if let Some((lo, f, c)) = verified.take() {
-                settle(lo, f, c);
-            }
-        }
-        _ => {
-            // One encryption call per key. Never fall back to the local key here: a migration
-            // to Transit must land on Transit.
-            let mut groups: std::collections::BTreeMap<String, Vec<usize>> = std::collections::BTreeMap::new();
-            for (k, key) in keys.iter().enumerate() {
-                groups.entry(key.to_string()).or_default().push(k);
-            }
-            let mut fresh: Vec<String> = vec![String::new(); ok.len()];
-            for members in groups.values() {
-                let key = &keys[members[0]];
-                let b: Vec<&[u8]> = members.iter().map(|&k| bytes[k]).collect();
-                let c: Vec<Option<&str>> = members.iter().map(|&k| ctxs[k]).collect();
-                let out = match (&target, key) {
-                    // KV: each row's secret at the row's place (as the protection trigger writes it).
-                    (_, KeyRef::Kv(mount)) => {
-                        let (schema, table) = crate::providers::kv::relation_names(leaf);
-                        members
-                            .iter()
-                            .map(|&k| {
-                                let p = &picked[ok[k]];
-                                let identity: Vec<Option<&str>> = p.binds.iter().map(Option::as_deref).collect();
-                                crate::providers::kv::row_place(
-                                    mount,
-                                    &schema,
-                                    &table,
-                                    binding_id,
-                                    &identity,
-                                    Some(&p.value),
-                                )
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                            .and_then(|places| crate::providers::kv::write(mount, &b, &c, &places))
-                    }
-                    (ColumnKey::Fixed(_), _) => encrypt_with(&b, key, &c, false),
-                    (ColumnKey::PerRow(_), _) => encrypt_per_row(&b, key, &c),
-                }
-                .unwrap_or_else(|e| raise(e));
-                for (&k, ct) in members.iter().zip(out) {
-                    fresh[k] = ct;
-                }
-            }
-            // Verify before writing: every new value must decrypt to the original.
-            let fresh_refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
-            let check = decrypt_each(&fresh_refs, &ctxs, None).unwrap_or_else(|e| raise(e));
-            drop(fresh_refs);
-            settle(0, fresh, check);
-        }
+    }
+    if !ctid_w.is_empty() {
+        write_values(&root, (leaf, &leaf_name), &d, binding_id, &ctid_w, new_w, Some(mask_w), index_w);
     }
     for (i, reason) in &failures {
         let kind = sources[*i].kind();
@@ -289,6 +232,7 @@ pub(crate) fn batch(run_id: i64, leaf: pg_sys::Oid, binding_id: &str, after: &st
         })
         .unwrap_or_else(|e| spi_fail(e));
     }
+    let changed = ctid_w.len() as i32;
     let failed = failures.len() as i32;
     record_progress(run_id, seen, changed, failed, &counts);
     Batch { next, seen, changed, failed, finished }
@@ -421,11 +365,6 @@ pub(crate) fn step(
     after: &str,
     batch_size: i32,
 ) -> Result<Batch, crate::postgres::subxact::Caught> {
-    // A batch's commit need not wait for its WAL to reach the disk (or a synchronous standby):
-    // a crash can only lose whole batches, whose rows keep their previous, still readable
-    // values, and the run's last transaction (`reencrypt_close`, which reports the run
-    // complete) commits with the session's own setting, which flushes all earlier WAL.
-    spi::run("SELECT pg_catalog.set_config('synchronous_commit', 'off', true)", &[]).unwrap_or_else(|e| spi_fail(e));
     crate::postgres::subxact::in_subtransaction(|| batch(run_id, leaf, binding_id, after, batch_size)).inspect_err(
         |e| {
             as_catalog_owner(|| {
@@ -438,23 +377,4 @@ pub(crate) fn step(
             .unwrap_or_else(|e| spi_fail(e));
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Parts cover the batch in order, without gap or overlap, at least two of them, none
-    /// larger than PART_ROWS.
-    #[test]
-    fn transit_parts_cover_the_batch() {
-        for n in [200, 201, 447, 448, 500, 896, 897, 2000, 5000, 10_000] {
-            let parts = transit_parts(n);
-            assert!(parts.len() >= 2, "{n}: {parts:?}");
-            assert_eq!(parts.first().map(|r| r.start), Some(0));
-            assert_eq!(parts.last().map(|r| r.end), Some(n));
-            assert!(parts.windows(2).all(|w| w[0].end == w[1].start), "{n}: {parts:?}");
-            assert!(parts.iter().all(|r| !r.is_empty() && r.len() <= PART_ROWS), "{n}: {parts:?}");
-        }
-    }
 }

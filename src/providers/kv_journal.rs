@@ -102,7 +102,15 @@ fn outcome(fxid: u64) -> Outcome {
         if pg_sys::TransactionIdIsInProgress(xid) {
             Outcome::Running
         } else if pg_sys::TransactionIdDidCommit(xid) {
-            Outcome::Committed
+            // An asynchronous commit (synchronous_commit = off, which any session may set) is
+            // in the commit log before its WAL is on disk, and a crash can still undo it: a
+            // DELETE whose secrets were destroyed would come back without them. Final only
+            // once the commit record is flushed (what PostgreSQL's hint bits wait for too).
+            if pg_sys::XLogNeedsFlush(pg_sys::TransactionIdGetCommitLSN(xid)) {
+                Outcome::Running
+            } else {
+                Outcome::Committed
+            }
         } else {
             Outcome::Aborted
         }

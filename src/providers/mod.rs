@@ -231,34 +231,6 @@ pub(crate) fn encrypt_with(
     contexts: &[Option<&str>],
     allow_fallback: bool,
 ) -> Result<Vec<String>, Error> {
-    may_encrypt(key)?;
-    match key {
-        // Never the local fallback: a kv secret lives only in OpenBao.
-        KeyRef::Kv(mount) => kv::encrypt(mount, plaintexts, contexts),
-        KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
-            Err(e) if allow_fallback && may_fall_back(&e) => {
-                let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
-                fallback_local(plaintexts, &contexts, &e)
-            }
-            r => r,
-        },
-        KeyRef::Local => local::with_keyring(|ring| {
-            plaintexts.iter().zip(contexts).map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes))).collect()
-        }),
-        KeyRef::Transit(name) => {
-            let contexts = transit_contexts(contexts)?;
-            let items = transit_items(plaintexts, &contexts);
-            match backend::call(Op::Encrypt, name, &items) {
-                Ok(answers) => wrap_answers(name, answers, &contexts),
-                Err(e) if allow_fallback && may_fall_back(&e) => fallback_local(plaintexts, &contexts, &e),
-                Err(e) => Err(e),
-            }
-        }
-    }
-}
-
-/// What every encryption checks before a provider sees it.
-fn may_encrypt(key: &KeyRef) -> Result<(), Error> {
     // In a query with a parallel plan (reachable only through a caller's own function marked
     // PARALLEL SAFE or RESTRICTED around ours), the erasure record, data keys and kv journal
     // could only be read with the query's snapshot — one from before a shred_key — and nothing
@@ -276,70 +248,45 @@ fn may_encrypt(key: &KeyRef) -> Result<(), Error> {
     if let KeyRef::Transit(name) | KeyRef::Envelope(name) = key {
         refuse_erased(name)?;
     }
-    Ok(())
-}
-
-/// The contexts of Transit items: an empty one is none; the envelope namespace is refused.
-fn transit_contexts<'c>(contexts: &[Option<&'c str>]) -> Result<Vec<Option<&'c str>>, Error> {
-    let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
-    if contexts.iter().flatten().any(|c| reserved(c)) {
-        return Err(reserved_error());
-    }
-    Ok(contexts)
-}
-
-fn transit_items<'a>(plaintexts: &[&'a [u8]], contexts: &[Option<&'a str>]) -> Vec<ReqItem<'a>> {
-    plaintexts.iter().zip(contexts).map(|(p, c)| ReqItem { data: p, context: c.map(str::as_bytes) }).collect()
-}
-
-/// Transit's `vault:vN:` answers as `cc1:transit:` values; the first failed item fails all.
-fn wrap_answers(
-    name: &str,
-    answers: Vec<backend::ItemResult>,
-    contexts: &[Option<&str>],
-) -> Result<Vec<String>, Error> {
-    answers
-        .into_iter()
-        .zip(contexts)
-        .map(|(a, c)| {
-            let vault = a.map_err(|f| fail_to_error(&f))?;
-            let vault = std::str::from_utf8(&vault).map_err(|_| Error::malformed("Transit answered non-text"))?;
-            format::wrap_transit(name, vault, c.is_some())
-        })
-        .collect()
-}
-
-/// A Transit encryption handed to the worker and not collected yet ([`encrypt_transit_start`]):
-/// the caller does other work meanwhile. Never falls back to the local key (migrations).
-pub(crate) struct Encrypting<'a> {
-    name: &'a str,
-    contexts: Vec<Option<&'a str>>,
-    items: Vec<ReqItem<'a>>,
-    pending: Option<backend::Pending>,
-}
-
-/// Hands the encryption of `plaintexts` under Transit key `name` to the worker (the checks of
-/// [`encrypt_with`] first); [`Encrypting::finish`] collects the values.
-pub(crate) fn encrypt_transit_start<'a>(
-    plaintexts: &[&'a [u8]],
-    name: &'a str,
-    contexts: &[Option<&'a str>],
-) -> Result<Encrypting<'a>, Error> {
-    may_encrypt(&KeyRef::Transit(name.to_owned()))?;
-    let contexts = transit_contexts(contexts)?;
-    let items = transit_items(plaintexts, &contexts);
-    let pending = backend::submit(Op::Encrypt, name, &items)?;
-    Ok(Encrypting { name, contexts, items, pending })
-}
-
-impl Encrypting<'_> {
-    /// Waits for the worker's answer: the `cc1:transit:` values, in order.
-    pub(crate) fn finish(self) -> Result<Vec<String>, Error> {
-        let answers = match self.pending {
-            Some(p) => p.wait(&self.items)?,
-            None => backend::call(Op::Encrypt, self.name, &self.items)?,
-        };
-        wrap_answers(self.name, answers, &self.contexts)
+    match key {
+        // Never the local fallback: a kv secret lives only in OpenBao.
+        KeyRef::Kv(mount) => kv::encrypt(mount, plaintexts, contexts),
+        KeyRef::Envelope(name) => match envelope::encrypt(name, plaintexts, contexts) {
+            Err(e) if allow_fallback && may_fall_back(&e) => {
+                let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+                fallback_local(plaintexts, &contexts, &e)
+            }
+            r => r,
+        },
+        KeyRef::Local => local::with_keyring(|ring| {
+            plaintexts.iter().zip(contexts).map(|(p, c)| ring.encrypt(p, c.map(str::as_bytes))).collect()
+        }),
+        KeyRef::Transit(name) => {
+            let contexts: Vec<Option<&str>> = contexts.iter().map(|c| c.filter(|c| !c.is_empty())).collect();
+            if contexts.iter().flatten().any(|c| reserved(c)) {
+                return Err(reserved_error());
+            }
+            let items: Vec<ReqItem<'_>> = plaintexts
+                .iter()
+                .zip(&contexts)
+                .map(|(p, c)| ReqItem { data: p, context: c.map(str::as_bytes) })
+                .collect();
+            let answers = match backend::call(Op::Encrypt, name, &items) {
+                Ok(a) => a,
+                Err(e) if allow_fallback && may_fall_back(&e) => return fallback_local(plaintexts, &contexts, &e),
+                Err(e) => return Err(e),
+            };
+            answers
+                .into_iter()
+                .zip(&contexts)
+                .map(|(a, c)| {
+                    let vault = a.map_err(|f| fail_to_error(&f))?;
+                    let vault =
+                        std::str::from_utf8(&vault).map_err(|_| Error::malformed("Transit answered non-text"))?;
+                    format::wrap_transit(name, vault, c.is_some())
+                })
+                .collect()
+        }
     }
 }
 
@@ -363,35 +310,9 @@ pub(crate) fn decrypt_each(
     contexts: &[Option<&str>],
     key_name: Option<&str>,
 ) -> Result<Vec<Decrypted>, Error> {
-    decrypt_each_start(ciphertexts, contexts, key_name)?.finish()
-}
-
-/// The Transit values of one key in a decryption: (index, payload, context), their request
-/// items, and the request if it was handed to the worker already.
-struct TransitGroup<'a> {
-    name: String,
-    entries: Vec<TransitEntry<'a>>,
-    items: Vec<ReqItem<'a>>,
-    pending: Option<backend::Pending>,
-}
-
-/// A decryption whose Transit values (of the first key) are with the worker
-/// ([`decrypt_each_start`]); the other values are decrypted already.
-pub(crate) struct Decrypting<'a> {
-    out: Vec<Decrypted>,
-    transit: Vec<TransitGroup<'a>>,
-}
-
-/// [`decrypt_each`] in two steps: this one decrypts what needs no worker and hands the first
-/// Transit key's values to it; [`Decrypting::finish`] collects them (and sends the others).
-pub(crate) fn decrypt_each_start<'a>(
-    ciphertexts: &[&'a str],
-    contexts: &[Option<&'a str>],
-    key_name: Option<&str>,
-) -> Result<Decrypting<'a>, Error> {
     let mut out: Vec<Decrypted> = ciphertexts.iter().map(|_| Err(Error::malformed("not processed"))).collect();
     // Transit values grouped by key: (index, payload, context).
-    let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'a>>> = Default::default();
+    let mut transit: std::collections::BTreeMap<String, Vec<TransitEntry<'_>>> = Default::default();
     let mut envelope = Vec::new();
     let mut kv_values = Vec::new();
     for (i, (ct, ctx)) in ciphertexts.iter().zip(contexts).enumerate() {
@@ -416,7 +337,6 @@ pub(crate) fn decrypt_each_start<'a>(
             out[i] = r;
         }
     }
-    let mut groups = Vec::with_capacity(transit.len());
     for (name, mut entries) in transit {
         // Envelope data keys are wrapped with associated data that starts with the reserved
         // prefix: no caller may pass it, so no data key unwraps through the decrypt functions
@@ -443,53 +363,32 @@ pub(crate) fn decrypt_each_start<'a>(
                 !refused
             });
         }
-        let items: Vec<ReqItem<'a>> =
+        let items: Vec<ReqItem<'_>> =
             entries.iter().map(|(_, p, c)| ReqItem { data: p.as_bytes(), context: c.map(str::as_bytes) }).collect();
-        groups.push(TransitGroup { name, entries, items, pending: None });
-    }
-    if let Some(first) = groups.first_mut() {
-        first.pending = match backend::submit(Op::Decrypt, &first.name, &first.items) {
-            Err(e) if e.kind == ErrorKind::TransitKeyNotFound => return Err(destroyed_or(&first.name, e)),
+        let answers = match backend::call(Op::Decrypt, &name, &items) {
+            Err(e) if e.kind == ErrorKind::TransitKeyNotFound => return Err(destroyed_or(&name, e)),
             r => r?,
         };
-    }
-    Ok(Decrypting { out, transit: groups })
-}
-
-impl Decrypting<'_> {
-    /// Collects the worker's answers: one result per value, in order.
-    pub(crate) fn finish(self) -> Result<Vec<Decrypted>, Error> {
-        let Decrypting { mut out, transit } = self;
-        for TransitGroup { name, entries, items, pending } in transit {
-            let answers = match pending {
-                Some(p) => p.wait(&items),
-                None => backend::call(Op::Decrypt, &name, &items),
-            };
-            let answers = match answers {
-                Err(e) if e.kind == ErrorKind::TransitKeyNotFound => return Err(destroyed_or(&name, e)),
-                r => r?,
-            };
-            for ((i, payload, _), a) in entries.iter().zip(answers) {
-                out[*i] = a.map_err(|f| match f.kind {
-                    // A key of a shredded name made again (from another database, or by hand)
-                    // does not authenticate the old values: they are destroyed, not tampered with.
-                    FailKind::AuthenticationFailed => destroyed_or(&name, Error::auth_failed()),
-                    FailKind::KeyNotFound => destroyed_or(&name, fail_to_error(&f)),
-                    FailKind::VersionRetired => {
-                        let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
-                        Error::new(
-                            ErrorKind::KeyVersionRetired,
-                            format!(
-                                "version {version} of Transit key {name} is older than the key's min_decryption_version"
-                            ),
-                        )
-                    }
-                    _ => fail_to_error(&f),
-                });
-            }
+        for ((i, payload, _), a) in entries.iter().zip(answers) {
+            out[*i] = a.map_err(|f| match f.kind {
+                // A key of a shredded name made again (from another database, or by hand)
+                // does not authenticate the old values: they are destroyed, not tampered with.
+                FailKind::AuthenticationFailed => destroyed_or(&name, Error::auth_failed()),
+                FailKind::KeyNotFound => destroyed_or(&name, fail_to_error(&f)),
+                FailKind::VersionRetired => {
+                    let version = payload.strip_prefix("vault:v").and_then(|r| r.split(':').next()).unwrap_or("?");
+                    Error::new(
+                        ErrorKind::KeyVersionRetired,
+                        format!(
+                            "version {version} of Transit key {name} is older than the key's min_decryption_version"
+                        ),
+                    )
+                }
+                _ => fail_to_error(&f),
+            });
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// Whether a context is in the namespace of the envelope data keys' associated data.

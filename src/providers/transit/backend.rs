@@ -237,27 +237,23 @@ fn collect(mut claim: Claim<'static>, op: Op, sent: usize, deadline: Instant) ->
     }
 }
 
-/// Slots one submission of encrypt or decrypt requests may fill at once: the worker takes
-/// them in one round, and their Transit requests go out together ([`Pending`]).
+/// Slots one encryption or decryption may fill at once: the worker takes them in one round,
+/// and their Transit requests go out together.
 const PARTS_AT_ONCE: usize = 4;
 
-/// A submission the worker has (part of) and the backend has not collected yet: the parts in
-/// slots, in order, and how many of the items they carry (the rest are sent when it is
-/// collected). Dropping it gives its slots up (an error unwinding, a cancel).
-pub struct Pending {
-    op: Op,
-    key: String,
+/// Requests handed to the worker and not collected yet: the claimed slots, in order, with the
+/// number of items each carries. Dropping it gives the slots up (an error unwinding, a cancel).
+struct Submitted {
     parts: Vec<(Claim<'static>, usize)>,
-    sent: usize,
     deadline: Instant,
 }
 
-/// Hands `items` to the worker without waiting for the answer, in slot-sized parts: up to
-/// [`PARTS_AT_ONCE`] slots for encrypt and decrypt (one for other operations, whose requests
-/// the worker serves in slot order); the items beyond them go when the answer is collected
-/// ([`Pending::wait`], with the same items). `None` when this backend already holds slots and
-/// none is free now (collect what it holds first, or use [`call`]).
-pub fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Pending>, Error> {
+/// Hands the first items of `items` to the worker in slot-sized parts: up to [`PARTS_AT_ONCE`]
+/// slots for encrypt and decrypt (one for other operations, whose requests the worker serves
+/// in slot order). Only the first slot is waited for; further ones are taken only if free, so
+/// that no backend waits for a slot while it holds one. `None` when this backend holds slots
+/// already and none is free.
+fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Submitted>, Error> {
     let q = queue()?;
     let deadline = Instant::now() + timeout();
     let parts_at_once = if matches!(op, Op::Encrypt | Op::Decrypt) { PARTS_AT_ONCE } else { 1 };
@@ -277,25 +273,7 @@ pub fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Pending
         return Ok(None);
     }
     q.wake_worker();
-    Ok(Some(Pending { op, key: key.to_owned(), parts, sent, deadline }))
-}
-
-impl Pending {
-    /// Waits for every part's answer (interruptibly, within `credcrypt.request_timeout_ms` of
-    /// the submission), sends the `items` (those given to [`submit`]) that had no slot, and
-    /// answers all items in order.
-    pub fn wait(self, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>, Error> {
-        let Pending { op, key, parts, sent, deadline } = self;
-        let mut out = Vec::with_capacity(items.len());
-        // An error drops the parts not collected yet: their slots are given up.
-        for (claim, n) in parts {
-            out.extend(collect(claim, op, n, deadline)?);
-        }
-        if sent < items.len() {
-            out.extend(call(op, &key, &items[sent..])?);
-        }
-        Ok(out)
-    }
+    Ok(Some(Submitted { parts, deadline }))
 }
 
 /// Upper bound of the answer's size for an item (encrypt answers are base64 and longer).
@@ -350,20 +328,20 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
     let mut starved: Option<Instant> = None;
     loop {
         match submit(op, key, &items[start..])? {
-            Some(p) => {
+            Some(Submitted { parts, deadline }) => {
                 starved = None;
-                let Pending { op, parts, sent, deadline, .. } = p;
                 for (claim, n) in parts {
+                    // An error drops the parts not collected yet: their slots are given up.
                     out.extend(collect(claim, op, n, deadline)?);
+                    start += n;
                 }
-                start += sent;
                 if start == items.len() {
                     return Ok(out);
                 }
             }
-            // This backend holds the slots of a submission it has not collected, and none is
-            // free: wait for one without claiming it (a claim would hold a second slot while
-            // waiting, and backends holding slots must never wait for each other's).
+            // This backend holds slots already (not a path it takes today: no code runs between
+            // a submission and its collection) and none is free: wait for one without claiming
+            // it, since backends holding slots must never wait for each other's.
             None => {
                 let deadline = *starved.get_or_insert_with(Instant::now) + timeout();
                 while (0..q.nslots()).all(|i| q.slot(i).state.load(SeqCst) != state::FREE) {

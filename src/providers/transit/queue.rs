@@ -211,12 +211,12 @@ impl Header {
         }
     }
 
-    /// Requests in the queue now: slots a backend is filling, that wait for the worker, or that
-    /// the worker is serving (a monitoring figure, read without locking).
+    /// Slots in use now: a backend is filling them, they wait for the worker or the worker
+    /// serves them, their answer waits for its backend, or the worker has yet to free them
+    /// after their backend gave up — every slot that is not free (a monitoring figure, read
+    /// without locking).
     pub fn depth(&self) -> usize {
-        (0..self.nslots())
-            .filter(|&i| matches!(self.slot(i).state.load(SeqCst), state::FILLING | state::READY | state::WORKING))
-            .count()
+        (0..self.nslots()).filter(|&i| self.slot(i).state.load(SeqCst) != state::FREE).count()
     }
 
     /// Wakes the worker, if one runs.

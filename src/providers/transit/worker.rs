@@ -131,20 +131,28 @@ struct Set {
     owners: Vec<usize>,
 }
 
-/// Keeps the items of a KV read answer that fit one queue slot, and answers the others with
-/// `TooLarge`: the backend then asks for each of them alone (one secret always fits).
+/// Keeps the items of a KV read answer that fit one queue slot, in order, and answers the
+/// others with `TooLarge` ("read alone"): the backend then asks for each of them alone (one
+/// secret always fits). The answer's encoding is counted exactly ([`wire::encode_response`]),
+/// the error items included, so that the whole answer fits.
 fn fit_slot(items: Vec<ItemResult>) -> Vec<ItemResult> {
-    let mut used = 64usize;
+    const ALONE: &str = "read alone";
+    let alone = 4 + ALONE.len();
+    // Start from every answer given up, then keep answers in order while they fit.
+    let mut used = 64 + items.iter().map(|r| r.as_ref().map_or_else(|f| 4 + f.message.len(), |_| alone)).sum::<usize>();
     items
         .into_iter()
-        .map(|r| {
-            let need = 5 + r.as_ref().map_or(300, |v| v.len());
-            if used + need > queue::SLOT_BYTES {
-                Err(Fail { kind: FailKind::TooLarge, message: "read alone".into() })
-            } else {
-                used += need;
-                r
+        .map(|r| match r {
+            Ok(v) => {
+                let kept = used - alone + 5 + v.len();
+                if kept <= queue::SLOT_BYTES {
+                    used = kept;
+                    Ok(v)
+                } else {
+                    Err(Fail { kind: FailKind::TooLarge, message: ALONE.into() })
+                }
             }
+            Err(f) => Err(f),
         })
         .collect()
 }
