@@ -603,3 +603,28 @@ fn ddl_cannot_write_the_index_column_and_masked_views_never_show_it() {
     );
     c.sql("DROP TABLE bi_ddl CASCADE; DROP TABLE bi_parted CASCADE");
 }
+
+/// README review as a new user: rotating the local key (new key file, old one among the
+/// previous ones, `reencrypt_column`) moves a blind index rooted in the old key too: the run
+/// recomputes every row's index under the new key, so removing the old file breaks neither
+/// writes nor lookups. (The index stayed rooted in the old key, and once its file was removed
+/// every INSERT and every lookup failed with 42704.)
+#[test]
+fn local_key_rotation_moves_the_blind_index_with_it() {
+    let (_g, c) = setup();
+    let k1 = c.write_key("bi_rot1.key", &credcrypt_blackbox::test_key(41), 0o600);
+    let k2 = c.write_key("bi_rot2.key", &credcrypt_blackbox::test_key(42), 0o600);
+    c.configure(&format!("credcrypt.local_key_file = '{k1}'\n"), &k1);
+    creds(&c, "bi_rot", 300);
+    assert_eq!(c.psql("bi_app", &lookup("bi_rot", "sk-bidx-7")).expect_ok(), "7");
+    // Rotate: k2 current, k1 previous; migrate; then retire k1.
+    c.configure(&format!("credcrypt.local_key_file = '{k2}'\ncredcrypt.local_previous_key_files = '{k1}'\n"), &k2);
+    c.psql("bi_owner", "CALL credcrypt.reencrypt_column('bi_rot', 'api_key', strict => true)").expect_ok();
+    c.configure(&format!("credcrypt.local_key_file = '{k2}'\n"), &k2);
+    assert_eq!(c.psql("bi_app", &lookup("bi_rot", "sk-bidx-7")).expect_ok(), "7");
+    c.psql("bi_app", "INSERT INTO bi_rot (user_id, provider, api_key) VALUES ('u-new', 'openai', 'sk-bidx-new')")
+        .expect_ok();
+    assert!(!c.psql("bi_app", &lookup("bi_rot", "sk-bidx-new")).expect_ok().is_empty());
+    assert_eq!(c.sql("SELECT count(*) FROM credcrypt.key_usage('bi_rot') WHERE NOT coalesce(current, false)"), "0");
+    c.sql("DROP TABLE bi_rot CASCADE");
+}

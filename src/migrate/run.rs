@@ -131,12 +131,21 @@ pub(crate) fn prepare(
         if matches!(target, ColumnKey::Fixed(credcrypt_core::KeyRef::Kv(_))) {
             crate::protect::designations::ensure_kv_triggers(&t);
         }
-        // A blind index follows the column to the new key's root (the local key, or the Transit
-        // key): a new index key version, which this run computes for every row.
+    }
+    // A blind index follows the column to its key's root (the local key current now, or the
+    // Transit key): a new index key version, which this run computes for every row — also when
+    // the key reference stays `local` but the local key was rotated, so that the old key file
+    // can go without taking the index (writes and lookups) with it.
+    if !dry_run {
         if let ColumnKey::Fixed(target) = &target {
+            let mut locked = target_text != source_key;
             for binding in &bindings {
                 let has_index = crate::protect::blind::of_designation(binding).or_raise().is_some();
                 if has_index && !crate::protect::blind::rooted_in(binding, target).or_raise() {
+                    if !locked {
+                        lock_against_writers(&t);
+                        locked = true;
+                    }
                     crate::protect::blind::new_version(binding, target);
                 }
             }
