@@ -151,6 +151,16 @@ pub struct TransitBatch<'a> {
     pub items: &'a [Item],
 }
 
+/// The `batch_input` entry that encrypts `it`.
+fn encrypt_entry(it: &Item) -> Zeroizing<String> {
+    entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it)
+}
+
+/// The `batch_input` entry that decrypts `it` (a `vault:vN:…` value).
+fn decrypt_entry(it: &Item) -> Zeroizing<String> {
+    entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it)
+}
+
 /// The plaintext of a decrypt answer item.
 fn plaintext_of(r: Result<BatchItem, ItemError>) -> Decrypted {
     r.and_then(|v| {
@@ -288,19 +298,16 @@ impl Client {
     }
 
     /// Encrypts and decrypts several sets of items at once (a worker round that serves several
-    /// backends' requests, or a backend's encryption of one part beside the verification of
-    /// another): their requests share the [`TRANSIT_IN_FLIGHT`] window. Per set: the answers
+    /// backends' requests, for several keys or both operations): their requests share the
+    /// [`TRANSIT_IN_FLIGHT`] window. Per set: the answers
     /// ([`Client::encrypt`]'s ciphertext text, or [`Client::decrypt`]'s plaintext), in order,
     /// or the set's whole-request error.
     pub fn transit_batches(&mut self, sets: &[TransitBatch<'_>]) -> Vec<Result<Vec<Decrypted>, Error>> {
-        let enc = |it: &Item| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it);
-        let dec =
-            |it: &Item| entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it);
         let runs: Vec<Run<'_>> = sets
             .iter()
             .map(|s| match s.op {
-                TransitOp::Encrypt => Run { what: "encrypt", key: s.key, items: s.items, entry_of: &enc },
-                TransitOp::Decrypt => Run { what: "decrypt", key: s.key, items: s.items, entry_of: &dec },
+                TransitOp::Encrypt => Run { what: "encrypt", key: s.key, items: s.items, entry_of: &encrypt_entry },
+                TransitOp::Decrypt => Run { what: "decrypt", key: s.key, items: s.items, entry_of: &decrypt_entry },
             })
             .collect();
         let results = self.batch_runs(&runs);
@@ -343,16 +350,13 @@ impl Client {
 
     /// Encrypts items with `key`; answers `vault:vN:…` per item, in order.
     pub fn encrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Result<String, ItemError>>, Error> {
-        let results =
-            self.batch_run("encrypt", key, items, |it| entry(&[("plaintext", &Zeroizing::new(b64(&it.data)))], it))?;
+        let results = self.batch_run("encrypt", key, items, encrypt_entry)?;
         Ok(results.into_iter().map(|r| r.and_then(ciphertext_of)).collect())
     }
 
     /// Decrypts `vault:vN:…` items with `key`; answers the plaintext per item, in order.
     pub fn decrypt(&mut self, key: &str, items: &[Item]) -> Result<Vec<Decrypted>, Error> {
-        let results = self.batch_run("decrypt", key, items, |it| {
-            entry(&[("ciphertext", &Zeroizing::new(String::from_utf8_lossy(&it.data).into_owned()))], it)
-        })?;
+        let results = self.batch_run("decrypt", key, items, decrypt_entry)?;
         Ok(results.into_iter().map(plaintext_of).collect())
     }
 

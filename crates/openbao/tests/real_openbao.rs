@@ -339,10 +339,9 @@ fn concurrent_requests_keep_order_errors_and_recovery() {
     ));
 }
 
-/// Several encrypt and decrypt sets in one call (a worker round serving several backends, or a
-/// migration's encryption of one part beside the verification of another): their requests
-/// are outstanding together, each set answers its own items in order, and a set that fails
-/// as a whole (a missing key) fails alone.
+/// Several encrypt and decrypt sets in one call (a worker round serving several backends, for
+/// several keys and both operations): their requests are outstanding together, each set
+/// answers its own items in order, and a set that fails as a whole (a missing key) fails alone.
 #[test]
 fn transit_batches_serve_several_sets_together() {
     let bao = Bao::start(0, &dir("sets"));

@@ -124,7 +124,7 @@ fn item_fail_of(e: &openbao::ItemError) -> Fail {
 /// The encrypt or decrypt items of one (operation, key) in a worker round: the requests
 /// (`members`, indices into the round's requests) they came from, and each item's request.
 struct Set {
-    op: Op,
+    op: openbao::TransitOp,
     key: String,
     members: Vec<usize>,
     items: Vec<openbao::Item>,
@@ -396,7 +396,7 @@ impl Worker {
         // Every (operation, key) group of the round: their Transit requests go out together.
         let mut sets: Vec<Set> = Vec::with_capacity(groups.len());
         for ((op, key), members) in groups {
-            let op = if op == Op::Encrypt as u8 { Op::Encrypt } else { Op::Decrypt };
+            let op = if op == Op::Encrypt as u8 { openbao::TransitOp::Encrypt } else { openbao::TransitOp::Decrypt };
             let mut items = Vec::new();
             let mut owners = Vec::new();
             for &k in &members {
@@ -447,8 +447,10 @@ impl Worker {
     fn batches(&mut self, sets: &[Set]) -> Vec<Answer> {
         // An encryption's key is checked first (created if allowed); a set whose check failed
         // is not sent.
-        let checked: Vec<Result<(), Fail>> =
-            sets.iter().map(|s| if s.op == Op::Encrypt { self.check_key(&s.key) } else { Ok(()) }).collect();
+        let checked: Vec<Result<(), Fail>> = sets
+            .iter()
+            .map(|s| if s.op == openbao::TransitOp::Encrypt { self.check_key(&s.key) } else { Ok(()) })
+            .collect();
         let client = match self.client.as_mut() {
             Ok(c) => c,
             Err(f) => return sets.iter().map(|_| Err(f.clone())).collect(),
@@ -456,11 +458,7 @@ impl Worker {
         let send: Vec<usize> = (0..sets.len()).filter(|&k| checked[k].is_ok()).collect();
         let batch: Vec<openbao::TransitBatch<'_>> = send
             .iter()
-            .map(|&k| {
-                let s = &sets[k];
-                let op = if s.op == Op::Encrypt { openbao::TransitOp::Encrypt } else { openbao::TransitOp::Decrypt };
-                openbao::TransitBatch { op, key: &s.key, items: &s.items }
-            })
+            .map(|&k| openbao::TransitBatch { op: sets[k].op, key: &sets[k].key, items: &sets[k].items })
             .collect();
         self.q.stats.batches.fetch_add(batch.len() as u64, SeqCst);
         let mut results = client.transit_batches(&batch).into_iter();
