@@ -100,11 +100,6 @@ fn hold(i: usize) {
     HELD.with(|h| h.borrow_mut().push(i));
 }
 
-/// Whether this backend holds a slot now.
-fn holding() -> bool {
-    HELD.with(|h| !h.borrow().is_empty())
-}
-
 fn give_up(slot: &Slot) {
     loop {
         match slot.state.load(SeqCst) {
@@ -159,13 +154,12 @@ fn unanswered(deadline_ms: u128) -> Error {
     ))
 }
 
-/// Claims a free slot, waiting (interruptibly) until `deadline` — unless this backend already
-/// holds one: then only a free slot found now is taken (`None` otherwise), so that backends
-/// holding answered slots never wait for each other's.
-fn claim(q: &'static Header, deadline: Instant) -> Result<Option<Claim<'static>>, Error> {
+/// Claims a free slot: with `may_wait`, waiting (interruptibly) until `deadline`; without,
+/// only a slot free now (`None` otherwise) — for a backend that already holds one, so that
+/// backends holding slots never wait for each other's.
+fn claim(q: &'static Header, deadline: Instant, may_wait: bool) -> Result<Option<Claim<'static>>, Error> {
     // SAFETY: MyProcPid is set for every backend.
     let start = unsafe { pg_sys::MyProcPid } as usize;
-    let may_wait = !holding();
     loop {
         for k in 0..q.nslots() {
             let i = (start + k) % q.nslots();
@@ -251,17 +245,15 @@ struct Submitted {
 /// Hands the first items of `items` to the worker in slot-sized parts: up to [`PARTS_AT_ONCE`]
 /// slots for encrypt and decrypt (one for other operations, whose requests the worker serves
 /// in slot order). Only the first slot is waited for; further ones are taken only if free, so
-/// that no backend waits for a slot while it holds one. `None` when this backend holds slots
-/// already and none is free.
-fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Submitted>, Error> {
-    let q = queue()?;
+/// that no backend waits for a slot while it holds one.
+fn submit(q: &'static Header, op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Submitted, Error> {
     let deadline = Instant::now() + timeout();
     let parts_at_once = if matches!(op, Op::Encrypt | Op::Decrypt) { PARTS_AT_ONCE } else { 1 };
     let mut parts = Vec::new();
     let mut sent = 0;
     loop {
         let end = sent + part_end(op, key, &items[sent..])?;
-        let Some(claim) = claim(q, deadline)? else { break };
+        let Some(claim) = claim(q, deadline, parts.is_empty())? else { break };
         fill(&claim, op, key, &items[sent..end])?;
         parts.push((claim, end - sent));
         sent = end;
@@ -269,11 +261,8 @@ fn submit(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Option<Submitted>,
             break;
         }
     }
-    if parts.is_empty() {
-        return Ok(None);
-    }
     q.wake_worker();
-    Ok(Some(Submitted { parts, deadline }))
+    Ok(Submitted { parts, deadline })
 }
 
 /// Upper bound of the answer's size for an item (encrypt answers are base64 and longer).
@@ -324,33 +313,16 @@ pub fn call(op: Op, key: &str, items: &[ReqItem<'_>]) -> Result<Vec<ItemResult>,
     let q = queue()?;
     let mut out = Vec::with_capacity(items.len());
     let mut start = 0;
-    // Since when this call has found no free slot while this backend holds others.
-    let mut starved: Option<Instant> = None;
     loop {
-        match submit(op, key, &items[start..])? {
-            Some(Submitted { parts, deadline }) => {
-                starved = None;
-                for (claim, n) in parts {
-                    // An error drops the parts not collected yet: their slots are given up.
-                    out.extend(collect(claim, op, n, deadline)?);
-                    start += n;
-                }
-                if start == items.len() {
-                    return Ok(out);
-                }
-            }
-            // This backend holds slots already (not a path it takes today: no code runs between
-            // a submission and its collection) and none is free: wait for one without claiming
-            // it, since backends holding slots must never wait for each other's.
-            None => {
-                let deadline = *starved.get_or_insert_with(Instant::now) + timeout();
-                while (0..q.nslots()).all(|i| q.slot(i).state.load(SeqCst) != state::FREE) {
-                    if Instant::now() >= deadline {
-                        return Err(unanswered(timeout().as_millis()));
-                    }
-                    wait_latch(5);
-                }
-            }
+        // No slot is held here: the previous submission's slots were all collected.
+        let Submitted { parts, deadline } = submit(q, op, key, &items[start..])?;
+        for (claim, n) in parts {
+            // An error drops the parts not collected yet: their slots are given up.
+            out.extend(collect(claim, op, n, deadline)?);
+            start += n;
+        }
+        if start == items.len() {
+            return Ok(out);
         }
     }
 }
